@@ -1,0 +1,441 @@
+#include "process_image.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <dirent.h>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+
+#include "ibdbg/image_file.h"
+#include "ibdbg/maps.h"
+
+namespace ibdbg::capture {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+[[noreturn]] void Fail(const std::string& what) { throw std::runtime_error(what); }
+std::string Errno(const std::string& what) { return what + ": " + strerror(errno); }
+
+struct Fd {
+  int fd = -1;
+  explicit Fd(int f) : fd(f) {}
+  ~Fd() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+std::string ReadLink(const std::string& path) {
+  char buf[IBDBG_PATH_MAX];
+  ssize_t n = readlink(path.c_str(), buf, sizeof buf - 1);
+  if (n < 0) return {};
+  return std::string(buf, (size_t)n);
+}
+
+std::string ReadSmallFile(const std::string& path) {
+  Fd f(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (f.fd < 0) return {};
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(f.fd, buf, sizeof buf)) > 0) out.append(buf, (size_t)n);
+  return out;
+}
+
+bool AllZero(const uint8_t* p, size_t len) {
+  const uint64_t* q = (const uint64_t*)p;
+  for (size_t i = 0; i < len / 8; i++)
+    if (q[i]) return false;
+  return true;
+}
+
+uint32_t ImageKind(const MapEntry& m) {
+  switch (m.kind) {
+    case MapKind::Vdso: return IBDBG_IVMA_VDSO;
+    case MapKind::Vvar: return IBDBG_IVMA_VVAR;
+    case MapKind::VvarVclock: return IBDBG_IVMA_VVAR_VCLOCK;
+    case MapKind::Heap: return IBDBG_IVMA_HEAP;
+    case MapKind::Stack: return IBDBG_IVMA_STACK;
+    case MapKind::Anon:
+    case MapKind::OtherSpecial: return m.shared ? IBDBG_IVMA_SHARED_ANON : IBDBG_IVMA_ANON;
+    case MapKind::File:
+      if (m.shared) return m.deleted || m.inode == 0 ? IBDBG_IVMA_SHARED_ANON : IBDBG_IVMA_FILE_SHARED;
+      return m.deleted ? IBDBG_IVMA_FILE_DELETED : IBDBG_IVMA_FILE;
+    default: return 0;
+  }
+}
+
+// Which pages of a region go into the image.
+bool WantPage(uint32_t kind, uint64_t pm) {
+  bool present = pm >> 63 & 1, swapped = pm >> 62 & 1, filepage = pm >> 61 & 1;
+  switch (kind) {
+    case IBDBG_IVMA_FILE: return (present && !filepage) || swapped;  // copy-on-write copies only
+    case IBDBG_IVMA_FILE_SHARED: return false;
+    case IBDBG_IVMA_FILE_DELETED: return true;  // the file is gone: keep every page
+    default: return present || swapped;
+  }
+}
+
+// Regions replayed as anonymous memory start out zero: zero pages need no bytes.
+bool ZeroIsFree(uint32_t kind) { return kind != IBDBG_IVMA_FILE; }
+
+class MemoryWriter {
+ public:
+  MemoryWriter(pid_t pid, image::ImageWriter& w) : w_(w) {
+    std::string base = "/proc/" + std::to_string(pid);
+    mem_ = open((base + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
+    if (mem_ < 0) Fail(Errno("cannot read the memory of process " + std::to_string(pid)));
+    pagemap_ = open((base + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC);
+    if (pagemap_ < 0) Fail(Errno("cannot read the page map of process " + std::to_string(pid)));
+    buf_.resize(kChunk);
+    pm_.resize(kPmBatch);
+  }
+  ~MemoryWriter() {
+    close(mem_);
+    close(pagemap_);
+  }
+
+  // Stores the wanted pages of [start, end); returns pages stored.
+  uint64_t Write(uint64_t start, uint64_t end, uint32_t kind) {
+    uint64_t stored = 0;
+    run_start_ = run_len_ = 0;
+    for (uint64_t a = start; a < end;) {
+      uint64_t n = std::min<uint64_t>((end - a) / kPage, kPmBatch);
+      ssize_t got = pread(pagemap_, pm_.data(), n * 8, (off_t)(a / kPage * 8));
+      if (got != (ssize_t)(n * 8)) Fail(Errno("cannot read the page map"));
+      for (uint64_t i = 0; i < n; i++) {
+        uint64_t page = a + i * kPage;
+        if (!WantPage(kind, pm_[i])) {
+          Flush(kind, &stored);
+          continue;
+        }
+        if (run_len_ == 0) run_start_ = page;
+        run_len_ += kPage;
+        if (run_len_ == kChunk) Flush(kind, &stored);
+      }
+      a += n * kPage;
+    }
+    Flush(kind, &stored);
+    return stored;
+  }
+
+ private:
+  static constexpr size_t kChunk = 1 << 20;
+  static constexpr size_t kPmBatch = 65536;
+
+  void Flush(uint32_t kind, uint64_t* stored) {
+    if (!run_len_) return;
+    ssize_t got = pread(mem_, buf_.data(), run_len_, (off_t)run_start_);
+    if (got != (ssize_t)run_len_) {
+      char msg[128];
+      snprintf(msg, sizeof msg, "cannot read memory at 0x%llx (%llu bytes)", (unsigned long long)run_start_,
+               (unsigned long long)run_len_);
+      Fail(Errno(msg));
+    }
+    // Split around zero pages where zero costs nothing at replay.
+    uint64_t s = 0;
+    for (uint64_t off = 0; off <= run_len_; off += kPage) {
+      bool cut = off == run_len_ || (ZeroIsFree(kind) && AllZero(buf_.data() + off, kPage));
+      if (!cut) continue;
+      if (off > s) {
+        w_.AddPages(run_start_ + s, buf_.data() + s, off - s);
+        *stored += (off - s) / kPage;
+      }
+      s = off + kPage;
+    }
+    run_len_ = 0;
+  }
+
+  image::ImageWriter& w_;
+  int mem_ = -1, pagemap_ = -1;
+  std::vector<uint8_t> buf_;
+  std::vector<uint64_t> pm_;
+  uint64_t run_start_ = 0, run_len_ = 0;
+};
+
+// fdinfo: "pos:\t123\nflags:\t0100002\n..."
+void ParseFdInfo(const std::string& text, uint64_t* pos, int* flags) {
+  size_t p = text.find("pos:");
+  if (p != std::string::npos) *pos = strtoull(text.c_str() + p + 4, nullptr, 10);
+  p = text.find("flags:");
+  if (p != std::string::npos) *flags = (int)strtol(text.c_str() + p + 6, nullptr, 8);
+}
+
+int PidfdGetfd(pid_t pid, int fd) {
+  int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+  if (pidfd < 0) return -1;
+  int r = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+  close(pidfd);
+  return r;
+}
+
+void DescribeSocket(pid_t pid, ibdbg_fd_info* fi) {
+  fi->kind = IBDBG_FD_OTHER;
+  int s = PidfdGetfd(pid, fi->fd);
+  if (s < 0) return;
+  int v = 0;
+  socklen_t l = sizeof v;
+  if (getsockopt(s, SOL_SOCKET, SO_DOMAIN, &v, &l) == 0) fi->sock_family = v;
+  l = sizeof v;
+  if (getsockopt(s, SOL_SOCKET, SO_TYPE, &v, &l) == 0) fi->sock_type = v;
+  int listening = 0;
+  l = sizeof listening;
+  getsockopt(s, SOL_SOCKET, SO_ACCEPTCONN, &listening, &l);
+  socklen_t al = sizeof fi->sock_addr;
+  if (getsockname(s, (sockaddr*)fi->sock_addr, &al) == 0) fi->sock_addr_len = al;
+  if (listening) {
+    fi->kind = IBDBG_FD_SOCKET_LISTEN;
+    fi->sock_backlog = 128;
+  }
+  close(s);
+}
+
+std::string DrainPipe(pid_t pid, int fd) {
+  std::string path = "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(fd);
+  // A fresh open of the pipe: non-blocking without touching the process's own
+  // descriptor flags.
+  Fd f(open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  if (f.fd < 0) return {};
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(f.fd, buf, sizeof buf);
+    if (n <= 0) break;
+    out.append(buf, (size_t)n);
+  }
+  return out;
+}
+
+std::string ReadWholeFd(const std::string& path) {
+  Fd f(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (f.fd < 0) Fail(Errno("cannot read " + path));
+  std::string out;
+  char buf[1 << 16];
+  ssize_t n;
+  while ((n = pread(f.fd, buf, sizeof buf, (off_t)out.size())) > 0) out.append(buf, (size_t)n);
+  return out;
+}
+
+void WriteFds(pid_t pid, const ProcessMeta& meta, image::ImageWriter& w, WriteStats* st,
+              std::vector<PipeRefill>* refills) {
+  std::string base = "/proc/" + std::to_string(pid);
+  DIR* d = opendir((base + "/fd").c_str());
+  if (!d) Fail(Errno("cannot list descriptors of process " + std::to_string(pid)));
+  std::vector<int> fds;
+  while (dirent* e = readdir(d))
+    if (e->d_name[0] != '.') fds.push_back(atoi(e->d_name));
+  closedir(d);
+  std::sort(fds.begin(), fds.end());
+  std::vector<uint64_t> drained_pipes;
+  for (int fd : fds) {
+    if (fd == meta.proc.control_fd) continue;
+    auto fi = std::make_unique<ibdbg_fd_info>();
+    memset(fi.get(), 0, sizeof *fi);
+    fi->fd = fd;
+    std::string link = ReadLink(base + "/fd/" + std::to_string(fd));
+    if (link.empty()) continue;  // closed meanwhile
+    uint64_t pos = 0;
+    int flags = 0;
+    ParseFdInfo(ReadSmallFile(base + "/fdinfo/" + std::to_string(fd)), &pos, &flags);
+    fi->offset = pos;
+    fi->open_flags = flags & ~O_CLOEXEC;
+    fi->fd_flags = (flags & O_CLOEXEC) ? FD_CLOEXEC : 0;
+    struct stat sb {};
+    std::string target = base + "/fd/" + std::to_string(fd);
+    bool have_stat = stat(target.c_str(), &sb) == 0;
+    fi->mode = have_stat ? sb.st_mode : 0;
+    fi->size = have_stat ? (uint64_t)sb.st_size : 0;
+    snprintf(fi->path, sizeof fi->path, "%s", link.c_str());
+    std::string data;
+    const std::string deleted_suffix = " (deleted)";
+    if (link.rfind("pipe:[", 0) == 0) {
+      fi->kind = IBDBG_FD_PIPE;
+      fi->pipe_id = have_stat ? sb.st_ino : 0;
+      bool reader = (flags & O_ACCMODE) == O_RDONLY;
+      bool seen = std::find(drained_pipes.begin(), drained_pipes.end(), fi->pipe_id) != drained_pipes.end();
+      if (reader && !seen) {
+        drained_pipes.push_back(fi->pipe_id);
+        data = DrainPipe(pid, fd);
+        if (!data.empty() && refills) refills->push_back({fd, data});
+      }
+    } else if (link.rfind("socket:[", 0) == 0) {
+      DescribeSocket(pid, fi.get());
+    } else if (link.rfind("/dev/pts/", 0) == 0 || link == "/dev/tty" || link == "/dev/console" ||
+               (have_stat && S_ISCHR(sb.st_mode) && isatty(0) && link.rfind("/dev/tty", 0) == 0)) {
+      fi->kind = IBDBG_FD_TTY;
+    } else if (link[0] == '/' && have_stat && S_ISCHR(sb.st_mode)) {
+      fi->kind = IBDBG_FD_DEVNULL;
+    } else if (link[0] == '/' && have_stat && (S_ISREG(sb.st_mode) || S_ISDIR(sb.st_mode))) {
+      fi->kind = IBDBG_FD_FILE;
+      if (link.size() > deleted_suffix.size() &&
+          link.compare(link.size() - deleted_suffix.size(), deleted_suffix.size(), deleted_suffix) == 0 &&
+          S_ISREG(sb.st_mode)) {
+        fi->deleted = 1;
+        link.resize(link.size() - deleted_suffix.size());
+        snprintf(fi->path, sizeof fi->path, "%s", link.c_str());
+        data = ReadWholeFd(target);
+      }
+    } else if (link[0] == '/' && have_stat && S_ISFIFO(sb.st_mode)) {
+      fi->kind = IBDBG_FD_FILE;  // a named FIFO: reopened by name
+    } else {
+      fi->kind = IBDBG_FD_OTHER;
+    }
+    std::vector<uint8_t> rec(sizeof *fi + data.size());
+    memcpy(rec.data(), fi.get(), sizeof *fi);
+    if (!data.empty()) memcpy(rec.data() + sizeof *fi, data.data(), data.size());
+    w.AddRecord(image::RecordType::Fd, (uint64_t)fd, rec.data(), rec.size());
+    st->fds++;
+  }
+}
+
+std::string Iso8601(int64_t ns) {
+  time_t t = (time_t)(ns / 1000000000);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  char buf[64];
+  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+}  // namespace
+
+ProcessMeta ParseBlob(const std::vector<uint8_t>& blob) {
+  ProcessMeta m;
+  bool have_proc = false, have_sig = false;
+  size_t off = 0;
+  while (off < blob.size()) {
+    if (blob.size() - off < sizeof(ibdbg_blob_hdr)) Fail("malformed metadata from the capture library");
+    ibdbg_blob_hdr h;
+    memcpy(&h, blob.data() + off, sizeof h);
+    off += sizeof h;
+    if (blob.size() - off < h.len) Fail("malformed metadata from the capture library");
+    const uint8_t* p = blob.data() + off;
+    switch (h.type) {
+      case IBDBG_BLOB_PROCESS:
+        if (h.len != sizeof m.proc) Fail("capture library of another version");
+        memcpy(&m.proc, p, h.len);
+        have_proc = true;
+        break;
+      case IBDBG_BLOB_THREAD: {
+        if (h.len != sizeof(ibdbg_thread_info)) Fail("capture library of another version");
+        ibdbg_thread_info t;
+        memcpy(&t, p, h.len);
+        m.threads.push_back(t);
+        break;
+      }
+      case IBDBG_BLOB_SIGNALS:
+        if (h.len != sizeof m.sig) Fail("capture library of another version");
+        memcpy(&m.sig, p, h.len);
+        have_sig = true;
+        break;
+      default: break;
+    }
+    off += h.len;
+  }
+  if (!have_proc || !have_sig || m.threads.empty()) Fail("incomplete metadata from the capture library");
+  return m;
+}
+
+WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, const WriteOptions& opts,
+                             std::vector<PipeRefill>* refills) {
+  WriteStats st;
+  image::WriterOptions wo;
+  wo.zstd_level = opts.zstd_level;
+  wo.threads = opts.threads;
+  image::ImageWriter w(out_fd, wo);
+
+  struct utsname un {};
+  uname(&un);
+  nlohmann::json h = {
+      {"format", image::kFormatVersion},
+      {"ibdbg_version", opts.ibdbg_version},
+      {"job_id", opts.job_id},
+      {"host", meta.proc.hostname},
+      {"kernel", un.release},
+      {"machine", un.machine},
+      {"time", Iso8601(meta.proc.capture_time_ns)},
+      {"time_ns", meta.proc.capture_time_ns},
+      {"pid", meta.proc.pid},
+      {"exe", meta.proc.exe},
+      {"comm", meta.proc.comm},
+      {"generation", meta.proc.generation},
+      {"threads", meta.threads.size()},
+  };
+  w.AddRecord(image::RecordType::Header, 0, h.dump());
+  w.AddRecord(image::RecordType::Process, 0, &meta.proc, sizeof meta.proc);
+  for (const auto& t : meta.threads) w.AddRecord(image::RecordType::Thread, (uint64_t)t.tid, &t, sizeof t);
+  w.AddRecord(image::RecordType::Signals, 0, &meta.sig, sizeof meta.sig);
+
+  WriteFds(pid, meta, w, &st, refills);
+
+  std::vector<MapEntry> maps = ReadMaps(pid);
+  std::vector<std::pair<const MapEntry*, uint32_t>> regions;
+  auto vma = std::make_unique<ibdbg_image_vma>();
+  for (const MapEntry& m : maps) {
+    if (m.kind == MapKind::Vsyscall) continue;
+    uint32_t kind = ImageKind(m);
+    if (!kind) continue;
+    memset(vma.get(), 0, sizeof *vma);
+    vma->start = m.start;
+    vma->end = m.end;
+    vma->offset = m.offset;
+    vma->prot = (m.r ? PROT_READ : 0) | (m.w ? PROT_WRITE : 0) | (m.x ? PROT_EXEC : 0);
+    vma->kind = kind;
+    vma->shared = m.shared;
+    vma->deleted = m.deleted;
+    vma->inode = m.inode;
+    vma->dev_major = m.dev_major;
+    vma->dev_minor = m.dev_minor;
+    snprintf(vma->path, sizeof vma->path, "%s", m.path.c_str());
+    if (kind == IBDBG_IVMA_FILE || kind == IBDBG_IVMA_FILE_SHARED) {
+      struct stat sb {};
+      if (stat(m.path.c_str(), &sb) == 0) {
+        vma->file_size = (uint64_t)sb.st_size;
+        vma->file_mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
+      }
+    }
+    // Page counts are known only after the pages are written; the launcher
+    // does not need them up front.
+    w.AddRecord(image::RecordType::Vma, m.start, vma.get(), sizeof *vma);
+    regions.push_back({&m, kind});
+    st.vmas++;
+  }
+  {
+    MemoryWriter mw(pid, w);
+    for (auto& [m, kind] : regions) {
+      if (kind == IBDBG_IVMA_VDSO || kind == IBDBG_IVMA_VVAR || kind == IBDBG_IVMA_VVAR_VCLOCK ||
+          kind == IBDBG_IVMA_FILE_SHARED)
+        continue;
+      st.memory_bytes += mw.Write(m->start, m->end, kind) * kPage;
+    }
+  }
+  w.Finish();
+  st.file_bytes = w.bytes_written();
+  return st;
+}
+
+void RefillPipes(pid_t pid, const std::vector<PipeRefill>& refills) {
+  for (const auto& r : refills) {
+    std::string path = "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(r.fd);
+    Fd f(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+    if (f.fd < 0) continue;
+    size_t off = 0;
+    while (off < r.data.size()) {
+      ssize_t n = write(f.fd, r.data.data() + off, r.data.size() - off);
+      if (n <= 0) break;
+      off += (size_t)n;
+    }
+  }
+}
+
+}  // namespace ibdbg::capture

@@ -1,0 +1,56 @@
+// Writing one stopped process into an image file, from outside the process.
+//
+// The capture library has stopped every thread and sent its metadata blob;
+// memory, descriptors and their data are read here through /proc, so the
+// writer may use threads, malloc and zstd freely while the process stands still.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ibdbg/proto.h"
+
+namespace ibdbg::capture {
+
+struct ProcessMeta {
+  ibdbg_process_info proc{};
+  std::vector<ibdbg_thread_info> threads;
+  ibdbg_signal_state sig{};
+};
+
+// Throws std::runtime_error on a malformed blob.
+ProcessMeta ParseBlob(const std::vector<uint8_t>& blob);
+
+struct WriteOptions {
+  int zstd_level = 3;
+  int threads = 0;
+  std::string job_id;
+  std::string ibdbg_version;
+};
+
+struct WriteStats {
+  uint64_t file_bytes = 0;
+  uint64_t memory_bytes = 0;  // bytes of pages stored (before compression)
+  uint64_t vmas = 0;
+  uint64_t fds = 0;
+};
+
+// Bytes taken out of a pipe to store them; they go back when the process
+// resumes (pipes have no other way to be read without consuming).
+struct PipeRefill {
+  int fd = -1;  // a descriptor of the pipe in the target process
+  std::string data;
+};
+
+// Writes the image of `pid` to out_fd (fdatasync'ed). Throws std::runtime_error
+// (one line) if the process cannot be imaged.
+WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, const WriteOptions& opts,
+                             std::vector<PipeRefill>* refills);
+
+// Puts drained pipe data back (best effort).
+void RefillPipes(pid_t pid, const std::vector<PipeRefill>& refills);
+
+}  // namespace ibdbg::capture

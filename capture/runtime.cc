@@ -1,0 +1,733 @@
+// The capture runtime: preloaded into every process of a job.
+//
+// It lives in someone else's process, so it keeps to a few rules:
+//  - no C++ runtime (no exceptions, RTTI or libstdc++), no static objects with
+//    constructors; state is plain zero-initialised data;
+//  - once other threads are stopped it only makes raw system calls: a stopped
+//    thread may hold malloc's or stdio's lock, so touching them would deadlock;
+//  - its only exported symbols are the libc functions it wraps (version script).
+//
+// A capture: the agent sends SUSPEND; the checkpoint thread signals every other
+// thread, each records where it is (its signal frame is its whole user context)
+// and waits; the checkpoint thread then signals itself, records the process
+// state in the same way, sends it to the agent and blocks while the agent reads
+// memory through /proc.  After RESUME every thread returns from the handler.
+// After a replay the restorer brings every thread back through rt_sigreturn on
+// the recorded frame, so application threads never run this code again, and the
+// checkpoint thread finds ibdbg_restart_info filled in and reconnects.
+#include <dirent.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+#include <asm/prctl.h>
+
+#include "ibdbg/proto.h"
+
+#define EXPORT extern "C" __attribute__((visibility("default")))
+
+extern "C" {
+extern const ptrdiff_t __rseq_offset __attribute__((weak));
+extern const unsigned int __rseq_size __attribute__((weak));
+}
+
+namespace {
+
+// ---- raw system calls ------------------------------------------------------
+long sys(long n, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0, long f = 0) {
+  long ret;
+  register long r10 asm("r10") = d;
+  register long r8 asm("r8") = e;
+  register long r9 asm("r9") = f;
+  asm volatile("syscall"
+               : "=a"(ret)
+               : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+               : "rcx", "r11", "memory");
+  return ret;
+}
+
+int raw_gettid() { return (int)sys(SYS_gettid); }
+int raw_getpid() { return (int)sys(SYS_getpid); }
+
+void futex_wait(volatile uint32_t* addr, uint32_t val, long timeout_ms) {
+  struct timespec ts = {timeout_ms / 1000, (timeout_ms % 1000) * 1000000};
+  sys(SYS_futex, (long)addr, FUTEX_WAIT_PRIVATE, val, timeout_ms >= 0 ? (long)&ts : 0);
+}
+void futex_wake(volatile uint32_t* addr) { sys(SYS_futex, (long)addr, FUTEX_WAKE_PRIVATE, 0x7fffffff); }
+
+size_t slen(const char* s) {
+  size_t n = 0;
+  while (s[n]) n++;
+  return n;
+}
+void scopy(char* dst, const char* src, size_t cap) {
+  size_t i = 0;
+  for (; src[i] && i + 1 < cap; i++) dst[i] = src[i];
+  dst[i] = 0;
+}
+// Reads a small /proc file into buf with plain syscalls.
+long read_file(const char* path, char* buf, size_t cap) {
+  int fd = (int)sys(SYS_openat, AT_FDCWD, (long)path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fd;
+  size_t n = 0;
+  while (n < cap) {
+    long r = sys(SYS_read, fd, (long)(buf + n), cap - n);
+    if (r <= 0) break;
+    n += (size_t)r;
+  }
+  sys(SYS_close, fd);
+  return (long)n;
+}
+
+bool write_all(int fd, const void* data, size_t len) {
+  const char* p = (const char*)data;
+  while (len) {
+    long r = sys(SYS_sendto, fd, (long)p, len, MSG_NOSIGNAL, 0, 0);
+    if (r == -EINTR) continue;
+    if (r <= 0) return false;
+    p += r, len -= (size_t)r;
+  }
+  return true;
+}
+bool read_all(int fd, void* data, size_t len) {
+  char* p = (char*)data;
+  while (len) {
+    long r = sys(SYS_read, fd, (long)p, len);
+    if (r == -EINTR) continue;
+    if (r <= 0) return false;
+    p += r, len -= (size_t)r;
+  }
+  return true;
+}
+
+// ---- state -------------------------------------------------------------------
+struct Slot {
+  ibdbg_thread_info info;
+};
+
+int g_sig;                         // the checkpoint signal
+int g_sock = -1;                   // connection to the agent
+int g_ckpt_tid;
+char g_agent[108];
+volatile uint32_t g_capturing;     // handler ignores the signal unless set
+volatile uint32_t g_resume_gen;    // bumped to let stopped threads go
+volatile uint32_t g_nslots;
+volatile uint32_t g_entered;       // threads that reached the handler
+Slot g_slots[IBDBG_MAX_THREADS];
+char* g_blob;                      // metadata buffer, mapped once at start
+size_t g_blob_cap;
+uint32_t g_generation;
+struct sigaction g_app_action;     // what the application asked for g_sig
+__thread unsigned t_interrupts __attribute__((tls_model("initial-exec")));
+
+}  // namespace
+
+// Written by the restorer (its address travels in the image).
+ibdbg_restart_info g_restart_info;
+
+namespace {
+
+// ---- the real libc functions behind our wrappers ------------------------------
+struct RealFns {
+  int (*nanosleep)(const struct timespec*, struct timespec*);
+  int (*clock_nanosleep)(clockid_t, int, const struct timespec*, struct timespec*);
+  int (*poll)(struct pollfd*, nfds_t, int);
+  int (*ppoll)(struct pollfd*, nfds_t, const struct timespec*, const sigset_t*);
+  int (*select)(int, fd_set*, fd_set*, fd_set*, struct timeval*);
+  int (*epoll_wait)(int, struct epoll_event*, int, int);
+  int (*epoll_pwait)(int, struct epoll_event*, int, int, const sigset_t*);
+  int (*sigaction)(int, const struct sigaction*, struct sigaction*);
+  int (*sigprocmask)(int, const sigset_t*, sigset_t*);
+  int (*pthread_sigmask)(int, const sigset_t*, sigset_t*);
+};
+RealFns real;
+
+void resolve_real() {
+  real.nanosleep = (decltype(real.nanosleep))dlsym(RTLD_NEXT, "nanosleep");
+  real.clock_nanosleep = (decltype(real.clock_nanosleep))dlsym(RTLD_NEXT, "clock_nanosleep");
+  real.poll = (decltype(real.poll))dlsym(RTLD_NEXT, "poll");
+  real.ppoll = (decltype(real.ppoll))dlsym(RTLD_NEXT, "ppoll");
+  real.select = (decltype(real.select))dlsym(RTLD_NEXT, "select");
+  real.epoll_wait = (decltype(real.epoll_wait))dlsym(RTLD_NEXT, "epoll_wait");
+  real.epoll_pwait = (decltype(real.epoll_pwait))dlsym(RTLD_NEXT, "epoll_pwait");
+  real.sigaction = (decltype(real.sigaction))dlsym(RTLD_NEXT, "sigaction");
+  real.sigprocmask = (decltype(real.sigprocmask))dlsym(RTLD_NEXT, "sigprocmask");
+  real.pthread_sigmask = (decltype(real.pthread_sigmask))dlsym(RTLD_NEXT, "pthread_sigmask");
+}
+
+// ---- recording a thread ---------------------------------------------------------
+void record_self(Slot* s, ucontext_t* uc) {
+  ibdbg_thread_info* t = &s->info;
+  memset(t, 0, sizeof *t);
+  t->tid = raw_gettid();
+  if (t->tid == raw_getpid()) t->flags |= IBDBG_THREAD_MAIN;
+  if (t->tid == g_ckpt_tid) t->flags |= IBDBG_THREAD_CKPT;
+  unsigned long fs = 0;
+  sys(SYS_arch_prctl, ARCH_GET_FS, (long)&fs);
+  t->fs_base = fs;
+  t->uc_addr = (uint64_t)uc;
+  t->resume_rip = (uint64_t)uc->uc_mcontext.gregs[REG_RIP];
+  t->resume_rsp = (uint64_t)uc->uc_mcontext.gregs[REG_RSP];
+  uint64_t tidaddr = 0;
+  sys(SYS_prctl, PR_GET_TID_ADDRESS, (long)&tidaddr);
+  t->clear_child_tid = tidaddr;
+  if (&__rseq_size && &__rseq_offset && __rseq_size > 0) {
+    t->rseq_addr = fs + (uint64_t)__rseq_offset;
+    // glibc registers the whole 32-byte area even when it advertises less.
+    t->rseq_len = __rseq_size < 32 ? 32 : __rseq_size;
+    t->rseq_sig = 0x53053053;
+  }
+  stack_t ss;
+  if (sys(SYS_sigaltstack, 0, (long)&ss) == 0) {
+    t->altstack_sp = (uint64_t)ss.ss_sp;
+    t->altstack_size = ss.ss_size;
+    t->altstack_flags = ss.ss_flags & ~SS_ONSTACK;
+  }
+  sys(SYS_prctl, PR_GET_NAME, (long)t->name);
+}
+
+void ckpt_describe_and_wait();
+
+void handler(int, siginfo_t* si, void* ucv) {
+  int saved_errno = errno;
+  // Only our own checkpoint thread's tgkill counts; anything else is dropped
+  // rather than confusing the application (the signal is reserved).
+  if (si->si_code != SI_TKILL || si->si_pid != raw_getpid() || !g_capturing) {
+    errno = saved_errno;
+    return;
+  }
+  t_interrupts++;
+  uint32_t gen = g_resume_gen;
+  uint32_t idx = __atomic_fetch_add(&g_nslots, 1, __ATOMIC_SEQ_CST);
+  if (idx < IBDBG_MAX_THREADS) record_self(&g_slots[idx], (ucontext_t*)ucv);
+  __atomic_fetch_add(&g_entered, 1, __ATOMIC_SEQ_CST);
+  futex_wake(&g_entered);
+  if (raw_gettid() == g_ckpt_tid) {
+    ckpt_describe_and_wait();
+  } else {
+    while (g_resume_gen == gen) futex_wait(&g_resume_gen, gen, -1);
+  }
+  errno = saved_errno;
+}
+
+// ---- the metadata blob ------------------------------------------------------------
+size_t g_blob_len;
+bool blob_add(uint32_t type, const void* data, size_t len) {
+  if (g_blob_len + sizeof(ibdbg_blob_hdr) + len > g_blob_cap) return false;
+  ibdbg_blob_hdr h = {type, (uint32_t)len};
+  memcpy(g_blob + g_blob_len, &h, sizeof h);
+  memcpy(g_blob + g_blob_len + sizeof h, data, len);
+  g_blob_len += sizeof h + len;
+  return true;
+}
+
+// Fields of /proc/self/stat after the command name, 1-based as in proc(5).
+uint64_t stat_field(const char* stat, int field) {
+  const char* p = stat;
+  const char* rp = nullptr;
+  for (const char* q = stat; *q; q++)
+    if (*q == ')') rp = q;
+  if (!rp) return 0;
+  p = rp + 2;  // field 3
+  for (int f = 3; f < field && *p; p++)
+    if (*p == ' ') f++;
+  uint64_t v = 0;
+  bool neg = *p == '-';
+  if (neg) p++;
+  while (*p >= '0' && *p <= '9') v = v * 10 + (uint64_t)(*p++ - '0');
+  return neg ? (uint64_t)-(int64_t)v : v;
+}
+
+ibdbg_process_info g_pinfo;
+ibdbg_signal_state g_sigstate;
+
+void describe_process() {
+  ibdbg_process_info* p = &g_pinfo;
+  memset(p, 0, sizeof *p);
+  p->proto_version = IBDBG_PROTO_VERSION;
+  p->pid = raw_getpid();
+  p->ppid = (int)sys(SYS_getppid);
+  p->pgid = (int)sys(SYS_getpgid, 0);
+  p->sid = (int)sys(SYS_getsid, 0);
+  uint32_t um = (uint32_t)sys(SYS_umask, 022);
+  sys(SYS_umask, um);
+  p->umask = um;
+  p->generation = g_generation;
+  p->dumpable = (int)sys(SYS_prctl, PR_GET_DUMPABLE);
+  static char stat[4096];
+  long n = read_file("/proc/self/stat", stat, sizeof stat - 1);
+  stat[n > 0 ? n : 0] = 0;
+  p->start_code = stat_field(stat, 26);
+  p->end_code = stat_field(stat, 27);
+  p->start_stack = stat_field(stat, 28);
+  p->start_data = stat_field(stat, 45);
+  p->end_data = stat_field(stat, 46);
+  p->start_brk = stat_field(stat, 47);
+  p->arg_start = stat_field(stat, 48);
+  p->arg_end = stat_field(stat, 49);
+  p->env_start = stat_field(stat, 50);
+  p->env_end = stat_field(stat, 51);
+  p->brk = (uint64_t)sys(SYS_brk, 0);
+  long an = read_file("/proc/self/auxv", (char*)p->auxv, sizeof p->auxv);
+  p->auxv_words = an > 0 ? (uint32_t)(an / 8) : 0;
+  p->nthreads = g_nslots;
+  p->restart_info_addr = (uint64_t)&g_restart_info;
+  p->control_fd = g_sock;
+  p->ckpt_signal = g_sig;
+  for (int r = 0; r < 16; r++) {
+    struct rlimit rl;
+    if (sys(SYS_prlimit64, 0, r, 0, (long)&rl) == 0) p->rlimits[r].cur = rl.rlim_cur, p->rlimits[r].max = rl.rlim_max;
+  }
+  long l = sys(SYS_readlinkat, AT_FDCWD, (long)"/proc/self/cwd", (long)p->cwd, sizeof p->cwd - 1);
+  p->cwd[l > 0 ? l : 0] = 0;
+  l = sys(SYS_readlinkat, AT_FDCWD, (long)"/proc/self/exe", (long)p->exe, sizeof p->exe - 1);
+  p->exe[l > 0 ? l : 0] = 0;
+  read_file("/proc/self/comm", p->comm, sizeof p->comm - 1);
+  for (char* c = p->comm; *c; c++)
+    if (*c == '\n') *c = 0;
+  struct utsname_raw {
+    char f[6][65];
+  } un;
+  if (sys(SYS_uname, (long)&un) == 0) scopy(p->hostname, un.f[1], sizeof p->hostname);
+  struct timespec ts;
+  sys(SYS_clock_gettime, CLOCK_REALTIME, (long)&ts);
+  p->capture_time_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+
+  ibdbg_signal_state* s = &g_sigstate;
+  memset(s, 0, sizeof *s);
+  s->ckpt_signal = (uint32_t)g_sig;
+  for (int sig = 1; sig <= IBDBG_NSIG; sig++) {
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
+    ibdbg_ksigaction ka;
+    if (sys(SYS_rt_sigaction, sig, 0, (long)&ka, 8) == 0) s->act[sig - 1] = ka;
+  }
+  // Our own signal: the image records what the application asked for, so a
+  // replay without ibdbg would behave as the application expects; the
+  // restorer installs ours again from the live record.
+  for (int w = 0; w < 3; w++) {
+    struct itimerval it;
+    if (sys(SYS_getitimer, w, (long)&it) == 0) {
+      s->itimer[w].interval_sec = it.it_interval.tv_sec;
+      s->itimer[w].interval_usec = it.it_interval.tv_usec;
+      s->itimer[w].value_sec = it.it_value.tv_sec;
+      s->itimer[w].value_usec = it.it_value.tv_usec;
+    }
+  }
+}
+
+void send_error(const char* why) {
+  ibdbg_msg_hdr h = {IBDBG_MSG_ERROR, (uint32_t)slen(why)};
+  write_all(g_sock, &h, sizeof h);
+  write_all(g_sock, why, h.len);
+}
+
+// Runs in the checkpoint thread's own signal handler, so that its context is
+// a signal frame like every other thread's.
+void ckpt_describe_and_wait() {
+  describe_process();
+  g_blob_len = 0;
+  bool ok = blob_add(IBDBG_BLOB_PROCESS, &g_pinfo, sizeof g_pinfo);
+  uint32_t n = g_nslots < IBDBG_MAX_THREADS ? g_nslots : IBDBG_MAX_THREADS;
+  for (uint32_t i = 0; i < n && ok; i++) ok = blob_add(IBDBG_BLOB_THREAD, &g_slots[i].info, sizeof g_slots[i].info);
+  if (ok) ok = blob_add(IBDBG_BLOB_SIGNALS, &g_sigstate, sizeof g_sigstate);
+  if (!ok || g_nslots > IBDBG_MAX_THREADS) {
+    send_error("too many threads for one capture");
+    return;
+  }
+  ibdbg_msg_hdr h = {IBDBG_MSG_SUSPENDED, (uint32_t)g_blob_len};
+  if (!write_all(g_sock, &h, sizeof h) || !write_all(g_sock, g_blob, g_blob_len)) return;
+  // Blocked here while the agent reads our memory.  After a replay, execution
+  // continues after the tgkill in ckpt_capture() instead.
+  ibdbg_msg_hdr reply;
+  if (!read_all(g_sock, &reply, sizeof reply)) return;
+}
+
+// Stops every thread but this one; returns false (with all running again) if
+// some thread does not answer in time.
+bool stop_all_threads(const char** why) {
+  static int signaled[IBDBG_MAX_THREADS];
+  int nsignaled = 0;
+  int pid = raw_getpid(), self = raw_gettid();
+  static char dents[32768];
+  for (int round = 0; round < 1000; round++) {
+    int fd = (int)sys(SYS_openat, AT_FDCWD, (long)"/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+      *why = "cannot list /proc/self/task";
+      return false;
+    }
+    int fresh = 0;
+    for (;;) {
+      long n = sys(SYS_getdents64, fd, (long)dents, sizeof dents);
+      if (n <= 0) break;
+      for (long off = 0; off < n;) {
+        struct linux_dirent64 {
+          uint64_t ino;
+          int64_t off;
+          unsigned short reclen;
+          unsigned char type;
+          char name[];
+        }* d = (linux_dirent64*)(dents + off);
+        off += d->reclen;
+        if (d->name[0] < '0' || d->name[0] > '9') continue;
+        int tid = 0;
+        for (const char* c = d->name; *c; c++) tid = tid * 10 + (*c - '0');
+        if (tid == self) continue;
+        bool known = false;
+        for (int i = 0; i < nsignaled; i++)
+          if (signaled[i] == tid) known = true;
+        if (known) continue;
+        if (nsignaled >= IBDBG_MAX_THREADS) {
+          sys(SYS_close, fd);
+          *why = "too many threads for one capture";
+          return false;
+        }
+        if (sys(SYS_tgkill, pid, tid, g_sig) == 0) signaled[nsignaled++] = tid, fresh++;
+      }
+    }
+    sys(SYS_close, fd);
+    // Wait until every signalled thread has entered the handler or is gone.
+    for (int waited = 0;; waited++) {
+      int alive = 0;
+      for (int i = 0; i < nsignaled; i++) {
+        bool in = false;
+        for (uint32_t k = 0; k < g_nslots && k < IBDBG_MAX_THREADS; k++)
+          if (g_slots[k].info.tid == signaled[i]) in = true;
+        if (!in && sys(SYS_tgkill, pid, signaled[i], 0) == 0) alive++;
+      }
+      if (alive == 0) break;
+      if (waited > 1000) {  // ~10 s
+        *why = "a thread does not stop for the checkpoint signal (is it blocked with a raw system call?)";
+        return false;
+      }
+      uint32_t e = g_entered;
+      futex_wait(&g_entered, e, 10);
+    }
+    if (fresh == 0) return true;  // a full scan found nobody new
+  }
+  *why = "threads keep appearing during the capture";
+  return false;
+}
+
+void release_threads() {
+  g_capturing = 0;
+  __atomic_fetch_add(&g_resume_gen, 1, __ATOMIC_SEQ_CST);
+  futex_wake(&g_resume_gen);
+}
+
+bool connect_agent() {
+  int fd = (int)sys(SYS_socket, AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  struct sockaddr_un a;
+  memset(&a, 0, sizeof a);
+  a.sun_family = AF_UNIX;
+  size_t len = slen(g_agent);
+  if (len + 1 >= sizeof a.sun_path) len = sizeof a.sun_path - 2;
+  // A leading '@' names an abstract socket.
+  memcpy(a.sun_path, g_agent, len);
+  if (a.sun_path[0] == '@') a.sun_path[0] = 0;
+  socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+  for (int tries = 0; tries < 50; tries++) {
+    if (sys(SYS_connect, fd, (long)&a, alen) == 0) {
+      // Keep the descriptor out of the application's way.
+      long hi = sys(SYS_fcntl, fd, F_DUPFD_CLOEXEC, 900);
+      if (hi >= 0) {
+        sys(SYS_close, fd);
+        fd = (int)hi;
+      }
+      g_sock = fd;
+      ibdbg_hello hello;
+      memset(&hello, 0, sizeof hello);
+      hello.pid = raw_getpid();
+      hello.restarted = (int)g_generation;
+      long l = sys(SYS_readlinkat, AT_FDCWD, (long)"/proc/self/exe", (long)hello.exe, sizeof hello.exe - 1);
+      hello.exe[l > 0 ? l : 0] = 0;
+      ibdbg_msg_hdr h = {IBDBG_MSG_HELLO, sizeof hello};
+      return write_all(g_sock, &h, sizeof h) && write_all(g_sock, &hello, sizeof hello);
+    }
+    struct timespec ts = {0, 20000000};
+    sys(SYS_nanosleep, (long)&ts, 0);
+  }
+  sys(SYS_close, fd);
+  return false;
+}
+
+void ckpt_capture() {
+  const char* why = nullptr;
+  g_nslots = 0;
+  g_entered = 0;
+  g_capturing = 1;
+  if (!stop_all_threads(&why)) {
+    release_threads();
+    send_error(why);
+    return;
+  }
+  uint32_t gen_before = g_generation;
+  sys(SYS_tgkill, raw_getpid(), raw_gettid(), g_sig);
+  // Either the agent said RESUME (same process, same generation) or we are a
+  // replayed process whose restorer filled g_restart_info.
+  if (g_restart_info.magic == IBDBG_RESTART_MAGIC && g_restart_info.generation != gen_before) {
+    g_generation = g_restart_info.generation;
+    scopy(g_agent, g_restart_info.agent, sizeof g_agent);
+    g_capturing = 0;
+    // The old control socket's number was left free by the launcher.
+    g_sock = -1;
+    if (g_restart_info.gdb_mode) {
+      // nothing special: gdb has the threads
+    }
+    connect_agent();
+    return;
+  }
+  release_threads();
+}
+
+void* ckpt_main(void*) {
+  sigset_t all;
+  sigfillset(&all);
+  sigdelset(&all, g_sig);
+  real.pthread_sigmask(SIG_SETMASK, &all, nullptr);
+  sys(SYS_prctl, PR_SET_NAME, (long)"ibdbg-ckpt");
+  g_ckpt_tid = raw_gettid();
+  if (!connect_agent()) return nullptr;
+  for (;;) {
+    ibdbg_msg_hdr h;
+    if (!read_all(g_sock, &h, sizeof h)) {
+      sys(SYS_close, g_sock);
+      g_sock = -1;
+      return nullptr;  // the agent went away: the process runs on, uncapturable
+    }
+    static char scratch[4096];
+    for (uint32_t left = h.len; left;) {
+      uint32_t k = left < sizeof scratch ? left : sizeof scratch;
+      if (!read_all(g_sock, scratch, k)) return nullptr;
+      left -= k;
+    }
+    if (h.type == IBDBG_MSG_SUSPEND) ckpt_capture();
+  }
+}
+
+void start_ckpt_thread() {
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  pthread_t th;
+  // The new thread must not take application signals.
+  sigset_t all, old;
+  sigfillset(&all);
+  real.pthread_sigmask(SIG_SETMASK, &all, &old);
+  pthread_create(&th, &attr, ckpt_main, nullptr);
+  real.pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  pthread_attr_destroy(&attr);
+}
+
+void install_handler() {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = handler;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigfillset(&sa.sa_mask);
+  real.sigaction(g_sig, &sa, nullptr);
+}
+
+void after_fork_child() {
+  // The child has no checkpoint thread and shares our agent connection: give
+  // it its own.  (Whole process trees are the job layer's work.)
+  g_sock = -1;
+  g_capturing = 0;
+  if (g_agent[0]) start_ckpt_thread();
+}
+
+__attribute__((constructor)) void ibdbg_capture_init() {
+  resolve_real();
+  const char* agent = getenv("IBDBG_AGENT");
+  if (!agent || !*agent) return;  // preloaded outside ibdbg run: stay inert
+  scopy(g_agent, agent, sizeof g_agent);
+  const char* s = getenv("IBDBG_SIGNAL");
+  g_sig = s && *s ? atoi(s) : SIGRTMAX - 2;
+  if (g_sig <= 0 || g_sig >= 65) g_sig = SIGRTMAX - 2;
+  g_blob_cap = sizeof(ibdbg_process_info) + sizeof(ibdbg_signal_state) +
+               (size_t)IBDBG_MAX_THREADS * (sizeof(ibdbg_thread_info) + sizeof(ibdbg_blob_hdr)) + 4096;
+  void* b = mmap(nullptr, g_blob_cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (b == MAP_FAILED) return;
+  g_blob = (char*)b;
+  install_handler();
+  pthread_atfork(nullptr, nullptr, after_fork_child);
+  start_ckpt_thread();
+}
+
+bool is_ours(int sig) { return g_agent[0] && sig == g_sig; }
+
+sigset_t without_ours(const sigset_t* set) {
+  sigset_t s = *set;
+  if (g_agent[0]) sigdelset(&s, g_sig);
+  return s;
+}
+
+}  // namespace
+
+// ---- wrappers: calls that a checkpoint signal would turn into EINTR ----------
+// SA_RESTART restarts read, accept or futex waits by itself; these calls return
+// EINTR whatever the flags say, so they are retried here when (and only when)
+// our own signal interrupted them.  The counter lives in TLS, which a replay
+// restores, so the retry also happens for a call interrupted before a capture
+// and resumed in a replay.
+
+EXPORT int nanosleep(const struct timespec* req, struct timespec* rem) {
+  struct timespec left = *req, r;
+  for (;;) {
+    unsigned before = t_interrupts;
+    int rc = real.nanosleep(&left, &r);
+    if (rc == -1 && errno == EINTR && t_interrupts != before) {
+      left = r;
+      continue;
+    }
+    if (rc == -1 && errno == EINTR && rem) *rem = r;
+    return rc;
+  }
+}
+
+EXPORT int clock_nanosleep(clockid_t clk, int flags, const struct timespec* req, struct timespec* rem) {
+  struct timespec left = *req, r;
+  for (;;) {
+    unsigned before = t_interrupts;
+    int rc = real.clock_nanosleep(clk, flags, &left, &r);
+    if (rc == EINTR && t_interrupts != before) {
+      if (!(flags & TIMER_ABSTIME)) left = r;
+      continue;
+    }
+    if (rc == EINTR && rem && !(flags & TIMER_ABSTIME)) *rem = r;
+    return rc;
+  }
+}
+
+EXPORT unsigned int sleep(unsigned int seconds) {
+  struct timespec ts = {(time_t)seconds, 0}, rem = {0, 0};
+  if (nanosleep(&ts, &rem) == -1) return (unsigned)rem.tv_sec + (rem.tv_nsec > 0);
+  return 0;
+}
+
+EXPORT int usleep(useconds_t usec) {
+  struct timespec ts = {(time_t)(usec / 1000000), (long)(usec % 1000000) * 1000};
+  return nanosleep(&ts, nullptr);
+}
+
+namespace {
+int64_t mono_ms() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+}  // namespace
+
+EXPORT int poll(struct pollfd* fds, nfds_t n, int timeout) {
+  int64_t deadline = timeout > 0 ? mono_ms() + timeout : 0;
+  for (;;) {
+    unsigned before = t_interrupts;
+    int rc = real.poll(fds, n, timeout);
+    if (rc == -1 && errno == EINTR && t_interrupts != before) {
+      if (timeout > 0) {
+        int64_t left = deadline - mono_ms();
+        // After a replay the monotonic clock may have jumped: never wait
+        // longer than the application asked for.
+        timeout = left < 0 ? 0 : left > timeout ? timeout : (int)left;
+      }
+      continue;
+    }
+    return rc;
+  }
+}
+
+EXPORT int ppoll(struct pollfd* fds, nfds_t n, const struct timespec* tmo, const sigset_t* mask) {
+  for (;;) {
+    unsigned before = t_interrupts;
+    int rc = real.ppoll(fds, n, tmo, mask);
+    if (rc == -1 && errno == EINTR && t_interrupts != before) continue;
+    return rc;
+  }
+}
+
+EXPORT int select(int nfds, fd_set* r, fd_set* w, fd_set* e, struct timeval* tv) {
+  fd_set r0, w0, e0;
+  if (r) r0 = *r;
+  if (w) w0 = *w;
+  if (e) e0 = *e;
+  for (;;) {
+    unsigned before = t_interrupts;
+    int rc = real.select(nfds, r, w, e, tv);  // Linux updates tv with the time left
+    if (rc == -1 && errno == EINTR && t_interrupts != before) {
+      if (r) *r = r0;
+      if (w) *w = w0;
+      if (e) *e = e0;
+      continue;
+    }
+    return rc;
+  }
+}
+
+EXPORT int epoll_wait(int ep, struct epoll_event* ev, int max, int timeout) {
+  int64_t deadline = timeout > 0 ? mono_ms() + timeout : 0;
+  for (;;) {
+    unsigned before = t_interrupts;
+    int rc = real.epoll_wait(ep, ev, max, timeout);
+    if (rc == -1 && errno == EINTR && t_interrupts != before) {
+      if (timeout > 0) {
+        int64_t left = deadline - mono_ms();
+        timeout = left < 0 ? 0 : left > timeout ? timeout : (int)left;
+      }
+      continue;
+    }
+    return rc;
+  }
+}
+
+EXPORT int epoll_pwait(int ep, struct epoll_event* ev, int max, int timeout, const sigset_t* mask) {
+  for (;;) {
+    unsigned before = t_interrupts;
+    int rc = real.epoll_pwait(ep, ev, max, timeout, mask);
+    if (rc == -1 && errno == EINTR && t_interrupts != before) continue;
+    return rc;
+  }
+}
+
+// ---- keeping the checkpoint signal ours ----------------------------------------
+EXPORT int sigaction(int sig, const struct sigaction* act, struct sigaction* old) {
+  if (is_ours(sig)) {
+    if (old) *old = g_app_action;
+    if (act) g_app_action = *act;
+    return 0;
+  }
+  return real.sigaction(sig, act, old);
+}
+
+EXPORT int sigprocmask(int how, const sigset_t* set, sigset_t* old) {
+  if (!set) return real.sigprocmask(how, set, old);
+  sigset_t s = without_ours(set);
+  return real.sigprocmask(how, &s, old);
+}
+
+EXPORT int pthread_sigmask(int how, const sigset_t* set, sigset_t* old) {
+  if (!set) return real.pthread_sigmask(how, set, old);
+  sigset_t s = without_ours(set);
+  return real.pthread_sigmask(how, &s, old);
+}

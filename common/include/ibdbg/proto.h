@@ -1,0 +1,258 @@
+/* Plain-C records shared by the capture library, the agent, the image and the
+ * restorer.  They are written into images as they are, so every field has a
+ * fixed size and layout; change them only together with IBDBG_PROTO_VERSION
+ * and the image format version.  No libc types: the restorer includes this. */
+#ifndef IBDBG_PROTO_H
+#define IBDBG_PROTO_H
+
+#include <stdint.h>
+
+#define IBDBG_PROTO_VERSION 1
+#define IBDBG_PATH_MAX 4096
+#define IBDBG_MAX_THREADS 4096
+#define IBDBG_NSIG 64
+#define IBDBG_AUXV_WORDS 128
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- capture library <-> agent, over a unix stream socket ---------------- */
+enum ibdbg_msg_type {
+  IBDBG_MSG_HELLO = 1,      /* lib -> agent: payload ibdbg_hello */
+  IBDBG_MSG_SUSPEND = 2,    /* agent -> lib: stop all threads, describe yourself */
+  IBDBG_MSG_SUSPENDED = 3,  /* lib -> agent: payload = metadata blob (records below) */
+  IBDBG_MSG_RESUME = 4,     /* agent -> lib: image written (or abandoned), run on */
+  IBDBG_MSG_EXIT = 5,       /* agent -> lib: capture done, terminate (--stop) */
+  IBDBG_MSG_ERROR = 6,      /* lib -> agent: payload = one-line reason */
+};
+
+struct ibdbg_msg_hdr {
+  uint32_t type;
+  uint32_t len; /* payload bytes that follow */
+};
+
+struct ibdbg_hello {
+  int32_t pid;
+  int32_t restarted; /* generation: 0 = first run, N = after N replays */
+  char exe[512];
+};
+
+/* The metadata blob is a sequence of (ibdbg_blob_hdr, payload) items. */
+enum ibdbg_blob_type {
+  IBDBG_BLOB_PROCESS = 1, /* ibdbg_process_info */
+  IBDBG_BLOB_THREAD = 2,  /* ibdbg_thread_info, one per thread */
+  IBDBG_BLOB_SIGNALS = 3, /* ibdbg_signal_state */
+  IBDBG_BLOB_FD = 4,      /* ibdbg_fd_info, one per descriptor, then its data */
+  IBDBG_BLOB_FDDATA = 5,  /* bytes that belong to the preceding FD item */
+};
+
+struct ibdbg_blob_hdr {
+  uint32_t type;
+  uint32_t len;
+};
+
+struct ibdbg_process_info {
+  uint32_t proto_version;
+  int32_t pid, ppid, pgid, sid;
+  uint32_t umask;
+  uint32_t generation;
+  int32_t dumpable;
+  uint64_t start_code, end_code, start_data, end_data;
+  uint64_t start_brk, brk, start_stack;
+  uint64_t arg_start, arg_end, env_start, env_end;
+  uint64_t auxv[IBDBG_AUXV_WORDS];
+  uint32_t auxv_words;
+  uint32_t nthreads;
+  /* Where the library keeps its ibdbg_restart_info: the restorer fills it. */
+  uint64_t restart_info_addr;
+  int32_t control_fd; /* the library's own socket: not part of the application */
+  int32_t ckpt_signal;
+  struct {
+    uint64_t cur, max;
+  } rlimits[16];
+  char cwd[IBDBG_PATH_MAX];
+  char exe[IBDBG_PATH_MAX];
+  char comm[16];
+  char hostname[64];
+  int64_t capture_time_ns; /* CLOCK_REALTIME */
+};
+
+enum ibdbg_thread_flags {
+  IBDBG_THREAD_MAIN = 1, /* tid == pid */
+  IBDBG_THREAD_CKPT = 2, /* the library's own checkpoint thread */
+};
+
+struct ibdbg_thread_info {
+  int32_t tid;
+  uint32_t flags;
+  uint64_t fs_base;
+  /* The thread sits in a signal handler; its whole user context is the
+   * kernel's rt_sigframe whose ucontext starts here.  rt_sigreturn with
+   * rsp = uc_addr brings it back exactly where it was interrupted. */
+  uint64_t uc_addr;
+  uint64_t resume_rip; /* for display: where the application was */
+  uint64_t resume_rsp;
+  uint64_t clear_child_tid;
+  uint64_t rseq_addr;
+  uint32_t rseq_len;
+  uint32_t rseq_sig;
+  uint64_t altstack_sp, altstack_size;
+  int32_t altstack_flags;
+  uint32_t pad;
+  char name[16];
+};
+
+struct ibdbg_ksigaction {
+  uint64_t handler;
+  uint64_t flags;
+  uint64_t restorer;
+  uint64_t mask;
+};
+
+struct ibdbg_itimer {
+  int64_t interval_sec, interval_usec, value_sec, value_usec;
+};
+
+struct ibdbg_pending_signal {
+  int32_t tid; /* 0 = process-wide */
+  int32_t signo;
+  uint8_t siginfo[128];
+};
+
+#define IBDBG_MAX_PENDING 64
+struct ibdbg_signal_state {
+  struct ibdbg_ksigaction act[IBDBG_NSIG]; /* index = signo - 1 */
+  struct ibdbg_itimer itimer[3];           /* REAL, VIRTUAL, PROF */
+  uint32_t npending;
+  uint32_t ckpt_signal;
+  struct ibdbg_pending_signal pending[IBDBG_MAX_PENDING];
+};
+
+enum ibdbg_fd_kind {
+  IBDBG_FD_FILE = 1,    /* regular file or directory, reopened by path */
+  IBDBG_FD_TTY = 2,     /* a terminal: reattached to the replaying one */
+  IBDBG_FD_PIPE = 3,    /* pipe; ends matched by pipe_id; data in FDDATA */
+  IBDBG_FD_DEVNULL = 4, /* character devices reopened by path */
+  IBDBG_FD_SOCKET_LISTEN = 5,
+  IBDBG_FD_OTHER = 6,   /* not restorable: replay leaves /dev/null there */
+};
+
+struct ibdbg_fd_info {
+  int32_t fd;
+  uint32_t kind;
+  int32_t open_flags; /* F_GETFL */
+  int32_t fd_flags;   /* F_GETFD */
+  uint64_t offset;
+  uint64_t size;
+  uint64_t pipe_id; /* inode of the pipe */
+  uint32_t mode;    /* st_mode */
+  int32_t deleted;  /* a regular file unlinked while open: content in FDDATA */
+  int32_t sock_family, sock_type;
+  uint8_t sock_addr[128];
+  uint32_t sock_addr_len;
+  int32_t sock_backlog;
+  char path[IBDBG_PATH_MAX];
+};
+
+/* ---- memory regions as the image records them ------------------------------ */
+enum ibdbg_image_vma_kind {
+  IBDBG_IVMA_ANON = 1,         /* private anonymous: present pages stored */
+  IBDBG_IVMA_FILE = 2,         /* private file mapping: copy-on-write pages stored */
+  IBDBG_IVMA_FILE_SHARED = 3,  /* shared file mapping: the file holds the data */
+  IBDBG_IVMA_SHARED_ANON = 4,  /* shared anonymous / memfd / SysV: pages stored */
+  IBDBG_IVMA_VDSO = 5,
+  IBDBG_IVMA_VVAR = 6,
+  IBDBG_IVMA_VVAR_VCLOCK = 7,
+  IBDBG_IVMA_HEAP = 8,
+  IBDBG_IVMA_STACK = 9,
+  IBDBG_IVMA_FILE_DELETED = 10, /* private mapping of a deleted file: pages stored */
+};
+
+struct ibdbg_image_vma {
+  uint64_t start, end, offset;
+  uint32_t prot;
+  uint32_t kind;
+  uint32_t shared;
+  uint32_t deleted;
+  uint64_t inode;
+  uint32_t dev_major, dev_minor;
+  uint64_t file_size;
+  int64_t file_mtime_ns;
+  uint64_t data_pages;
+  char path[IBDBG_PATH_MAX];
+};
+
+/* Filled by the restorer into the library's memory before threads run. */
+struct ibdbg_restart_info {
+  uint64_t magic; /* IBDBG_RESTART_MAGIC when valid */
+  uint32_t generation;
+  int32_t gdb_mode;
+  char agent[108]; /* the new agent's socket name */
+  char job_dir[IBDBG_PATH_MAX];
+};
+#define IBDBG_RESTART_MAGIC 0x7472617473657269ull /* "iresta rt" */
+
+/* ---- replay launcher -> restorer, over a pipe ---------------------------- */
+#define IBDBG_PLAN_MAGIC 0x4e414c5047424449ull /* "IDBGPLAN" */
+
+enum ibdbg_vma_kind {
+  IBDBG_VMA_ANON = 1,
+  IBDBG_VMA_FILE = 2,   /* mmap of plan_vma.fd at offset */
+  IBDBG_VMA_VDSO = 3,   /* [vdso]/[vvar]/[vvar_vclock]: moved, not mapped */
+  IBDBG_VMA_VVAR = 4,
+  IBDBG_VMA_VVAR_VCLOCK = 5,
+  IBDBG_VMA_FILL = 0x100, /* flag: the launcher writes its pages after 'M' */
+  IBDBG_VMA_GROWSDOWN = 0x200,
+};
+
+struct ibdbg_plan_vma {
+  uint64_t start, end;
+  uint32_t kind;
+  uint32_t prot;  /* PROT_* */
+  uint32_t flags; /* MAP_SHARED / MAP_PRIVATE | MAP_GROWSDOWN ... */
+  int32_t fd;     /* for FILE: descriptor inherited from the launcher */
+  uint64_t offset;
+};
+
+struct ibdbg_plan_thread {
+  int32_t tid;
+  uint32_t flags;
+  uint64_t fs_base;
+  uint64_t uc_addr;
+  uint64_t clear_child_tid;
+  uint64_t rseq_addr;
+  uint32_t rseq_len;
+  uint32_t rseq_sig;
+  uint64_t altstack_sp, altstack_size;
+  int32_t altstack_flags;
+  uint32_t pad;
+  char name[16];
+};
+
+struct ibdbg_plan_hdr {
+  uint64_t magic;
+  uint32_t nvmas;
+  uint32_t nthreads;
+  int32_t status_fd; /* restorer -> launcher progress bytes */
+  int32_t exe_fd;    /* for /proc/self/exe, or -1 */
+  int32_t gdb_mode;  /* park threads before rt_sigreturn */
+  int32_t close_from; /* descriptors >= this are the launcher's: closed at the end */
+  uint32_t ncloexec;  /* then this many int32 descriptors to mark FD_CLOEXEC */
+  uint64_t restart_info_addr;
+  struct ibdbg_restart_info restart_info;
+  struct ibdbg_process_info proc;
+  struct ibdbg_signal_state sig;
+};
+
+/* Bytes the restorer writes on status_fd. */
+#define IBDBG_RST_MAPPED 'M'  /* regions exist; the launcher may fill them now */
+#define IBDBG_RST_PARKED 'P'  /* every thread waits before rt_sigreturn */
+#define IBDBG_RST_FAILED 'F'  /* followed by a NUL-terminated message */
+/* Launcher -> restorer on the plan pipe after filling memory. */
+#define IBDBG_RST_FILLED 'D'
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,650 @@
+#include "launcher.h"
+
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/sched.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <dirent.h>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "ibdbg/image_file.h"
+#include "ibdbg/proto.h"
+#include "restorer/restorer_layout.h"
+
+namespace ibdbg::replay {
+namespace {
+
+[[noreturn]] void Fail(const std::string& s) { throw std::runtime_error(s); }
+
+struct FdRecord {
+  ibdbg_fd_info info;
+  std::string data;
+};
+
+struct ImageMeta {
+  ibdbg_process_info proc{};
+  std::vector<ibdbg_thread_info> threads;
+  ibdbg_signal_state sig{};
+  std::vector<ibdbg_image_vma> vmas;
+  std::vector<FdRecord> fds;
+};
+
+// Reads every record up to the first page record.
+void ReadMeta(image::ImageReader& r, ImageMeta& m, image::Record& first_pages, bool* have_pages) {
+  bool have_proc = false, have_sig = false;
+  image::Record rec;
+  *have_pages = false;
+  while (r.Next(rec)) {
+    switch (rec.type) {
+      case image::RecordType::Process:
+        if (rec.data.size() != sizeof m.proc) Fail(r.path() + ": process record of another format");
+        memcpy(&m.proc, rec.data.data(), sizeof m.proc);
+        have_proc = true;
+        break;
+      case image::RecordType::Thread: {
+        if (rec.data.size() != sizeof(ibdbg_thread_info)) Fail(r.path() + ": thread record of another format");
+        ibdbg_thread_info t;
+        memcpy(&t, rec.data.data(), sizeof t);
+        m.threads.push_back(t);
+        break;
+      }
+      case image::RecordType::Signals:
+        if (rec.data.size() != sizeof m.sig) Fail(r.path() + ": signal record of another format");
+        memcpy(&m.sig, rec.data.data(), sizeof m.sig);
+        have_sig = true;
+        break;
+      case image::RecordType::Vma: {
+        if (rec.data.size() != sizeof(ibdbg_image_vma)) Fail(r.path() + ": memory region record of another format");
+        ibdbg_image_vma v;
+        memcpy(&v, rec.data.data(), sizeof v);
+        v.path[sizeof v.path - 1] = 0;
+        if (v.start >= v.end || (v.start | v.end) & 4095) Fail(r.path() + ": corrupted memory region record");
+        m.vmas.push_back(v);
+        break;
+      }
+      case image::RecordType::Fd: {
+        if (rec.data.size() < sizeof(ibdbg_fd_info)) Fail(r.path() + ": descriptor record of another format");
+        FdRecord f;
+        memcpy(&f.info, rec.data.data(), sizeof f.info);
+        f.info.path[sizeof f.info.path - 1] = 0;
+        f.data.assign((const char*)rec.data.data() + sizeof f.info, rec.data.size() - sizeof f.info);
+        m.fds.push_back(std::move(f));
+        break;
+      }
+      case image::RecordType::Pages:
+        first_pages = std::move(rec);
+        *have_pages = true;
+        goto done;
+      default: break;
+    }
+  }
+done:
+  if (!have_proc || !have_sig || m.threads.empty()) Fail(r.path() + ": image lacks process state (truncated?)");
+  if (m.proc.proto_version != IBDBG_PROTO_VERSION) Fail(r.path() + ": process state of another format version");
+}
+
+// Everything the child needs after fork, prepared while we may still throw.
+struct Prepared {
+  std::vector<ibdbg_plan_vma> vmas;
+  std::vector<ibdbg_plan_thread> threads;
+  std::vector<int> launcher_fds;  // become close_from + i in the child
+  std::vector<int32_t> cloexec;
+  int close_from = 0;
+  int exe_fd = -1;
+  int plan_r = -1, plan_w = -1, status_r = -1, status_w = -1;
+  std::map<uint64_t, std::string> pipe_data;
+};
+
+int TargetOf(const Prepared& p, int fd) {
+  for (size_t i = 0; i < p.launcher_fds.size(); i++)
+    if (p.launcher_fds[i] == fd) return p.close_from + (int)i;
+  return -1;
+}
+
+int AddLauncherFd(Prepared& p, int fd) {
+  p.launcher_fds.push_back(fd);
+  return fd;
+}
+
+void BuildVmas(const ImageMeta& m, Prepared& p) {
+  std::map<std::string, int> opened;
+  for (const auto& v : m.vmas) {
+    if (v.start < IBDBG_RESTORER_END && v.end > IBDBG_RESTORER_BASE)
+      Fail("the image uses addresses reserved for the restorer (0x3f0000000000-0x3f1000000000)");
+    ibdbg_plan_vma pv{};
+    pv.start = v.start;
+    pv.end = v.end;
+    pv.prot = v.prot;
+    pv.fd = -1;
+    switch (v.kind) {
+      case IBDBG_IVMA_VDSO: pv.kind = IBDBG_VMA_VDSO; break;
+      case IBDBG_IVMA_VVAR: pv.kind = IBDBG_VMA_VVAR; break;
+      case IBDBG_IVMA_VVAR_VCLOCK: pv.kind = IBDBG_VMA_VVAR_VCLOCK; break;
+      case IBDBG_IVMA_STACK:
+        pv.kind = IBDBG_VMA_ANON | IBDBG_VMA_FILL | IBDBG_VMA_GROWSDOWN;
+        pv.flags = MAP_PRIVATE;
+        break;
+      case IBDBG_IVMA_ANON:
+      case IBDBG_IVMA_HEAP:
+      case IBDBG_IVMA_FILE_DELETED:
+        pv.kind = IBDBG_VMA_ANON | IBDBG_VMA_FILL;
+        pv.flags = MAP_PRIVATE;
+        break;
+      case IBDBG_IVMA_FILE:
+      case IBDBG_IVMA_FILE_SHARED: {
+        bool shared = v.kind == IBDBG_IVMA_FILE_SHARED;
+        bool rw = shared && (v.prot & PROT_WRITE);
+        std::string key = std::string(v.path) + (rw ? "#rw" : "#ro");
+        auto it = opened.find(key);
+        int fd;
+        if (it != opened.end()) {
+          fd = it->second;
+        } else {
+          fd = open(v.path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+          if (fd < 0) Fail(std::string("cannot open ") + v.path + " (mapped by the process): " + strerror(errno));
+          struct stat sb;
+          if (fstat(fd, &sb) == 0 && v.file_size && (uint64_t)sb.st_size < v.offset + (v.end - v.start) &&
+              (uint64_t)sb.st_size != v.file_size)
+            Fail(std::string(v.path) + " changed since the capture (size " + std::to_string(sb.st_size) + ", was " +
+                 std::to_string(v.file_size) + "); map it with: ibdbg translate --map-path");
+          AddLauncherFd(p, fd);
+          opened[key] = fd;
+        }
+        pv.kind = IBDBG_VMA_FILE | (shared ? 0 : IBDBG_VMA_FILL);
+        pv.flags = shared ? MAP_SHARED : MAP_PRIVATE;
+        pv.fd = fd;  // renumbered below
+        pv.offset = v.offset;
+        break;
+      }
+      case IBDBG_IVMA_SHARED_ANON: {
+        int fd = (int)syscall(SYS_memfd_create, "ibdbg-shared", MFD_CLOEXEC);
+        if (fd < 0 || ftruncate(fd, (off_t)(v.end - v.start)) != 0) Fail("cannot create shared memory for replay");
+        AddLauncherFd(p, fd);
+        pv.kind = IBDBG_VMA_FILE | IBDBG_VMA_FILL;
+        pv.flags = MAP_SHARED;
+        pv.fd = fd;
+        pv.offset = 0;
+        break;
+      }
+      default: Fail("unknown memory region kind in the image");
+    }
+    p.vmas.push_back(pv);
+  }
+}
+
+void BuildThreads(const ImageMeta& m, Prepared& p) {
+  bool main_found = false;
+  for (const auto& t : m.threads) {
+    ibdbg_plan_thread pt{};
+    pt.tid = t.tid;
+    pt.flags = t.flags;
+    pt.fs_base = t.fs_base;
+    pt.uc_addr = t.uc_addr;
+    pt.clear_child_tid = t.clear_child_tid;
+    pt.rseq_addr = t.rseq_addr;
+    pt.rseq_len = t.rseq_len;
+    pt.rseq_sig = t.rseq_sig;
+    pt.altstack_sp = t.altstack_sp;
+    pt.altstack_size = t.altstack_size;
+    pt.altstack_flags = t.altstack_flags;
+    memcpy(pt.name, t.name, sizeof pt.name);
+    pt.name[sizeof pt.name - 1] = 0;
+    if (t.flags & IBDBG_THREAD_MAIN) main_found = true;
+    if (t.tid <= 1) Fail("the image names thread id " + std::to_string(t.tid) + ", which cannot be recreated");
+    p.threads.push_back(pt);
+  }
+  (void)main_found;
+}
+
+// ---- in the child, before exec: no exceptions, report through the status pipe
+[[noreturn]] void ChildFail(int status_fd, const std::string& msg) {
+  std::string s = "F" + msg;
+  s.push_back('\0');
+  if (write(status_fd, s.data(), s.size()) < 0) {
+  }
+  _exit(127);
+}
+
+int OpenImageFd(const FdRecord& f, Prepared& p, int status_fd, std::map<uint64_t, std::pair<int, int>>& pipes,
+                int scratch_base) {
+  const ibdbg_fd_info& fi = f.info;
+  int fd = -1;
+  int acc = fi.open_flags & O_ACCMODE;
+  switch (fi.kind) {
+    case IBDBG_FD_FILE: {
+      if (fi.deleted) {
+        std::string dir = fi.path;
+        dir = dir.substr(0, dir.rfind('/'));
+        fd = open(dir.empty() ? "/" : dir.c_str(), O_TMPFILE | O_RDWR, fi.mode & 07777);
+        if (fd < 0) fd = open("/tmp", O_TMPFILE | O_RDWR, 0600);
+        if (fd < 0) ChildFail(status_fd, std::string("cannot recreate deleted file ") + fi.path + ": " + strerror(errno));
+        size_t off = 0;
+        while (off < f.data.size()) {
+          ssize_t n = pwrite(fd, f.data.data() + off, f.data.size() - off, (off_t)off);
+          if (n <= 0) ChildFail(status_fd, std::string("cannot refill deleted file ") + fi.path);
+          off += (size_t)n;
+        }
+      } else {
+        int flags = fi.open_flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY);
+        fd = open(fi.path, flags);
+        if (fd < 0)
+          ChildFail(status_fd, "cannot reopen " + std::string(fi.path) + " (fd " + std::to_string(fi.fd) +
+                                   "): " + strerror(errno));
+      }
+      if (!S_ISDIR(fi.mode) && !S_ISFIFO(fi.mode)) lseek(fd, (off_t)fi.offset, SEEK_SET);
+      break;
+    }
+    case IBDBG_FD_DEVNULL:
+      fd = open(fi.path, fi.open_flags & ~(O_CREAT | O_EXCL | O_TRUNC));
+      if (fd < 0) fd = open("/dev/null", O_RDWR);
+      break;
+    case IBDBG_FD_TTY:
+      fd = isatty(0) ? dup(0) : open("/dev/null", O_RDWR);
+      break;
+    case IBDBG_FD_PIPE: {
+      auto it = pipes.find(fi.pipe_id);
+      if (it == pipes.end()) {
+        int pp[2];
+        if (pipe2(pp, O_CLOEXEC) != 0) ChildFail(status_fd, "cannot create a pipe");
+        int r = fcntl(pp[0], F_DUPFD_CLOEXEC, scratch_base);
+        int w = fcntl(pp[1], F_DUPFD_CLOEXEC, scratch_base);
+        close(pp[0]);
+        close(pp[1]);
+        it = pipes.emplace(fi.pipe_id, std::make_pair(r, w)).first;
+        auto d = p.pipe_data.find(fi.pipe_id);
+        if (d != p.pipe_data.end() && !d->second.empty()) {
+          if (d->second.size() > 65536) fcntl(w, F_SETPIPE_SZ, (int)d->second.size());
+          if (write(w, d->second.data(), d->second.size()) != (ssize_t)d->second.size())
+            ChildFail(status_fd, "cannot refill a pipe");
+        }
+      }
+      fd = dup(acc == O_WRONLY ? it->second.second : it->second.first);
+      break;
+    }
+    case IBDBG_FD_SOCKET_LISTEN: {
+      fd = socket(fi.sock_family, fi.sock_type, 0);
+      int one = 1;
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      if (fd < 0 || bind(fd, (const sockaddr*)fi.sock_addr, fi.sock_addr_len) != 0 ||
+          listen(fd, fi.sock_backlog ? fi.sock_backlog : 128) != 0)
+        ChildFail(status_fd, "cannot listen again on the socket of fd " + std::to_string(fi.fd) + ": " +
+                                 strerror(errno));
+      break;
+    }
+    default: {
+      // A connection we cannot carry: the application sees it closed.
+      int sp[2];
+      if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp) != 0) ChildFail(status_fd, "socketpair failed");
+      close(sp[1]);
+      fd = sp[0];
+      break;
+    }
+  }
+  return fd;
+}
+
+void SetupDescriptors(const ImageMeta& m, Prepared& p, int status_fd) {
+  // 1. The launcher's descriptors go to close_from + i (two hops: no overlap).
+  int n = (int)p.launcher_fds.size();
+  int hop = p.close_from + n + 16;
+  std::vector<int> tmp(n);
+  for (int i = 0; i < n; i++) {
+    tmp[i] = fcntl(p.launcher_fds[i], F_DUPFD, hop);
+    if (tmp[i] < 0) ChildFail(status_fd, std::string("cannot move a descriptor: ") + strerror(errno));
+  }
+  for (int i = 0; i < n; i++) {
+    if (dup2(tmp[i], p.close_from + i) < 0) ChildFail(status_fd, "cannot place a descriptor");
+    close(tmp[i]);
+  }
+  int status_target = TargetOf(p, p.status_w);
+  // 2. Nothing else of ours stays, except stdin/out/err, which the image may
+  //    keep (a terminal or a pipe outside the job: the replaying one serves).
+  syscall(SYS_close_range, 3, p.close_from - 1, 0);
+  std::map<uint64_t, std::pair<int, int>> pipes;
+  std::set<uint64_t> pipe_ids_in_image;
+  for (const auto& f : m.fds)
+    if (f.info.kind == IBDBG_FD_PIPE) pipe_ids_in_image.insert(f.info.pipe_id);
+  for (const auto& f : m.fds) {
+    const ibdbg_fd_info& fi = f.info;
+    if (fi.fd < 0 || fi.fd >= p.close_from) continue;
+    if (fi.fd <= 2 && fi.kind != IBDBG_FD_FILE && fi.kind != IBDBG_FD_DEVNULL) {
+      // Keep ours for a pipe only if the other end is not in the process.
+      bool both_ends = false;
+      if (fi.kind == IBDBG_FD_PIPE) {
+        int ends = 0;
+        for (const auto& g : m.fds)
+          if (g.info.kind == IBDBG_FD_PIPE && g.info.pipe_id == fi.pipe_id) ends++;
+        both_ends = ends > 1;
+      }
+      if (!both_ends) continue;
+    }
+    int fd = OpenImageFd(f, p, status_target, pipes, hop);
+    if (fd < 0) ChildFail(status_target, "cannot recreate fd " + std::to_string(fi.fd));
+    if (fd != fi.fd) {
+      if (dup2(fd, fi.fd) < 0) ChildFail(status_target, "cannot place fd " + std::to_string(fi.fd));
+      close(fd);
+    }
+    int keep = fi.open_flags & (O_APPEND | O_NONBLOCK | O_ASYNC | O_DIRECT | O_NOATIME);
+    fcntl(fi.fd, F_SETFL, keep);
+    if (fi.fd_flags & FD_CLOEXEC) p.cloexec.push_back(fi.fd);
+  }
+  for (auto& [id, ends] : pipes) {
+    close(ends.first);
+    close(ends.second);
+  }
+}
+
+void RaiseAmbient(int cap) {
+  __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct d[2];
+  if (syscall(SYS_capget, &h, d) != 0) return;
+  d[cap / 32].inheritable |= 1u << (cap % 32);
+  if (syscall(SYS_capset, &h, d) != 0) return;
+  prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0);
+}
+
+[[noreturn]] void ExecRestorer(const ImageMeta& m, Prepared& p, const std::string& restorer) {
+  int status_fd = p.status_w;
+  SetupDescriptors(m, p, status_fd);
+  int status_target = TargetOf(p, p.status_w);
+  if (chdir(m.proc.cwd) != 0 && chdir("/") != 0) {
+  }
+  umask(m.proc.umask & 0777);
+  for (int r = 0; r < 16; r++) {
+    if (r == RLIMIT_NOFILE && m.proc.rlimits[r].cur < (uint64_t)(p.close_from + p.launcher_fds.size() + 32)) continue;
+    struct rlimit rl = {m.proc.rlimits[r].cur, m.proc.rlimits[r].max};
+    if (rl.rlim_cur || rl.rlim_max) setrlimit(r, &rl);
+  }
+  if (geteuid() != 0) {
+    RaiseAmbient(CAP_CHECKPOINT_RESTORE);
+  }
+  std::string fdarg = std::to_string(TargetOf(p, p.plan_r));
+  char* argv[] = {(char*)"ibdbg-restore", fdarg.data(), nullptr};
+  char* envp[] = {nullptr};
+  execve(restorer.c_str(), argv, envp);
+  ChildFail(status_target, "cannot run the restorer " + restorer + ": " + strerror(errno));
+}
+
+bool WriteMaps(pid_t self_uid, gid_t self_gid) {
+  auto put = [](const char* path, const std::string& s) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    bool ok = write(fd, s.data(), s.size()) == (ssize_t)s.size();
+    close(fd);
+    return ok;
+  };
+  put("/proc/self/setgroups", "deny");
+  return put("/proc/self/uid_map", std::to_string(self_uid) + " " + std::to_string(self_uid) + " 1\n") &&
+         put("/proc/self/gid_map", std::to_string(self_gid) + " " + std::to_string(self_gid) + " 1\n");
+}
+
+// Pid 1 of the replay's pid namespace: starts the process with its own pid and
+// reaps until it is gone.
+[[noreturn]] void RunInit(const ImageMeta& m, Prepared& p, const std::string& restorer) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  // /proc of the new namespace, so /proc/<pid> and /proc/self agree with getpid().
+  if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0)
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
+  pid_t want = m.proc.pid;
+  struct clone_args ca;
+  memset(&ca, 0, sizeof ca);
+  ca.exit_signal = SIGCHLD;
+  ca.set_tid = (uint64_t)&want;
+  ca.set_tid_size = 1;
+  long child = syscall(SYS_clone3, &ca, sizeof ca);
+  if (child < 0) ChildFail(p.status_w, "cannot recreate pid " + std::to_string(want) + ": " + strerror(errno));
+  if (child == 0) ExecRestorer(m, p, restorer);
+  // Only the status and plan pipes' other ends must not linger here.
+  for (int fd : p.launcher_fds) close(fd);
+  close(p.status_w);
+  close(p.plan_r);
+  int status = 0;
+  for (;;) {
+    int st;
+    pid_t r = waitpid(-1, &st, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) break;
+    if (r == child) status = st;
+  }
+  if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
+  _exit(128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 1));
+}
+
+pid_t FirstChild(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  pid_t c = -1;
+  if (f >> c) return c;
+  return -1;
+}
+
+// Reads the restorer's progress: 'M', 'P'+addr or 'F'+message.
+char ReadStatus(int fd, uint64_t* addr, std::string* msg, int timeout_ms) {
+  pollfd pf = {fd, POLLIN, 0};
+  if (poll(&pf, 1, timeout_ms) <= 0) return 0;
+  char c = 0;
+  if (read(fd, &c, 1) != 1) return 0;
+  if (c == IBDBG_RST_PARKED) {
+    size_t got = 0;
+    while (got < 8) {
+      ssize_t n = read(fd, (char*)addr + got, 8 - got);
+      if (n <= 0) return 0;
+      got += (size_t)n;
+    }
+  } else if (c == IBDBG_RST_FAILED) {
+    char ch;
+    while (read(fd, &ch, 1) == 1 && ch) msg->push_back(ch);
+  }
+  return c;
+}
+
+}  // namespace
+
+Launched LaunchProcess(const std::string& image_file, const ReplayOptions& opts) {
+  image::ImageReader reader(image_file);
+  ImageMeta m;
+  image::Record pages;
+  bool have_pages = false;
+  ReadMeta(reader, m, pages, &have_pages);
+
+  Prepared p;
+  int maxfd = 2;
+  for (auto& f : m.fds) maxfd = std::max(maxfd, f.info.fd);
+  p.close_from = std::max(maxfd + 1, 64);
+  for (auto& f : m.fds)
+    if (f.info.kind == IBDBG_FD_PIPE && !f.data.empty()) p.pipe_data[f.info.pipe_id] = f.data;
+  // Our descriptors must fit above the image's in the child.
+  struct rlimit nofile;
+  getrlimit(RLIMIT_NOFILE, &nofile);
+  if (nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
+  BuildVmas(m, p);
+  BuildThreads(m, p);
+  int pp[2], sp[2];
+  if (pipe2(pp, O_CLOEXEC) != 0 || pipe2(sp, O_CLOEXEC) != 0) Fail("cannot create pipes");
+  p.plan_r = AddLauncherFd(p, pp[0]);
+  p.plan_w = pp[1];
+  p.status_r = sp[0];
+  p.status_w = AddLauncherFd(p, sp[1]);
+  p.exe_fd = open(m.proc.exe, O_RDONLY | O_CLOEXEC);
+  if (p.exe_fd >= 0) AddLauncherFd(p, p.exe_fd);
+  if ((int)(p.close_from + p.launcher_fds.size() * 2 + 64) > (int)nofile.rlim_cur)
+    Fail("the image uses descriptor numbers above this system's limit");
+
+  // The plan, with the descriptor numbers the restorer will see.
+  ibdbg_plan_hdr* hdr = new ibdbg_plan_hdr();
+  std::unique_ptr<ibdbg_plan_hdr> hdr_owner(hdr);
+  hdr->magic = IBDBG_PLAN_MAGIC;
+  hdr->nvmas = (uint32_t)p.vmas.size();
+  hdr->nthreads = (uint32_t)p.threads.size();
+  hdr->status_fd = TargetOf(p, p.status_w);
+  hdr->exe_fd = p.exe_fd >= 0 ? TargetOf(p, p.exe_fd) : -1;
+  hdr->gdb_mode = opts.gdb;
+  hdr->close_from = p.close_from;
+  hdr->restart_info_addr = m.proc.restart_info_addr;
+  hdr->restart_info.magic = IBDBG_RESTART_MAGIC;
+  hdr->restart_info.generation = m.proc.generation + 1;
+  hdr->restart_info.gdb_mode = opts.gdb;
+  snprintf(hdr->restart_info.agent, sizeof hdr->restart_info.agent, "%s", opts.agent.c_str());
+  snprintf(hdr->restart_info.job_dir, sizeof hdr->restart_info.job_dir, "%s", opts.job_dir.c_str());
+  hdr->proc = m.proc;
+  hdr->sig = m.sig;
+  for (auto& v : p.vmas)
+    if (v.fd >= 0) v.fd = TargetOf(p, v.fd);
+
+  signal(SIGPIPE, SIG_IGN);
+  pid_t child = fork();
+  if (child < 0) Fail("fork failed");
+  if (child == 0) {
+    // Fresh namespaces: a user namespace (unless we are root) in which we may
+    // choose pids, a pid namespace to choose them in, a mount namespace for
+    // its /proc.
+    close(p.plan_w);
+    close(p.status_r);
+    uid_t uid = geteuid();
+    gid_t gid = getegid();
+    int flags = CLONE_NEWPID | CLONE_NEWNS | (uid != 0 ? CLONE_NEWUSER : 0);
+    if (unshare(flags) != 0)
+      ChildFail(p.status_w, std::string("cannot create namespaces for the replay (unshare: ") + strerror(errno) +
+                                "); are unprivileged user namespaces disabled?");
+    if (uid != 0 && !WriteMaps(uid, gid)) ChildFail(p.status_w, "cannot write the user namespace's id maps");
+    pid_t init = fork();
+    if (init < 0) ChildFail(p.status_w, "fork failed");
+    if (init == 0) RunInit(m, p, opts.restorer);
+    for (int fd : p.launcher_fds) close(fd);
+    int st = 0;
+    while (waitpid(init, &st, 0) < 0 && errno == EINTR) {
+    }
+    _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+  }
+  for (int fd : p.launcher_fds) close(fd);
+  Launched L;
+  L.launcher_child = child;
+  L.image_pid = m.proc.pid;
+  L.exe = m.proc.exe;
+  auto kill_all = [&]() {
+    kill(child, SIGKILL);
+    pid_t init = FirstChild(child);
+    if (init > 0) kill(init, SIGKILL);
+    waitpid(child, nullptr, 0);
+  };
+  try {
+    // The plan.
+    auto put = [&](const void* d, size_t len) {
+      const char* c = (const char*)d;
+      while (len) {
+        ssize_t n = write(p.plan_w, c, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        c += n, len -= (size_t)n;
+      }
+      return true;
+    };
+    hdr->ncloexec = 0;  // the child knows which; it cannot tell us, so compute here
+    std::vector<int32_t> cloexec;
+    for (auto& f : m.fds)
+      if ((f.info.fd_flags & FD_CLOEXEC) && f.info.fd < p.close_from) cloexec.push_back(f.info.fd);
+    hdr->ncloexec = (uint32_t)cloexec.size();
+    bool ok = put(hdr, sizeof *hdr) && put(p.vmas.data(), p.vmas.size() * sizeof p.vmas[0]) &&
+              put(p.threads.data(), p.threads.size() * sizeof p.threads[0]) &&
+              put(cloexec.data(), cloexec.size() * sizeof(int32_t));
+    uint64_t addr = 0;
+    std::string msg;
+    char c = ok ? ReadStatus(p.status_r, &addr, &msg, 30000) : 0;
+    if (!ok && c == 0) c = ReadStatus(p.status_r, &addr, &msg, 5000);
+    if (c == IBDBG_RST_FAILED) Fail("replay failed: " + msg);
+    if (c != IBDBG_RST_MAPPED) Fail("replay failed: the restorer stopped early");
+    // Find the process as we see it: our child -> its init -> the process.
+    pid_t init = -1, proc = -1;
+    for (int i = 0; i < 500 && proc <= 0; i++) {
+      init = FirstChild(child);
+      if (init > 0) proc = FirstChild(init);
+      if (proc <= 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (proc <= 0) Fail("replay failed: cannot find the restored process");
+    L.pid = proc;
+    // Memory, straight into the process.
+    auto in_fill_region = [&](uint64_t a, uint64_t len) {
+      for (auto& v : p.vmas)
+        if ((v.kind & IBDBG_VMA_FILL) && a >= v.start && a + len <= v.end) return true;
+      return false;
+    };
+    image::Record rec = std::move(pages);
+    bool more = have_pages;
+    while (more) {
+      if (rec.type == image::RecordType::Pages) {
+        if (!in_fill_region(rec.arg, rec.data.size()))
+          Fail(image_file + ": corrupted image (pages outside any memory region)");
+        size_t off = 0;
+        while (off < rec.data.size()) {
+          iovec local = {rec.data.data() + off, rec.data.size() - off};
+          iovec remote = {(void*)(rec.arg + off), rec.data.size() - off};
+          ssize_t n = process_vm_writev(proc, &local, 1, &remote, 1, 0);
+          if (n <= 0) Fail(std::string("replay failed: cannot write the process's memory: ") + strerror(errno));
+          off += (size_t)n;
+        }
+      }
+      more = reader.Next(rec);
+    }
+    char d = IBDBG_RST_FILLED;
+    if (write(p.plan_w, &d, 1) != 1) Fail("replay failed: the restorer went away");
+    c = ReadStatus(p.status_r, &addr, &msg, 30000);
+    if (c == IBDBG_RST_FAILED) Fail("replay failed: " + msg);
+    if (c != IBDBG_RST_PARKED) Fail("replay failed: the restorer stopped early");
+    L.sigreturn_insn = addr;
+  } catch (...) {
+    kill_all();
+    close(p.plan_w);
+    close(p.status_r);
+    throw;
+  }
+  close(p.plan_w);
+  close(p.status_r);
+  return L;
+}
+
+bool WaitParked(pid_t pid, int timeout_ms) {
+  for (int waited = 0; waited < timeout_ms; waited += 5) {
+    DIR* d = opendir(("/proc/" + std::to_string(pid) + "/task").c_str());
+    if (!d) return false;
+    bool all = true;
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] == '.') continue;
+      std::ifstream f("/proc/" + std::to_string(pid) + "/task/" + e->d_name + "/syscall");
+      long nr = -1;
+      if (!(f >> nr) || nr != SYS_futex) all = false;
+    }
+    closedir(d);
+    if (all) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
+}  // namespace ibdbg::replay

@@ -1,0 +1,39 @@
+// The replay launcher: turns a process image back into a running process.
+//
+// It reads the image, gives the process its own pid again inside fresh user
+// and pid namespaces (no privilege needed), puts its descriptors, cwd and
+// limits in place, execs the no-libc restorer, feeds it the plan and then the
+// memory (process_vm_writev), and, with gdb, hands the stopped threads over.
+#pragma once
+
+#include <sys/types.h>
+
+#include <functional>
+#include <string>
+
+namespace ibdbg::replay {
+
+struct ReplayOptions {
+  std::string restorer;     // path of ibdbg-restore
+  std::string agent;        // socket name the replayed library reconnects to
+  std::string job_dir;
+  bool gdb = false;         // park threads for gdb instead of running them
+  bool verbose = false;
+};
+
+struct Launched {
+  pid_t launcher_child = -1;  // our direct child; exits with the process's status
+  pid_t pid = -1;             // the replayed process, as this namespace sees it
+  pid_t image_pid = -1;       // its pid inside its namespace (= the captured one)
+  uint64_t sigreturn_insn = 0;  // for gdb: where parked threads resume
+  std::string exe;
+};
+
+// Starts the single process of `image_file` (a proc-*.img).  Throws
+// std::runtime_error (one line) if it cannot; nothing is left running then.
+Launched LaunchProcess(const std::string& image_file, const ReplayOptions& opts);
+
+// Waits until every thread of `pid` sits parked in the restorer.
+bool WaitParked(pid_t pid, int timeout_ms);
+
+}  // namespace ibdbg::replay

@@ -1,0 +1,238 @@
+#include "agent.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+#include "ibdbg/proto.h"
+#include "ibdbg/version.h"
+
+namespace ibdbg::tools {
+
+int ExitCode(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}
+
+namespace {
+
+bool ReadFull(int fd, void* buf, size_t len, int timeout_ms) {
+  char* p = (char*)buf;
+  while (len) {
+    pollfd pf = {fd, POLLIN, 0};
+    int r = poll(&pf, 1, timeout_ms);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    ssize_t n = read(fd, p, len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n, len -= (size_t)n;
+  }
+  return true;
+}
+
+bool SendMsg(int fd, uint32_t type) {
+  ibdbg_msg_hdr h = {type, 0};
+  return send(fd, &h, sizeof h, MSG_NOSIGNAL) == (ssize_t)sizeof h;
+}
+
+}  // namespace
+
+Agent::Agent(const JobDir& job) : job_(job) {
+  name_ = "@ibdbg-" + job.job_id + "-" + std::to_string(getpid()) + "-" + RandomHex(4);
+  lfd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  memcpy(a.sun_path, name_.data(), name_.size());
+  a.sun_path[0] = 0;
+  socklen_t len = (socklen_t)(offsetof(sockaddr_un, sun_path) + name_.size());
+  if (bind(lfd_, (sockaddr*)&a, len) != 0 || listen(lfd_, 128) != 0)
+    throw std::runtime_error(std::string("cannot create the agent socket: ") + strerror(errno));
+  coord_ = ConnectCoordinator(job_, "agent");
+}
+
+Agent::~Agent() {
+  if (lfd_ >= 0) close(lfd_);
+  for (auto& [fd, l] : libs_) close(fd);
+  if (pidfd_ >= 0) close(pidfd_);
+}
+
+void Agent::Watch(pid_t child) {
+  child_ = child;
+  pidfd_ = (int)syscall(SYS_pidfd_open, child, 0);
+}
+
+void Agent::SendProcs() {
+  json procs = json::array();
+  for (auto& [fd, l] : libs_) procs.push_back({{"pid", l.pid}, {"exe", l.exe}});
+  coord_.Send({{"op", "procs"}, {"procs", procs}});
+}
+
+void Agent::AcceptLib() {
+  int fd = accept4(lfd_, nullptr, nullptr, SOCK_CLOEXEC);
+  if (fd < 0) return;
+  ucred cred{};
+  socklen_t cl = sizeof cred;
+  // Only our own user's processes may join; anyone can reach an abstract name.
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0 || cred.uid != getuid()) {
+    close(fd);
+    return;
+  }
+  ibdbg_msg_hdr h;
+  ibdbg_hello hello;
+  if (!ReadFull(fd, &h, sizeof h, 5000) || h.type != IBDBG_MSG_HELLO || h.len != sizeof hello ||
+      !ReadFull(fd, &hello, sizeof hello, 5000)) {
+    close(fd);
+    return;
+  }
+  hello.exe[sizeof hello.exe - 1] = 0;
+  Lib l;
+  l.fd = fd;
+  // The peer's pid as this namespace sees it (the library reports its own view).
+  l.pid = cred.pid;
+  l.exe = hello.exe;
+  libs_[fd] = l;
+  SendProcs();
+}
+
+void Agent::DoCapture(const std::string& dir, const std::string& job_id) {
+  json procs = json::array();
+  std::string err;
+  for (auto& [fd, l] : libs_) {
+    if (SendMsg(fd, IBDBG_MSG_SUSPEND)) l.suspended = true;
+  }
+  std::map<int, capture::ProcessMeta> metas;
+  for (auto& [fd, l] : libs_) {
+    if (!l.suspended) continue;
+    ibdbg_msg_hdr h;
+    if (!ReadFull(fd, &h, sizeof h, 60000)) {
+      err = "process " + std::to_string(l.pid) + " did not stop in time";
+      l.suspended = false;
+      continue;
+    }
+    std::vector<uint8_t> blob(h.len);
+    if (h.len > (64u << 20) || !ReadFull(fd, blob.data(), h.len, 10000)) {
+      err = "process " + std::to_string(l.pid) + " sent no state";
+      continue;
+    }
+    if (h.type == IBDBG_MSG_ERROR) {
+      err = "process " + std::to_string(l.pid) + ": " + std::string(blob.begin(), blob.end());
+      l.suspended = false;
+      continue;
+    }
+    try {
+      metas[fd] = capture::ParseBlob(blob);
+    } catch (const std::exception& e) {
+      err = "process " + std::to_string(l.pid) + ": " + e.what();
+    }
+  }
+  struct utsname un {};
+  uname(&un);
+  if (err.empty()) {
+    for (auto& [fd, l] : libs_) {
+      std::string file = "proc-" + std::to_string(l.pid) + ".img";
+      std::string path = dir + "/" + file;
+      int out = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+      if (out < 0) {
+        err = "cannot create " + path + ": " + strerror(errno);
+        break;
+      }
+      try {
+        capture::WriteOptions wo;
+        wo.job_id = job_id;
+        wo.ibdbg_version = IBDBG_VERSION;
+        if (const char* lv = getenv("IBDBG_ZSTD_LEVEL")) wo.zstd_level = atoi(lv);
+        l.refills.clear();
+        auto st = capture::WriteProcessImage(l.pid, metas[fd], out, wo, &l.refills);
+        procs.push_back({{"pid", metas[fd].proc.pid},
+                         {"host", metas[fd].proc.hostname},
+                         {"exe", metas[fd].proc.exe},
+                         {"image", file},
+                         {"bytes", st.file_bytes},
+                         {"memory_bytes", st.memory_bytes},
+                         {"threads", metas[fd].threads.size()}});
+      } catch (const std::exception& e) {
+        err = "process " + std::to_string(l.pid) + ": " + e.what();
+      }
+      close(out);
+      if (!err.empty()) break;
+    }
+  }
+  if (err.empty())
+    coord_.Send({{"op", "captured"}, {"ok", true}, {"procs", procs}, {"kernel", un.release}});
+  else
+    coord_.Send({{"op", "captured"}, {"ok", false}, {"error", err}});
+}
+
+void Agent::Resume(bool kill_them) {
+  for (auto& [fd, l] : libs_) {
+    if (!l.suspended) continue;
+    l.suspended = false;
+    if (kill_them) {
+      ::kill(l.pid, SIGKILL);
+      continue;
+    }
+    capture::RefillPipes(l.pid, l.refills);
+    l.refills.clear();
+    SendMsg(fd, IBDBG_MSG_RESUME);
+  }
+}
+
+int Agent::Loop() {
+  int status = 0;
+  bool child_done = child_ < 0;
+  while (!child_done) {
+    std::vector<pollfd> pf = {{lfd_, POLLIN, 0}, {coord_.fd(), POLLIN, 0}, {pidfd_, POLLIN, 0}};
+    for (auto& [fd, l] : libs_) pf.push_back({fd, POLLIN, 0});
+    int r = poll(pf.data(), pf.size(), 1000);
+    if (r < 0 && errno != EINTR) break;
+    if (pf[0].revents & POLLIN) AcceptLib();
+    if (pf[1].revents) {
+      if (!coord_.Fill()) {
+        // Without a coordinator the job runs on but cannot be captured.
+        coord_.Close();
+      }
+      while (auto m = coord_.Pop()) {
+        std::string op = m->value("op", "");
+        if (op == "capture") DoCapture(m->value("dir", ""), m->value("job_id", job_.job_id));
+        else if (op == "resume") Resume(false);
+        else if (op == "kill") Resume(true);
+      }
+    }
+    std::vector<int> gone;
+    for (size_t i = 3; i < pf.size(); i++) {
+      if (!pf[i].revents) continue;
+      char buf[256];
+      ssize_t n = recv(pf[i].fd, buf, sizeof buf, MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) gone.push_back(pf[i].fd);
+    }
+    for (int fd : gone) {
+      close(fd);
+      libs_.erase(fd);
+    }
+    if (!gone.empty()) SendProcs();
+    if (pidfd_ >= 0 ? (pf[2].revents & POLLIN) != 0 : false) {
+      if (waitpid(child_, &status, WNOHANG) == child_) child_done = true;
+    } else if (pidfd_ < 0 && waitpid(child_, &status, WNOHANG) == child_) {
+      child_done = true;
+    }
+  }
+  // Reap whatever else was ours (we are a subreaper) without waiting on it.
+  while (waitpid(-1, nullptr, WNOHANG) > 0) {
+  }
+  coord_.Close();
+  return ExitCode(status);
+}
+
+}  // namespace ibdbg::tools

@@ -1,0 +1,56 @@
+// The per-host agent: the parent of the job's processes on this host.
+//
+// Capture libraries connect to it over an abstract unix socket; it joins the
+// job's coordinator and, on its word, stops its processes and writes their
+// images from outside (through /proc), then lets them run on or kills them.
+#pragma once
+
+#include <sys/types.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "capture/agent/process_image.h"
+#include "job.h"
+
+namespace ibdbg::tools {
+
+class Agent {
+ public:
+  explicit Agent(const JobDir& job);
+  ~Agent();
+  // "@ibdbg-<job>-<pid>-<rand>": what IBDBG_AGENT / the restart info carry.
+  const std::string& socket_name() const { return name_; }
+  // The loop ends when this child exits; its status becomes Loop's result.
+  void Watch(pid_t child);
+  // Serves until the watched child exits; returns its exit code (128+signal
+  // if killed).
+  int Loop();
+
+ private:
+  struct Lib {
+    int fd = -1;
+    pid_t pid = 0;
+    std::string exe;
+    std::vector<capture::PipeRefill> refills;
+    bool suspended = false;
+  };
+  void AcceptLib();
+  void SendProcs();
+  void DoCapture(const std::string& dir, const std::string& job_id);
+  void Resume(bool kill);
+
+  JobDir job_;
+  std::string name_;
+  int lfd_ = -1;
+  LineConn coord_;
+  std::map<int, Lib> libs_;
+  pid_t child_ = -1;
+  int pidfd_ = -1;
+};
+
+// Exit code of a wait status, shell style.
+int ExitCode(int status);
+
+}  // namespace ibdbg::tools

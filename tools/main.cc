@@ -1,0 +1,321 @@
+// ibdbg: capture, translate and replay jobs, with a debugger attached.
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "agent.h"
+#include "ibdbg/error.h"
+#include "ibdbg/manifest.h"
+#include "ibdbg/version.h"
+#include "inspect.h"
+#include "job.h"
+#include "replay/launcher.h"
+#include "translate/translate.h"
+
+using namespace ibdbg;
+using namespace ibdbg::tools;
+using namespace ibdbg::image;
+using namespace ibdbg::translate;
+
+namespace {
+
+bool Exists(const std::string& p) {
+  struct stat sb;
+  return stat(p.c_str(), &sb) == 0;
+}
+
+// Finds a sibling file of the installed or built ibdbg.
+std::string FindHelper(const std::vector<std::string>& rels, const char* env) {
+  if (env) {
+    if (const char* e = getenv(env); e && *e) return e;
+  }
+  std::string base = SelfDir();
+  for (const auto& r : rels)
+    if (Exists(base + "/" + r)) return base + "/" + r;
+  throw std::runtime_error("cannot find " + rels.front() + " next to " + base + " (broken installation?)");
+}
+
+std::string CaptureLibrary() {
+  return FindHelper({"../lib/libibdbg_capture.so", "../lib/ibdbg/libibdbg_capture.so",
+                     "../lib/x86_64-linux-gnu/ibdbg/libibdbg_capture.so"},
+                    "IBDBG_CAPTURE_LIB");
+}
+std::string Restorer() {
+  return FindHelper({"ibdbg-restore", "../libexec/ibdbg/ibdbg-restore"}, "IBDBG_RESTORER");
+}
+std::string GdbScript() { return FindHelper({"../share/ibdbg/ibdbg.py"}, "IBDBG_GDB_SCRIPT"); }
+
+// --job ID, --dir DIR, $IBDBG_JOB_DIR, or the only job with a live coordinator.
+JobDir ResolveJob(const std::string& id, const std::string& dir) {
+  if (!dir.empty()) return LoadJob(dir);
+  if (!id.empty()) return LoadJob(DirForJobId(id));
+  if (const char* e = getenv("IBDBG_JOB_DIR"); e && *e) return LoadJob(e);
+  std::vector<JobDir> live;
+  std::string jobs = IbdbgHome() + "/jobs";
+  if (DIR* d = opendir(jobs.c_str())) {
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] == '.') continue;
+      try {
+        JobDir j = LoadJob(DirForJobId(e->d_name));
+        auto a = ReadCoordinatorAddr(j);
+        if (a && a->pid > 0 && kill(a->pid, 0) == 0) live.push_back(j);
+      } catch (const std::exception&) {
+      }
+    }
+    closedir(d);
+  }
+  if (live.size() == 1) return live[0];
+  if (live.empty()) throw std::runtime_error("no running job found; name one with --job ID or --dir DIR");
+  throw std::runtime_error("several jobs are running; name one with --job ID or --dir DIR");
+}
+
+JobDir NewOrNamedJob(const std::string& dir) {
+  if (!dir.empty()) return OpenOrCreateJob(dir);
+  std::string id = RandomHex(4);
+  return OpenOrCreateJob(IbdbgHome() + "/jobs/" + id, id);
+}
+
+int CmdRun(const std::string& dir, int interval, const std::vector<std::string>& cmd) {
+  if (cmd.empty()) throw std::runtime_error("nothing to run: ibdbg run [--dir DIR] -- CMD ARGS...");
+  std::string lib = CaptureLibrary();
+  JobDir job = NewOrNamedJob(dir);
+  EnsureCoordinator(job, SelfExe());
+  Agent agent(job);
+  if (interval > 0) {
+    LineConn c = ConnectCoordinator(job, "client");
+    c.Send({{"op", "interval"}, {"seconds", interval}});
+  }
+  // Orphans of the job stay ours, so we stay their ancestor.
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  fprintf(stderr, "ibdbg: job %s, images in %s/images\n", job.job_id.c_str(), job.dir.c_str());
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    std::string preload = lib;
+    if (const char* old = getenv("LD_PRELOAD"); old && *old) preload += std::string(":") + old;
+    setenv("LD_PRELOAD", preload.c_str(), 1);
+    setenv("IBDBG_AGENT", agent.socket_name().c_str(), 1);
+    setenv("IBDBG_JOB_DIR", job.dir.c_str(), 1);
+    setenv("IBDBG_JOB_ID", job.job_id.c_str(), 1);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGQUIT, SIG_DFL);
+    std::vector<char*> argv;
+    for (auto& a : cmd) argv.push_back((char*)a.c_str());
+    argv.push_back(nullptr);
+    execvp(argv[0], argv.data());
+    fprintf(stderr, "ibdbg: cannot run %s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+  }
+  // The job decides what an interrupt means; we only outlive it.
+  signal(SIGINT, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
+  agent.Watch(pid);
+  return agent.Loop();
+}
+
+int CmdCapture(const std::string& id, const std::string& dir, bool stop) {
+  JobDir job = ResolveJob(id, dir);
+  LineConn c = ConnectCoordinator(job, "client");
+  c.Send({{"op", "capture"}, {"stop", stop}});
+  auto r = c.Recv(-1);
+  if (!r) throw std::runtime_error("the coordinator went away during the capture");
+  if (!r->value("ok", false)) throw std::runtime_error(r->value("error", std::string("capture failed")));
+  std::cout << r->value("image", std::string()) << "\n";
+  return 0;
+}
+
+int CmdStatus(const std::string& id, const std::string& dir) {
+  JobDir job = ResolveJob(id, dir);
+  LineConn c = ConnectCoordinator(job, "client");
+  c.Send({{"op", "status"}});
+  auto r = c.Recv(10000);
+  if (!r || !r->value("ok", false)) throw std::runtime_error("the coordinator did not answer");
+  std::cout << "job " << r->value("job_id", "") << "  dir " << r->value("dir", "")
+            << "  coordinator pid " << r->value("coordinator_pid", 0)
+            << (r->value("capturing", false) ? "  (capturing)" : "") << "\n";
+  for (auto& a : (*r)["agents"]) {
+    for (auto& p : a["procs"])
+      std::cout << "  process " << p.value("pid", 0) << " on " << a.value("host", "") << "  " << p.value("exe", "")
+                << "\n";
+  }
+  auto imgs = (*r)["images"];
+  std::cout << imgs.size() << " image(s)\n";
+  for (auto& i : imgs) std::cout << "  " << i.get<std::string>() << "\n";
+  return 0;
+}
+
+std::vector<std::string> SplitCommands(const std::string& s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : s) {
+    if (c == ';' || c == '\n') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  if (!cur.empty()) out.push_back(cur);
+  return out;
+}
+
+int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const std::string& gdb_batch) {
+  std::string idir = ResolveImageDir(image);
+  Manifest m = ReadManifest(idir);
+  if (m.processes.size() != 1)
+    throw std::runtime_error(idir + ": replaying " + std::to_string(m.processes.size()) +
+                             " processes at once is not supported yet");
+  std::string restorer = Restorer();
+  bool with_gdb = gdb || !gdb_batch.empty();
+  std::string script = with_gdb ? GdbScript() : "";
+  JobDir job = NewOrNamedJob(dir);
+  EnsureCoordinator(job, SelfExe());
+  Agent agent(job);
+  replay::ReplayOptions ro;
+  ro.restorer = restorer;
+  ro.agent = agent.socket_name();
+  ro.job_dir = job.dir;
+  ro.gdb = with_gdb;
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  replay::Launched L = replay::LaunchProcess(idir + "/" + m.processes[0].image, ro);
+  fprintf(stderr, "ibdbg: replaying %s as pid %d (job %s, images in %s/images)\n", idir.c_str(), L.image_pid,
+          job.job_id.c_str(), job.dir.c_str());
+  fflush(stderr);
+  signal(SIGINT, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
+  if (with_gdb) {
+    if (!replay::WaitParked(L.pid, 10000)) fprintf(stderr, "ibdbg: warning: threads did not all park in time\n");
+    char insn[32];
+    snprintf(insn, sizeof insn, "0x%llx", (unsigned long long)L.sigreturn_insn);
+    std::vector<std::string> args = {"gdb", "-q", "-nx"};
+    if (!gdb_batch.empty()) args.push_back("-batch");
+    for (const char* c : {"set pagination off", "set confirm off"}) args.insert(args.end(), {"-iex", c});
+    args.insert(args.end(), {"-x", script});
+    if (Exists(L.exe)) args.push_back(L.exe);
+    args.insert(args.end(), {"-p", std::to_string(L.pid)});
+    args.insert(args.end(), {"-ex", std::string("ibdbg-release ") + insn});
+    if (!gdb_batch.empty()) {
+      for (auto& c : SplitCommands(gdb_batch)) args.insert(args.end(), {"-ex", c});
+      args.insert(args.end(), {"-ex", "detach"});
+    }
+    pid_t g = fork();
+    if (g == 0) {
+      signal(SIGINT, SIG_DFL);
+      signal(SIGQUIT, SIG_DFL);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back((char*)a.c_str());
+      argv.push_back(nullptr);
+      execvp("gdb", argv.data());
+      fprintf(stderr, "ibdbg: cannot run gdb: %s\n", strerror(errno));
+      _exit(127);
+    }
+    int st;
+    while (waitpid(g, &st, 0) < 0 && errno == EINTR) {
+    }
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      fprintf(stderr, "ibdbg: gdb failed; the replayed process (pid %d) is left stopped and is killed now\n", L.pid);
+      kill(L.pid, SIGKILL);
+    }
+  }
+  agent.Watch(L.launcher_child);
+  return agent.Loop();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ibdbg " IBDBG_VERSION
+               ": capture a running job, translate its image for another machine, replay it under a debugger"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", IBDBG_VERSION);
+
+  std::string dir, job_id, image, out;
+  int interval = 0;
+  bool stop = false, json_out = false, gdb = false, dry_run = false;
+  std::string gdb_batch, listen = "127.0.0.1";
+  std::vector<std::string> cmd, map_paths;
+
+  auto* run = app.add_subcommand("run", "Run CMD capturable (the capture library is preloaded); exits with its status");
+  run->add_option("--dir", dir, "Job directory (a second run with the same DIR joins the job)");
+  run->add_option("--interval", interval, "Capture every SECONDS")->check(CLI::PositiveNumber);
+  run->add_option("cmd", cmd, "Command and arguments (after --)")->required();
+  run->footer("Example: ibdbg run --dir /tmp/job -- ./solver input.dat");
+
+  auto* capture = app.add_subcommand("capture", "Take an image of the whole job now and print its path");
+  capture->add_option("--job", job_id, "Job id printed by ibdbg run");
+  capture->add_option("--dir", dir, "Job directory");
+  capture->add_flag("--stop", stop, "Stop the job once the image is safely written");
+  capture->footer("Example: ibdbg capture --dir /tmp/job");
+
+  auto* translate = app.add_subcommand("translate", "Validate an image and write one for another target");
+  translate->add_option("image", image, "Image directory")->required();
+  translate->add_option("-o,--output", out, "New image directory (must not exist)")->required();
+  translate->add_option("--map-path", map_paths, "Rewrite file paths starting with OLD to NEW (OLD=NEW)");
+  translate->add_flag("--dry-run", dry_run, "Print what would change; write nothing");
+  translate->footer("Example: ibdbg translate /tmp/job/images/latest -o /tmp/img2 --map-path /home/a=/home/b");
+
+  auto* replay = app.add_subcommand("replay", "Restart an image (optionally under gdb, stopped at its capture point)");
+  replay->add_option("image", image, "Image directory")->required();
+  auto* g1 = replay->add_flag("--gdb", gdb, "Attach gdb, interactive, with the process stopped where it was captured");
+  auto* g2 = replay->add_option("--gdb-batch", gdb_batch, "Run these gdb commands (';'-separated), then let it run on");
+  g1->excludes(g2);
+  replay->add_option("--dir", dir, "Job directory for the replayed job (default: a new one)");
+  replay->footer("Example: ibdbg replay /tmp/job/images/latest --gdb-batch 'thread apply all bt'");
+
+  auto* inspect = app.add_subcommand("inspect", "Describe an image: processes, threads, memory, files, provenance");
+  inspect->add_option("image", image, "Image directory")->required();
+  inspect->add_flag("--json", json_out, "Machine-readable output");
+
+  auto* status = app.add_subcommand("status", "Show a job's processes and images");
+  status->add_option("--job", job_id, "Job id");
+  status->add_option("--dir", dir, "Job directory");
+
+  auto* coord = app.add_subcommand("coordinator", "");  // internal: started by run/replay
+  coord->group("");
+  coord->add_option("--dir", dir)->required();
+  coord->add_option("--listen", listen);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  signal(SIGPIPE, SIG_IGN);
+  try {
+    if (*run) return CmdRun(dir, interval, cmd);
+    if (*capture) return CmdCapture(job_id, dir, stop);
+    if (*status) return CmdStatus(job_id, dir);
+    if (*replay) return CmdReplay(image, dir, gdb, gdb_batch);
+    if (*inspect) {
+      std::cout << tools::InspectImage(image, json_out);
+      return 0;
+    }
+    if (*translate) {
+      TranslateOptions to;
+      for (auto& m : map_paths) to.map_paths.push_back(ParseMapping(m));
+      to.dry_run = dry_run;
+      TranslateResult r = TranslateImage(image, out, to);
+      for (auto& c : r.changes) std::cout << c << "\n";
+      for (auto& w : r.warnings) std::cerr << "ibdbg: warning: " << w << "\n";
+      if (!dry_run) std::cout << out << "\n";
+      return 0;
+    }
+    if (*coord) return RunCoordinator(dir, listen, true);
+  } catch (const std::exception& e) {
+    fprintf(stderr, "ibdbg: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
