@@ -34,7 +34,7 @@
 
 #include "ibdbg/image_file.h"
 #include "ibdbg/proto.h"
-#include "restorer/restorer_layout.h"
+#include "ibdbg/restorer_layout.h"
 
 namespace ibdbg::replay {
 namespace {
@@ -336,10 +336,12 @@ void SetupDescriptors(const ImageMeta& m, Prepared& p, int status_fd) {
       // Keep ours for a pipe only if the other end is not in the process.
       bool both_ends = false;
       if (fi.kind == IBDBG_FD_PIPE) {
-        int ends = 0;
-        for (const auto& g : m.fds)
-          if (g.info.kind == IBDBG_FD_PIPE && g.info.pipe_id == fi.pipe_id) ends++;
-        both_ends = ends > 1;
+        bool reads = false, writes = false;
+        for (const auto& g : m.fds) {
+          if (g.info.kind != IBDBG_FD_PIPE || g.info.pipe_id != fi.pipe_id) continue;
+          ((g.info.open_flags & O_ACCMODE) == O_WRONLY ? writes : reads) = true;
+        }
+        both_ends = reads && writes;
       }
       if (!both_ends) continue;
     }

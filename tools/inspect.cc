@@ -443,7 +443,9 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
   return p;
 }
 
-ojson ToOrdered(const nlohmann::json& j) { return ojson::parse(j.dump()); }
+ojson ToOrdered(const nlohmann::json& j) {
+  return ojson::parse(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+}
 
 // Follows parent links back towards the original capture, as far as the
 // parents still exist.
@@ -581,7 +583,7 @@ std::string RenderText(const ojson& doc) {
                     S(v["prot"]).c_str(), S(v["kind"]).c_str());
       std::string l = buf;
       uint64_t pages = v["pages"].get<uint64_t>();
-      l += pages ? " " + std::to_string(pages) + " pages (" +
+      l += pages ? " " + std::to_string(pages) + (pages == 1 ? " page (" : " pages (") +
                        HumanBytes(v["page_bytes"].get<uint64_t>()) + ")"
                  : " -";
       if (!v["path"].get<std::string>().empty()) l += "  " + S(v["path"]);

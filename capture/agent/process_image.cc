@@ -18,6 +18,7 @@
 
 #include "ibdbg/image_file.h"
 #include "ibdbg/maps.h"
+#include "ibdbg/restorer_layout.h"
 
 namespace ibdbg::capture {
 namespace {
@@ -383,6 +384,8 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
   auto vma = std::make_unique<ibdbg_image_vma>();
   for (const MapEntry& m : maps) {
     if (m.kind == MapKind::Vsyscall) continue;
+    // What is left of the restorer in a replayed process is not the application's.
+    if (m.start >= IBDBG_RESTORER_BASE && m.end <= IBDBG_RESTORER_END) continue;
     uint32_t kind = ImageKind(m);
     if (!kind) continue;
     memset(vma.get(), 0, sizeof *vma);

@@ -232,7 +232,7 @@ std::string ManifestToJson(const Manifest& m) {
   j["created"] = m.created;
   j["created_ns"] = m.created_ns;
   if (!m.captured.empty()) j["captured"] = m.captured;
-  if (!m.parent.is_null()) j["parent"] = ordered_json::parse(m.parent.dump());
+  if (!m.parent.is_null()) j["parent"] = ordered_json::parse(m.parent.dump(-1, ' ', false, json::error_handler_t::replace));
   ordered_json procs = ordered_json::array();
   for (const ManifestProcess& p : m.processes) {
     ordered_json e;

@@ -24,7 +24,7 @@
 #include <linux/time.h>
 
 #include "ibdbg/proto.h"
-#include "restorer_layout.h"
+#include "ibdbg/restorer_layout.h"
 
 /* ---- system calls ---------------------------------------------------------- */
 static long sys6(long n, long a, long b, long c, long d, long e, long f) {

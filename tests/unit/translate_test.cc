@@ -325,6 +325,24 @@ TEST_F(TranslateTest, UnknownRecordsCopiedWithWarning) {
   EXPECT_EQ(std::string(std::get<2>(last).begin(), std::get<2>(last).end()), "future");
 }
 
+TEST_F(TranslateTest, NonUtf8Paths) {
+  TranslateImage(in_, t_ / "out", Opts({"/usr/lib=/opt/\xff\xfe"}));
+  image::Manifest m = image::ReadManifest(t_ / "out");
+  EXPECT_TRUE(m.parent["options"]["map_path"].is_array());
+  auto recs = Records(t_ / "out/proc-1234.img");
+  bool found = false;
+  for (auto& [type, arg, data] : recs) {
+    if (type != static_cast<uint32_t>(image::RecordType::Vma) || arg != 0x7f0000000000) continue;
+    ibdbg_image_vma v;
+    ASSERT_EQ(data.size(), sizeof v);
+    memcpy(&v, data.data(), sizeof v);
+    EXPECT_STREQ(v.path, "/opt/\xff\xfe/libfoo.so");
+    found = true;
+  }
+  EXPECT_TRUE(found);
+  EXPECT_NO_THROW(json::parse(tools::InspectImage(t_ / "out", true)));
+}
+
 TEST_F(TranslateTest, NotAnImage) {
   EXPECT_NE(ErrorOf([&] { TranslateImage(t_ / "nope", t_ / "out", Opts({"/a=/b"})); }), "");
   EXPECT_NE(ErrorOf([&] { TranslateImage(t_.path(), t_ / "out", Opts({"/a=/b"})); })

@@ -12,6 +12,7 @@ PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 CTL=/run/ibdbg-vm
 N=
+# shellcheck disable=SC2013
 for w in $(cat /proc/cmdline); do
 	case "$w" in ibdbg.n=*) N=${w#ibdbg.n=} ;; esac
 done
@@ -36,7 +37,7 @@ echo "vm$N" >/etc/hostname
 {
 	echo "127.0.0.1 localhost"
 	echo "::1 localhost ip6-localhost ip6-loopback"
-	while read -r gn gaddr gname; do echo "$gaddr $gname"; done <"$CTL/hosts"
+	while read -r _ gaddr gname; do echo "$gaddr $gname"; done <"$CTL/hosts"
 } >/etc/hosts
 
 # --share directories, read-write, each at its own path.
@@ -55,6 +56,7 @@ ip link set lo up
 # crc32_generic: rxe needs a "crc32" hash (for the ICRC) and cannot load one by itself here.
 mods="virtio_net crc32_generic ib_uverbs rdma_rxe rdma_ucm"
 [ "$IBDBG_VM_NICS" -gt 1 ] && mods="$mods bridge"
+# shellcheck disable=SC2086
 modprobe -a $mods || fail "modprobe -a $mods"
 
 # The NICs ibdbg-vm gave this guest: one per peer, MAC 52:54:00:1b:<N>:<peer> (hex).
@@ -65,7 +67,9 @@ while :; do
 	for d in /sys/class/net/*; do
 		case "$(cat "$d/address" 2>/dev/null)" in 52:54:00:1b:*) nics="$nics ${d##*/}" ;; esac
 	done
-	cnt=$(echo $nics | wc -w)
+	# shellcheck disable=SC2086
+	set -- $nics
+	cnt=$#
 	[ "$cnt" -ge "$IBDBG_VM_NICS" ] && break
 	tries=$((tries + 1))
 	[ $tries -lt 100 ] || fail "expected $IBDBG_VM_NICS virtio-net interfaces, found $cnt"
@@ -73,7 +77,7 @@ while :; do
 done
 if [ "$IBDBG_VM_NICS" -eq 1 ]; then
 	# One NIC: the rxe device sits directly on the virtio-net interface.
-	dev=$(echo $nics)
+	dev=${nics# }
 	ip link set "$dev" up || fail "ip link set $dev up"
 else
 	# Several NICs (full mesh, one point-to-point link per peer): a bridge whose ports are

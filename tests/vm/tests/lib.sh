@@ -8,8 +8,7 @@ fail() {
 
 # wait_listen GUEST PORT: wait until something on guest GUEST listens on TCP port PORT.
 wait_listen() {
-	local i
-	for i in $(seq 100); do
+	for _ in $(seq 100); do
 		if vm-host -n "$1" "ss -Hltn 'sport = :$2'" | grep -q ":$2"; then
 			return 0
 		fi

@@ -34,4 +34,14 @@ msg=$(vm-host 5 true 2>&1)
 expect "no guest 5: status 255" 255 "$?"
 grep -q "no guest '5'" <<<"$msg" || fail "no clear message for guest 5: $msg"
 echo "ok: unknown guest: $msg"
+expect "ssh options are ignored" vm2 "$(vm-host -x -T -o BatchMode=yes -p 22 -l root vm2 hostname)"
+expect "localhost is this guest" vm1 "$(vm-host localhost hostname)"
+# A guest that goes away: vm-host says so (status 255) instead of hanging.
+vm-host -n 2 'echo o > /proc/sysrq-trigger' >/dev/null 2>&1
+sleep 2
+start=$SECONDS
+msg=$(vm-host -n 2 true 2>&1)
+expect "guest 2 powered off: status 255" 255 "$?"
+grep -q "guest 2 (10.0.0.2) does not answer" <<<"$msg" || fail "no clear message: $msg"
+echo "ok: after $((SECONDS - start)) s: $msg"
 echo "two-hosts vm-host: passed"

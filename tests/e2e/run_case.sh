@@ -1,0 +1,77 @@
+#!/bin/bash
+# One end-to-end case: run a test program under `ibdbg run`, capture it while
+# it waits, kill it, replay the image (optionally capturing and replaying the
+# replay again, for several generations), then let it check itself.
+#
+#   run_case.sh BUILD_DIR PROGRAM [--as-user] [--generations N] [--keep]
+#
+# --as-user runs every ibdbg command as the unprivileged user nobody.
+set -u
+build=$1 prog=$2
+shift 2
+as_user=0 generations=1 keep=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --as-user) as_user=1 ;;
+    --generations) generations=$2; shift ;;
+    --keep) keep=1 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+ibdbg=$build/bin/ibdbg
+exe=$build/tests/e2e/zdtm-$prog
+work=$(mktemp -d /tmp/ibdbg-e2e-$prog.XXXXXX)
+chmod 755 "$work"
+as=()
+if [ $as_user = 1 ]; then
+  chown nobody:nogroup "$work"
+  as=(setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME="$work" IBDBG_HOME="$work/home")
+else
+  export IBDBG_HOME="$work/home"
+fi
+cleanup() {
+  pkill -KILL -f "$work" 2>/dev/null
+  [ $keep = 1 ] || rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "FAIL($prog): $*"; for f in "$work"/out.* "$work"/*/coordinator.log; do [ -f "$f" ] && { echo "--- $f"; tail -30 "$f"; }; done; exit 1; }
+
+wait_for() { # file pattern seconds
+  for _ in $(seq $(( $3 * 20 ))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+  return 1
+}
+capture() { # job dir -> prints image path; retries until the replayed process has reconnected
+  local out
+  for _ in $(seq 100); do
+    if out=$("${as[@]}" "$ibdbg" capture --dir "$1" --stop 2>&1); then echo "$out"; return 0; fi
+    case $out in *"no running processes"*|*"no running coordinator"*|*"not an ibdbg job directory"*|*"has no secret"*) sleep 0.1 ;; *) echo "$out" >&2; return 1 ;; esac
+  done
+  echo "$out" >&2
+  return 1
+}
+
+go=$work/go
+( "${as[@]}" "$ibdbg" run --dir "$work/job0" -- "$exe" "$go" 2>&1 | cat > "$work/out.0" ) &
+runner=$!
+wait_for "$work/out.0" READY 30 || fail "the program did not get ready"
+img=$(capture "$work/job0") || fail "capture failed"
+wait $runner
+[ -d "$img" ] || fail "no image at '$img'"
+"$ibdbg" inspect "$img" > "$work/inspect.txt" || fail "inspect failed"
+
+for g in $(seq 1 "$generations"); do
+  ( "${as[@]}" "$ibdbg" replay "$img" --dir "$work/job$g" 2>&1 | cat > "$work/out.$g" ) &
+  replayer=$!
+  if [ "$g" -lt "$generations" ]; then
+    img=$(capture "$work/job$g") || fail "capture of generation $g failed"
+    wait $replayer
+  fi
+done
+touch "$go"
+chmod 666 "$go"
+wait $replayer
+last=$work/out.$generations
+wait_for "$last" "PASS\|FAIL" 30 || fail "no verdict after replay"
+grep -q "^PASS" "$last" || fail "the replayed program reports failure"
+echo "ok: $prog (generations $generations${as[*]:+, unprivileged})"
