@@ -140,6 +140,10 @@ size_t g_blob_cap;
 uint32_t g_generation;
 struct sigaction g_app_action;     // what the application asked for g_sig
 __thread unsigned t_interrupts __attribute__((tls_model("initial-exec")));
+// Pending signals taken out of the kernel's queues during a capture, to be
+// queued again (with their siginfo) on resume or by the restorer.
+ibdbg_pending_signal g_pending[IBDBG_MAX_PENDING];
+volatile uint32_t g_npending;
 
 }  // namespace
 
@@ -209,6 +213,68 @@ void record_self(Slot* s, ucontext_t* uc) {
 
 void ckpt_describe_and_wait();
 
+// The "SigPnd:" (this thread) or "ShdPnd:" (process) mask of a status file.
+uint64_t pending_mask(const char* path, const char* key) {
+  char buf[4096];
+  long n = read_file(path, buf, sizeof buf - 1);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  size_t kl = slen(key);
+  for (char* p = buf; *p; p++) {
+    bool match = true;
+    for (size_t i = 0; i < kl; i++)
+      if (p[i] != key[i]) match = false;
+    if (!match) continue;
+    p += kl;
+    while (*p == ' ' || *p == '\t') p++;
+    uint64_t v = 0;
+    for (;; p++) {
+      int d = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10 : -1;
+      if (d < 0) break;
+      v = v * 16 + (uint64_t)d;
+    }
+    return v;
+  }
+  return 0;
+}
+
+// Takes every pending signal of one queue (this thread's, or the process's)
+// out of the kernel, keeping its siginfo.  tid 0 records process-wide ones.
+void take_pending(const char* path, const char* key, int tid) {
+  for (int guard = 0; guard < 4 * IBDBG_MAX_PENDING; guard++) {
+    uint64_t mask = pending_mask(path, key);
+    if (g_sig > 0) mask &= ~(1ull << (g_sig - 1));
+    if (!mask) return;
+    int signo = __builtin_ctzll(mask) + 1;
+    uint64_t set = 1ull << (signo - 1);
+    struct timespec zero = {0, 0};
+    uint32_t idx = __atomic_fetch_add(&g_npending, 1, __ATOMIC_SEQ_CST);
+    if (idx >= IBDBG_MAX_PENDING) return;  // reported as an error by the capture
+    ibdbg_pending_signal* ps = &g_pending[idx];
+    memset(ps, 0, sizeof *ps);
+    long r = sys(SYS_rt_sigtimedwait, (long)&set, (long)ps->siginfo, (long)&zero, 8);
+    if (r <= 0) {
+      ps->signo = 0;  // raced away; leave an empty slot
+      continue;
+    }
+    ps->signo = (int)r;
+    ps->tid = tid;
+  }
+}
+
+// Queues taken signals again, to the same thread or to the process.
+void requeue_pending() {
+  int pid = raw_getpid();
+  uint32_t n = g_npending < IBDBG_MAX_PENDING ? g_npending : IBDBG_MAX_PENDING;
+  for (uint32_t i = 0; i < n; i++) {
+    ibdbg_pending_signal* ps = &g_pending[i];
+    if (!ps->signo) continue;
+    if (ps->tid) sys(SYS_rt_tgsigqueueinfo, pid, ps->tid, ps->signo, (long)ps->siginfo);
+    else sys(SYS_rt_sigqueueinfo, pid, ps->signo, (long)ps->siginfo);
+  }
+  g_npending = 0;
+}
+
 void handler(int, siginfo_t* si, void* ucv) {
   int saved_errno = errno;
   // Only our own checkpoint thread's tgkill counts; anything else is dropped
@@ -221,6 +287,7 @@ void handler(int, siginfo_t* si, void* ucv) {
   uint32_t gen = g_resume_gen;
   uint32_t idx = __atomic_fetch_add(&g_nslots, 1, __ATOMIC_SEQ_CST);
   if (idx < IBDBG_MAX_THREADS) record_self(&g_slots[idx], (ucontext_t*)ucv);
+  take_pending("/proc/thread-self/status", "SigPnd:", raw_gettid());
   __atomic_fetch_add(&g_entered, 1, __ATOMIC_SEQ_CST);
   futex_wake(&g_entered);
   if (raw_gettid() == g_ckpt_tid) {
@@ -317,6 +384,10 @@ void describe_process() {
   ibdbg_signal_state* s = &g_sigstate;
   memset(s, 0, sizeof *s);
   s->ckpt_signal = (uint32_t)g_sig;
+  take_pending("/proc/self/status", "ShdPnd:", 0);
+  uint32_t np = g_npending < IBDBG_MAX_PENDING ? g_npending : IBDBG_MAX_PENDING;
+  for (uint32_t i = 0; i < np; i++)
+    if (g_pending[i].signo) s->pending[s->npending++] = g_pending[i];
   for (int sig = 1; sig <= IBDBG_NSIG; sig++) {
     if (sig == SIGKILL || sig == SIGSTOP) continue;
     ibdbg_ksigaction ka;
@@ -353,6 +424,10 @@ void ckpt_describe_and_wait() {
   if (ok) ok = blob_add(IBDBG_BLOB_SIGNALS, &g_sigstate, sizeof g_sigstate);
   if (!ok || g_nslots > IBDBG_MAX_THREADS) {
     send_error("too many threads for one capture");
+    return;
+  }
+  if (g_npending > IBDBG_MAX_PENDING) {
+    send_error("too many pending signals for one capture");
     return;
   }
   ibdbg_msg_hdr h = {IBDBG_MSG_SUSPENDED, (uint32_t)g_blob_len};
@@ -430,6 +505,7 @@ bool stop_all_threads(const char** why) {
 }
 
 void release_threads() {
+  requeue_pending();
   g_capturing = 0;
   __atomic_fetch_add(&g_resume_gen, 1, __ATOMIC_SEQ_CST);
   futex_wake(&g_resume_gen);
@@ -476,6 +552,7 @@ void ckpt_capture() {
   const char* why = nullptr;
   g_nslots = 0;
   g_entered = 0;
+  g_npending = 0;
   g_capturing = 1;
   if (!stop_all_threads(&why)) {
     release_threads();
@@ -490,6 +567,7 @@ void ckpt_capture() {
     g_generation = g_restart_info.generation;
     scopy(g_agent, g_restart_info.agent, sizeof g_agent);
     g_capturing = 0;
+    g_npending = 0;  // the restorer queued them again
     // The old control socket's number was left free by the launcher.
     g_sock = -1;
     if (g_restart_info.gdb_mode) {

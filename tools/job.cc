@@ -26,6 +26,8 @@
 #include <thread>
 
 #include "ibdbg/atomic_dir.h"
+#include "ibdbg/manifest.h"
+#include "ibdbg/version.h"
 
 namespace ibdbg::tools {
 
@@ -432,22 +434,31 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
     json reply;
     if (ok) {
       try {
-        json manifest = {{"format", 1},
-                         {"ibdbg_version", "0.1.0"},
-                         {"job_id", job.job_id},
-                         {"created", NowIso()},
-                         {"created_ns", (int64_t)std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                            std::chrono::system_clock::now().time_since_epoch())
-                                            .count()},
-                         {"kind", "capture"},
-                         {"hosts", cap->hosts},
-                         {"processes", cap->procs},
-                         {"parent", nullptr}};
-        int fd = cap->dir->CreateFile("manifest.json");
-        std::string text = manifest.dump(2) + "\n";
-        bool wrote = write(fd, text.data(), text.size()) == (ssize_t)text.size();
+        image::Manifest mf;
+        mf.ibdbg_version = IBDBG_VERSION;
+        mf.job_id = job.job_id;
+        mf.created_ns = image::RealtimeNs();
+        mf.created = image::FormatIsoTime(mf.created_ns);
+        mf.kind = "capture";
+        for (auto& pr : cap->procs) {
+          image::ManifestProcess mp;
+          mp.pid = pr.value("pid", 0);
+          mp.host = pr.value("host", "");
+          mp.exe = pr.value("exe", "");
+          mp.image = pr.value("image", "");
+          mp.bytes = pr.value("bytes", (uint64_t)0);
+          mp.memory_bytes = pr.value("memory_bytes", (uint64_t)0);
+          mp.threads = pr.value("threads", 0);
+          mf.processes.push_back(mp);
+        }
+        int fd = cap->dir->CreateFile(image::kManifestName);
+        try {
+          image::WriteManifestFd(fd, mf, cap->dir->temp_path() + "/" + image::kManifestName);
+        } catch (...) {
+          close(fd);
+          throw;
+        }
         close(fd);
-        if (!wrote) Fail("cannot write manifest.json");
         cap->dir->Commit(false);
         std::string latest = images_dir + "/latest";
         std::string tmp = latest + ".tmp." + RandomHex(4);

@@ -213,7 +213,8 @@ Manifest ParseManifest(const std::string& text, const std::string& where) {
     p.memory_bytes = pf.Unsigned("memory_bytes");
     p.threads = static_cast<int>(pf.Int("threads", false, 0, INT32_MAX));
     for (const ManifestProcess& q : m.processes) {
-      if (q.pid == p.pid)
+      // Different hosts may reuse a pid; the same host cannot.
+      if (q.pid == p.pid && q.host == p.host)
         throw ImageError(where + ": process " + std::to_string(p.pid) + " listed twice");
       if (q.image == p.image)
         throw ImageError(where + ": image file " + p.image + " listed twice");

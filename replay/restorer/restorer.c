@@ -464,6 +464,16 @@ void __attribute__((used, noreturn)) restorer_main(uint64_t* sp) {
   for (uint32_t i = 0; i < hdr.nthreads; i++)
     if (threads[i].flags & IBDBG_THREAD_MAIN) main_t = &threads[i];
 
+  /* Signals that were pending at capture, with their siginfo.  Every thread
+   * still blocks everything, so they wait for the application's own masks. */
+  for (uint32_t i = 0; i < hdr.sig.npending && i < IBDBG_MAX_PENDING; i++) {
+    struct ibdbg_pending_signal* ps = &hdr.sig.pending[i];
+    if (ps->signo <= 0 || ps->signo > 64) continue;
+    long pid = S0(__NR_getpid);
+    if (ps->tid) S4(__NR_rt_tgsigqueueinfo, pid, ps->tid, ps->signo, ps->siginfo);
+    else S3(__NR_rt_sigqueueinfo, pid, ps->signo, ps->siginfo);
+  }
+
   /* 'P' and the address gdb needs to step each thread over rt_sigreturn. */
   char msg[9];
   msg[0] = IBDBG_RST_PARKED;

@@ -159,6 +159,13 @@ TEST(Manifest, MissingAndBadFields) {
   EXPECT_EQ(err([](auto& j) { j["processes"][0]["bytes"] = -5; }),
             "m: field 'processes[0].bytes' must be a non-negative integer");
   EXPECT_EQ(err([](auto& j) { j["processes"][1]["pid"] = 77; }), "m: process 77 listed twice");
+  EXPECT_EQ(err([](auto& j) {
+              j["processes"][1]["pid"] = 77;
+              j["processes"][1]["host"] = "h2";
+            }),
+            "");
+  EXPECT_EQ(err([](auto& j) { j["processes"][1]["image"] = "proc-77.img"; }),
+            "m: image file proc-77.img listed twice");
   EXPECT_EQ(err([](auto& j) { j["parent"] = 5; }), "m: field 'parent' must be an object");
   EXPECT_EQ(err([](auto& j) { j["parent"].erase("checksum"); }),
             "m: missing field 'parent.checksum'");
