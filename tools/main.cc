@@ -201,7 +201,9 @@ int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const 
     snprintf(insn, sizeof insn, "0x%llx", (unsigned long long)L.sigreturn_insn);
     std::vector<std::string> args = {"gdb", "-q", "-nx"};
     if (!gdb_batch.empty()) args.push_back("-batch");
-    for (const char* c : {"set pagination off", "set confirm off"}) args.insert(args.end(), {"-iex", c});
+    // The replay has its own mount namespace (for its /proc): read files from ours,
+    // which needs no privilege, instead of gdb's default "target:" sysroot.
+    for (const char* c : {"set pagination off", "set confirm off", "set sysroot /"}) args.insert(args.end(), {"-iex", c});
     args.insert(args.end(), {"-x", script});
     if (Exists(L.exe)) args.push_back(L.exe);
     args.insert(args.end(), {"-p", std::to_string(L.pid)});
