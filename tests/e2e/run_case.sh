@@ -3,18 +3,20 @@
 # it waits, kill it, replay the image (optionally capturing and replaying the
 # replay again, for several generations), then let it check itself.
 #
-#   run_case.sh BUILD_DIR PROGRAM [--as-user] [--generations N] [--keep]
+#   run_case.sh BUILD_DIR PROGRAM [--as-user] [--generations N] [--keep] [--max-image-mb N]
 #
 # --as-user runs every ibdbg command as the unprivileged user nobody.
+# --max-image-mb fails if any captured image takes more than N MiB on disk.
 set -u
 build=$1 prog=$2
 shift 2
-as_user=0 generations=1 keep=0
+as_user=0 generations=1 keep=0 max_image_mb=0
 while [ $# -gt 0 ]; do
   case $1 in
     --as-user) as_user=1 ;;
     --generations) generations=$2; shift ;;
     --keep) keep=1 ;;
+    --max-image-mb) max_image_mb=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -50,6 +52,12 @@ capture() { # job dir -> prints image path; retries until the replayed process h
   echo "$out" >&2
   return 1
 }
+check_size() { # image
+  [ "$max_image_mb" -gt 0 ] || return 0
+  local mb
+  mb=$(du -sm "$1" | cut -f1)
+  [ "$mb" -le "$max_image_mb" ] || fail "image $1 takes $mb MiB, more than $max_image_mb"
+}
 
 go=$work/go
 ( "${as[@]}" "$ibdbg" run --dir "$work/job0" -- "$exe" "$go" 2>&1 | cat > "$work/out.0" ) &
@@ -58,6 +66,7 @@ wait_for "$work/out.0" READY 30 || fail "the program did not get ready"
 img=$(capture "$work/job0") || fail "capture failed"
 wait $runner
 [ -d "$img" ] || fail "no image at '$img'"
+check_size "$img"
 "$ibdbg" inspect "$img" > "$work/inspect.txt" || fail "inspect failed"
 
 for g in $(seq 1 "$generations"); do
@@ -66,6 +75,7 @@ for g in $(seq 1 "$generations"); do
   if [ "$g" -lt "$generations" ]; then
     img=$(capture "$work/job$g") || fail "capture of generation $g failed"
     wait $replayer
+    check_size "$img"
   fi
 done
 touch "$go"
