@@ -3,6 +3,9 @@
 # frames at the capture point (not the restorer's), and after gdb detaches the
 # example finishes with the right result.   gdb_backtrace.sh BUILD_DIR [--as-user]
 set -u
+# Descriptors the test runner leaks (ctest keeps its log open) would be part of
+# the captured process and may not be reopenable by another user.
+for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
 build=$1
 ibdbg=$build/bin/ibdbg
 work=$(mktemp -d /tmp/ibdbg-e2e-gdb.XXXXXX)

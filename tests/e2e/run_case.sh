@@ -8,6 +8,9 @@
 # --as-user runs every ibdbg command as the unprivileged user nobody.
 # --max-image-mb fails if any captured image takes more than N MiB on disk.
 set -u
+# Descriptors the test runner leaks (ctest keeps its log open) would be part of
+# the captured process and may not be reopenable by another user.
+for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
 build=$1 prog=$2
 shift 2
 as_user=0 generations=1 keep=0 max_image_mb=0

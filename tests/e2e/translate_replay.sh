@@ -3,6 +3,9 @@
 # elsewhere: the original image no longer replays (clear error), the
 # translated one does and finishes correctly.   translate_replay.sh BUILD_DIR
 set -u
+# Descriptors the test runner leaks (ctest keeps its log open) would be part of
+# the captured process and may not be reopenable by another user.
+for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
 build=$1
 ibdbg=$build/bin/ibdbg
 work=$(mktemp -d /tmp/ibdbg-e2e-translate.XXXXXX)

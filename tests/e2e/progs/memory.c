@@ -158,6 +158,7 @@ int main(int argc, char **argv) {
   fill(shanon, sa_len, 8);
 
   zdtm_ready();
+  brk_end = sbrk(0); /* malloc moved it on meanwhile */
   zdtm_wait_go();
 
   /* brk */
