@@ -200,8 +200,10 @@ int Agent::Loop() {
     if (pf[0].revents & POLLIN) AcceptLib();
     if (pf[1].revents) {
       if (!coord_.Fill()) {
-        // Without a coordinator the job runs on but cannot be captured.
+        // Without a coordinator the job runs on, uncapturable; a capture it
+        // had started is abandoned and the processes resume.
         coord_.Close();
+        Resume(false);
       }
       while (auto m = coord_.Pop()) {
         std::string op = m->value("op", "");

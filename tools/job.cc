@@ -422,6 +422,20 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
   WriteFileAtomic(job.dir + "/coordinator.json", addr.dump() + "\n", 0600);
   Log("job " + job.job_id + " listening on " + host + ":" + std::to_string(port));
 
+  // Temporary image directories of a coordinator that died mid-capture.
+  if (DIR* d = opendir((job.dir + "/images").c_str())) {
+    std::vector<std::string> stale;
+    while (dirent* e = readdir(d))
+      if (e->d_name[0] == '.' && strstr(e->d_name, ".tmp.")) stale.push_back(e->d_name);
+    closedir(d);
+    int dfd = open((job.dir + "/images").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    for (auto& n : stale) {
+      image::RemoveTree(dfd, n);
+      Log("removed the leftovers of an interrupted capture: " + n);
+    }
+    if (dfd >= 0) close(dfd);
+  }
+
   std::map<int, Peer> peers;
   std::optional<Capture> cap;
   bool had_agent = false;

@@ -36,9 +36,12 @@ grep -q "no guest '5'" <<<"$msg" || fail "no clear message for guest 5: $msg"
 echo "ok: unknown guest: $msg"
 expect "ssh options are ignored" vm2 "$(vm-host -x -T -o BatchMode=yes -p 22 -l root vm2 hostname)"
 expect "localhost is this guest" vm1 "$(vm-host localhost hostname)"
-# A guest that goes away: vm-host says so (status 255) instead of hanging.
-vm-host -n 2 'echo o > /proc/sysrq-trigger' >/dev/null 2>&1
-sleep 2
+# A guest that goes away: vm-host says so (status 255) instead of hanging, both for the command
+# that was running when it went and for the next one.
+start=$SECONDS
+msg=$(vm-host -n 2 'echo o > /proc/sysrq-trigger' 2>&1)
+expect "guest 2 powered off under a command: status 255" 255 "$?"
+echo "ok: after $((SECONDS - start)) s: $msg"
 start=$SECONDS
 msg=$(vm-host -n 2 true 2>&1)
 expect "guest 2 powered off: status 255" 255 "$?"
