@@ -124,6 +124,7 @@ bool read_all(int fd, void* data, size_t len) {
 // ---- state -------------------------------------------------------------------
 struct Slot {
   ibdbg_thread_info info;
+  volatile uint32_t done;  // set (release) once info and the thread's pending signals are in
 };
 
 int g_sig;                         // the checkpoint signal
@@ -288,6 +289,7 @@ void handler(int, siginfo_t* si, void* ucv) {
   uint32_t idx = __atomic_fetch_add(&g_nslots, 1, __ATOMIC_SEQ_CST);
   if (idx < IBDBG_MAX_THREADS) record_self(&g_slots[idx], (ucontext_t*)ucv);
   take_pending("/proc/thread-self/status", "SigPnd:", raw_gettid());
+  if (idx < IBDBG_MAX_THREADS) __atomic_store_n(&g_slots[idx].done, 1, __ATOMIC_RELEASE);
   __atomic_fetch_add(&g_entered, 1, __ATOMIC_SEQ_CST);
   futex_wake(&g_entered);
   if (raw_gettid() == g_ckpt_tid) {
@@ -487,7 +489,7 @@ bool stop_all_threads(const char** why) {
       for (int i = 0; i < nsignaled; i++) {
         bool in = false;
         for (uint32_t k = 0; k < g_nslots && k < IBDBG_MAX_THREADS; k++)
-          if (g_slots[k].info.tid == signaled[i]) in = true;
+          if (__atomic_load_n(&g_slots[k].done, __ATOMIC_ACQUIRE) && g_slots[k].info.tid == signaled[i]) in = true;
         if (!in && sys(SYS_tgkill, pid, signaled[i], 0) == 0) alive++;
       }
       if (alive == 0) break;
@@ -550,6 +552,7 @@ bool connect_agent() {
 
 void ckpt_capture() {
   const char* why = nullptr;
+  for (uint32_t k = 0; k < g_nslots && k < IBDBG_MAX_THREADS; k++) g_slots[k].done = 0;
   g_nslots = 0;
   g_entered = 0;
   g_npending = 0;
@@ -586,7 +589,7 @@ void* ckpt_main(void*) {
   real.pthread_sigmask(SIG_SETMASK, &all, nullptr);
   sys(SYS_prctl, PR_SET_NAME, (long)"ibdbg-ckpt");
   g_ckpt_tid = raw_gettid();
-  if (!connect_agent()) return nullptr;
+  if (g_sock < 0 && !connect_agent()) return nullptr;
   for (;;) {
     ibdbg_msg_hdr h;
     if (!read_all(g_sock, &h, sizeof h)) {
@@ -651,6 +654,9 @@ __attribute__((constructor)) void ibdbg_capture_init() {
   g_blob = (char*)b;
   install_handler();
   pthread_atfork(nullptr, nullptr, after_fork_child);
+  // Registered before main() runs: a capture requested as soon as the program
+  // shows signs of life must find it.
+  connect_agent();
   start_ckpt_thread();
 }
 

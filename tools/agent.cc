@@ -107,6 +107,12 @@ void Agent::AcceptLib() {
 }
 
 void Agent::DoCapture(const std::string& dir, const std::string& job_id) {
+  // Libraries that connected a moment ago belong in this capture.
+  for (;;) {
+    pollfd lp = {lfd_, POLLIN, 0};
+    if (poll(&lp, 1, 0) != 1) break;
+    AcceptLib();
+  }
   json procs = json::array();
   std::string err;
   for (auto& [fd, l] : libs_) {

@@ -497,10 +497,10 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
 
   auto start_capture = [&](int client_fd, bool stop) -> std::optional<std::string> {
     if (cap) return "a capture is already in progress";
-    size_t nprocs = 0;
+    size_t nagents = 0;
     for (auto& [fd, p] : peers)
-      if (p.role == "agent") nprocs += p.procs.size();
-    if (nprocs == 0) return "the job has no running processes";
+      if (p.role == "agent") nagents++;
+    if (nagents == 0) return "the job has no running processes";
     cap.emplace();
     cap->name = ImageName(images_dir);
     try {
@@ -513,8 +513,9 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
     cap->client_fd = client_fd;
     cap->stop = stop;
     cap->deadline = std::chrono::steady_clock::now() + std::chrono::minutes(30);
+    // Every agent is asked: one may have processes it has not reported yet.
     for (auto& [fd, p] : peers)
-      if (p.role == "agent" && !p.procs.empty()) {
+      if (p.role == "agent") {
         p.conn.Send({{"op", "capture"}, {"dir", cap->dir->temp_path()}, {"job_id", job.job_id}});
         cap->waiting.push_back(fd);
       }
@@ -582,7 +583,10 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
               for (auto& pr : m->value("procs", json::array())) cap->procs.push_back(pr);
               cap->hosts.push_back({{"name", p.host}, {"kernel", m->value("kernel", "")}});
             }
-            if (cap->waiting.empty()) finish_capture(cap->error.empty());
+            if (cap->waiting.empty()) {
+              if (cap->error.empty() && cap->procs.empty()) cap->error = "the job has no running processes";
+              finish_capture(cap->error.empty());
+            }
           }
         } else if (op == "capture") {
           if (auto err = start_capture(fd, m->value("stop", false))) p.conn.Send({{"ok", false}, {"error", *err}});

@@ -13,12 +13,13 @@ set -u
 for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
 build=$1 prog=$2
 shift 2
-as_user=0 generations=1 keep=0 max_image_mb=0
+as_user=0 generations=1 keep=0 twice=0 max_image_mb=0
 while [ $# -gt 0 ]; do
   case $1 in
     --as-user) as_user=1 ;;
     --generations) generations=$2; shift ;;
     --keep) keep=1 ;;
+    --twice) twice=1 ;;
     --max-image-mb) max_image_mb=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -87,4 +88,10 @@ wait $replayer
 last=$work/out.$generations
 wait_for "$last" "PASS\|FAIL" 30 || fail "no verdict after replay"
 grep -q "^PASS" "$last" || fail "the replayed program reports failure"
-echo "ok: $prog (generations $generations${as[*]:+, unprivileged})"
+if [ $twice = 1 ]; then
+  # The same image once more, after the first replay is gone.
+  ( "${as[@]}" "$ibdbg" replay "$img" --dir "$work/again" 2>&1 | cat > "$work/out.again" ) &
+  wait $!
+  grep -q "^PASS" "$work/out.again" || fail "the second replay of the same image failed"
+fi
+echo "ok: $prog (generations $generations${twice/1/, replayed twice}${as[*]:+, unprivileged})"
