@@ -106,7 +106,7 @@ void Agent::AcceptLib() {
   SendProcs();
 }
 
-void Agent::DoCapture(const std::string& dir, const std::string& job_id) {
+void Agent::DoCapture(const std::string& dir, const std::string& job_id, const json& options) {
   // Libraries that connected a moment ago belong in this capture.
   for (;;) {
     pollfd lp = {lfd_, POLLIN, 0};
@@ -158,7 +158,8 @@ void Agent::DoCapture(const std::string& dir, const std::string& job_id) {
         capture::WriteOptions wo;
         wo.job_id = job_id;
         wo.ibdbg_version = IBDBG_VERSION;
-        if (const char* lv = getenv("IBDBG_ZSTD_LEVEL")) wo.zstd_level = atoi(lv);
+        wo.zstd_level = options.value("zstd_level", wo.zstd_level);
+        wo.threads = options.value("zstd_threads", wo.threads);
         l.refills.clear();
         auto st = capture::WriteProcessImage(l.pid, metas[fd], out, wo, &l.refills);
         procs.push_back({{"pid", metas[fd].proc.pid},
@@ -213,7 +214,8 @@ int Agent::Loop() {
       }
       while (auto m = coord_.Pop()) {
         std::string op = m->value("op", "");
-        if (op == "capture") DoCapture(m->value("dir", ""), m->value("job_id", job_.job_id));
+        if (op == "capture")
+          DoCapture(m->value("dir", ""), m->value("job_id", job_.job_id), m->value("options", json::object()));
         else if (op == "resume") Resume(false);
         else if (op == "kill") Resume(true);
       }

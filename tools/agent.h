@@ -38,7 +38,7 @@ class Agent {
   };
   void AcceptLib();
   void SendProcs();
-  void DoCapture(const std::string& dir, const std::string& job_id);
+  void DoCapture(const std::string& dir, const std::string& job_id, const json& options);
   void Resume(bool kill);
 
   JobDir job_;

@@ -285,7 +285,7 @@ LineConn ConnectCoordinator(const JobDir& job, const std::string& role, int time
   return c;
 }
 
-void EnsureCoordinator(const JobDir& job, const std::string& self_exe) {
+void EnsureCoordinator(const JobDir& job, const std::string& self_exe, const std::string& listen) {
   try {
     ConnectCoordinator(job, "probe", 1000);
     return;
@@ -313,7 +313,8 @@ void EnsureCoordinator(const JobDir& job, const std::string& self_exe) {
     dup2(devnull, 1);
     int log = open((job.dir + "/coordinator.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     dup2(log >= 0 ? log : devnull, 2);
-    execl(self_exe.c_str(), self_exe.c_str(), "coordinator", "--dir", job.dir.c_str(), (char*)nullptr);
+    execl(self_exe.c_str(), self_exe.c_str(), "coordinator", "--dir", job.dir.c_str(), "--listen", listen.c_str(),
+          (char*)nullptr);
     _exit(127);
   }
   int st;
@@ -350,6 +351,7 @@ struct Capture {
   std::string name;
   int client_fd = -1;
   bool stop = false;
+  json options = json::object();  // compression settings for the agents
   std::vector<int> waiting;  // agent fds
   json procs = json::array();
   json hosts = json::array();
@@ -495,7 +497,7 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
     cap.reset();
   };
 
-  auto start_capture = [&](int client_fd, bool stop) -> std::optional<std::string> {
+  auto start_capture = [&](int client_fd, bool stop, const json& options) -> std::optional<std::string> {
     if (cap) return "a capture is already in progress";
     size_t nagents = 0;
     for (auto& [fd, p] : peers)
@@ -512,11 +514,12 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
     }
     cap->client_fd = client_fd;
     cap->stop = stop;
+    cap->options = options;
     cap->deadline = std::chrono::steady_clock::now() + std::chrono::minutes(30);
     // Every agent is asked: one may have processes it has not reported yet.
     for (auto& [fd, p] : peers)
       if (p.role == "agent") {
-        p.conn.Send({{"op", "capture"}, {"dir", cap->dir->temp_path()}, {"job_id", job.job_id}});
+        p.conn.Send({{"op", "capture"}, {"dir", cap->dir->temp_path()}, {"job_id", job.job_id}, {"options", options}});
         cap->waiting.push_back(fd);
       }
     return std::nullopt;
@@ -589,7 +592,8 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
             }
           }
         } else if (op == "capture") {
-          if (auto err = start_capture(fd, m->value("stop", false))) p.conn.Send({{"ok", false}, {"error", *err}});
+          if (auto err = start_capture(fd, m->value("stop", false), m->value("options", json::object())))
+            p.conn.Send({{"ok", false}, {"error", *err}});
         } else if (op == "status") {
           json agents = json::array();
           for (auto& [afd, ap] : peers)
@@ -625,7 +629,7 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
       finish_capture(false);
     }
     if (!cap && now >= next_interval) {
-      start_capture(-1, false);
+      start_capture(-1, false, json::object());
       next_interval = now + std::chrono::seconds(interval_s);
     }
     bool any_agent = false;

@@ -69,7 +69,9 @@ LineConn ConnectCoordinator(const JobDir& job, const std::string& role, int time
 
 // Starts `ibdbg coordinator` for the job unless one answers; waits until it
 // does.  self_exe: path of the ibdbg binary.
-void EnsureCoordinator(const JobDir& job, const std::string& self_exe);
+// listen: the address the coordinator binds (loopback unless the job spans
+// hosts).
+void EnsureCoordinator(const JobDir& job, const std::string& self_exe, const std::string& listen = "127.0.0.1");
 
 // Runs the coordinator in this process (the hidden `ibdbg coordinator`).
 int RunCoordinator(const std::string& dir, const std::string& listen_host, bool daemonize);

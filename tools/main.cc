@@ -86,11 +86,11 @@ JobDir NewOrNamedJob(const std::string& dir) {
   return OpenOrCreateJob(IbdbgHome() + "/jobs/" + id, id);
 }
 
-int CmdRun(const std::string& dir, int interval, const std::vector<std::string>& cmd) {
+int CmdRun(const std::string& dir, int interval, const std::string& listen, const std::vector<std::string>& cmd) {
   if (cmd.empty()) throw std::runtime_error("nothing to run: ibdbg run [--dir DIR] -- CMD ARGS...");
   std::string lib = CaptureLibrary();
   JobDir job = NewOrNamedJob(dir);
-  EnsureCoordinator(job, SelfExe());
+  EnsureCoordinator(job, SelfExe(), listen);
   Agent agent(job);
   if (interval > 0) {
     LineConn c = ConnectCoordinator(job, "client");
@@ -125,10 +125,13 @@ int CmdRun(const std::string& dir, int interval, const std::vector<std::string>&
   return agent.Loop();
 }
 
-int CmdCapture(const std::string& id, const std::string& dir, bool stop) {
+int CmdCapture(const std::string& id, const std::string& dir, bool stop, int level, int threads) {
   JobDir job = ResolveJob(id, dir);
   LineConn c = ConnectCoordinator(job, "client");
-  c.Send({{"op", "capture"}, {"stop", stop}});
+  json options = json::object();
+  if (level >= 0) options["zstd_level"] = level;
+  if (threads >= 0) options["zstd_threads"] = threads;
+  c.Send({{"op", "capture"}, {"stop", stop}, {"options", options}});
   auto r = c.Recv(-1);
   if (!r) throw std::runtime_error("the coordinator went away during the capture");
   if (!r->value("ok", false)) throw std::runtime_error(r->value("error", std::string("capture failed")));
@@ -244,7 +247,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", IBDBG_VERSION);
 
   std::string dir, job_id, image, out;
-  int interval = 0;
+  int interval = 0, level = -1, zthreads = -1;
   bool stop = false, json_out = false, gdb = false, dry_run = false;
   std::string gdb_batch, listen = "127.0.0.1";
   std::vector<std::string> cmd, map_paths;
@@ -252,6 +255,7 @@ int main(int argc, char** argv) {
   auto* run = app.add_subcommand("run", "Run CMD capturable (the capture library is preloaded); exits with its status");
   run->add_option("--dir", dir, "Job directory (a second run with the same DIR joins the job)");
   run->add_option("--interval", interval, "Capture every SECONDS")->check(CLI::PositiveNumber);
+  run->add_option("--listen", listen, "Address the job's coordinator listens on (default 127.0.0.1)");
   run->add_option("cmd", cmd, "Command and arguments (after --)")->required();
   run->footer("Example: ibdbg run --dir /tmp/job -- ./solver input.dat");
 
@@ -259,6 +263,9 @@ int main(int argc, char** argv) {
   capture->add_option("--job", job_id, "Job id printed by ibdbg run");
   capture->add_option("--dir", dir, "Job directory");
   capture->add_flag("--stop", stop, "Stop the job once the image is safely written");
+  capture->add_option("--level", level, "zstd level, 0 = store uncompressed (default 3)")->check(CLI::Range(0, 19));
+  capture->add_option("--threads", zthreads, "Compression threads per process (default: all cores)")
+      ->check(CLI::Range(1, 256));
   capture->footer("Example: ibdbg capture --dir /tmp/job");
 
   auto* translate = app.add_subcommand("translate", "Validate an image and write one for another target");
@@ -296,8 +303,8 @@ int main(int argc, char** argv) {
   }
   signal(SIGPIPE, SIG_IGN);
   try {
-    if (*run) return CmdRun(dir, interval, cmd);
-    if (*capture) return CmdCapture(job_id, dir, stop);
+    if (*run) return CmdRun(dir, interval, listen, cmd);
+    if (*capture) return CmdCapture(job_id, dir, stop, level, zthreads);
     if (*status) return CmdStatus(job_id, dir);
     if (*replay) return CmdReplay(image, dir, gdb, gdb_batch);
     if (*inspect) {

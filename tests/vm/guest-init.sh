@@ -104,9 +104,11 @@ done
 
 # The caller's environment, for the command and the agent (stage 2 keeps its own PATH).
 ln -sf "$IBDBG_VM_TOOLDIR/vm-host" /usr/local/bin/vm-host 2>/dev/null
+hosts=$IBDBG_VM_HOSTS
 with_env() (
 	. "$CTL/env.sh"
 	IBDBG_VM_GUEST=$N
+	IBDBG_VM_HOSTS=$hosts
 	export IBDBG_VM_GUEST IBDBG_VM_HOSTS
 	case ":$PATH:" in *:/usr/local/bin:*) ;; *) PATH="$PATH:/usr/local/bin" ;; esac
 	exec "$@"

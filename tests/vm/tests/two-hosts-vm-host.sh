@@ -36,6 +36,10 @@ grep -q "no guest '5'" <<<"$msg" || fail "no clear message for guest 5: $msg"
 echo "ok: unknown guest: $msg"
 expect "ssh options are ignored" vm2 "$(vm-host -x -T -o BatchMode=yes -p 22 -l root vm2 hostname)"
 expect "localhost is this guest" vm1 "$(vm-host localhost hostname)"
+timeout 3 vm-host -n 2 'sleep 301; echo never'
+expect "vm-host killed by timeout(1)" 124 "$?"
+sleep 1
+expect "the remote command went with its client" 0 "$(vm-host -n 2 "ps -eo args | grep -c '^sleep 301'")"
 # A guest that goes away: vm-host says so (status 255) instead of hanging, both for the command
 # that was running when it went and for the next one.
 start=$SECONDS

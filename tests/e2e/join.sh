@@ -1,0 +1,37 @@
+#!/bin/bash
+# A second `ibdbg run --dir DIR` joins the job: one coordinator, both
+# processes in status and in one image; capture --job ID finds the job.
+#   join.sh BUILD_DIR
+set -u
+for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
+build=$1
+ibdbg=$build/bin/ibdbg
+work=$(mktemp -d /tmp/ibdbg-e2e-join.XXXXXX)
+export IBDBG_HOME="$work/home"
+trap 'pkill -KILL -f "$work" 2>/dev/null; rm -rf "$work"' EXIT
+fail() { echo "FAIL(join): $*"; for f in "$work"/*.out "$work"/job/coordinator.log; do [ -f "$f" ] && { echo "--- $f"; tail -20 "$f"; }; done; exit 1; }
+wait_for() { for _ in $(seq $(( $3 * 20 ))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+
+( "$ibdbg" run --dir "$work/job" -- "$build/tests/e2e/zdtm-threads" "$work/go1" > "$work/a.out" 2>&1 ) &
+( "$ibdbg" run --dir "$work/job" -- "$build/tests/e2e/zdtm-files" "$work/go2" > "$work/b.out" 2>&1 ) &
+wait_for "$work/a.out" READY 30 && wait_for "$work/b.out" READY 30 || fail "programs did not start"
+id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["job_id"])' "$work/job/job.json")
+grep -q "job $id" "$work/a.out" && grep -q "job $id" "$work/b.out" || fail "the two runs are not one job"
+"$ibdbg" status --job "$id" > "$work/status.out" || fail "status --job failed"
+[ "$(grep -c '  process ' "$work/status.out")" = 2 ] || fail "status does not list both processes"
+[ "$(grep -c 'listening on' "$work/job/coordinator.log")" = 1 ] || fail "more than one coordinator"
+img=$("$ibdbg" capture --job "$id") || fail "capture --job failed"
+python3 - "$img" <<'PY' || fail "the manifest does not hold both processes"
+import json, sys
+m = json.load(open(sys.argv[1] + "/manifest.json"))
+exes = sorted(p["exe"].rsplit("/", 1)[1] for p in m["processes"])
+assert exes == ["zdtm-files", "zdtm-threads"], exes
+PY
+"$ibdbg" inspect "$img" > "$work/inspect.out" || fail "inspect failed"
+[ "$(grep -c '^process ' "$work/inspect.out")" = 2 ] || fail "inspect does not show both processes"
+"$ibdbg" replay "$img" > "$work/replay.out" 2>&1 && fail "a two-process replay claimed success"
+[ "$(wc -l < "$work/replay.out")" = 1 ] || fail "the refusal is not one line"
+touch "$work/go1" "$work/go2"
+wait
+grep -q "^PASS" "$work/a.out" && grep -q "^PASS" "$work/b.out" || fail "the jobs did not survive the capture"
+echo "ok: a second run joins the job"
