@@ -34,4 +34,9 @@ PY
 touch "$work/go1" "$work/go2"
 wait
 grep -q "^PASS" "$work/a.out" && grep -q "^PASS" "$work/b.out" || fail "the jobs did not survive the capture"
+# ibdbg run exits with its command's status.
+"$ibdbg" run --dir "$work/job3" -- sh -c 'exit 7' > /dev/null 2>&1
+[ $? = 7 ] || fail "ibdbg run did not exit with its command's status"
+"$ibdbg" run --dir "$work/job3" -- /nonexistent/program > "$work/enoent.out" 2>&1 && fail "running a missing program succeeded"
+grep -q "cannot run /nonexistent/program" "$work/enoent.out" || fail "no clear error for a missing program"
 echo "ok: a second run joins the job"

@@ -29,7 +29,7 @@ rdma_pair() {
 	vm-host -n "$server" "$tool" -p "$port" "$@" >"$log" 2>&1 &
 	local spid=$!
 	wait_listen "$server" "$port"
-	if ! vm-host -n "$client" "$tool" -p "$port" "$@" "$(vm-host "$server")"; then
+	if ! vm-host -n "$client" "$tool" -p "$port" "$@" "10.0.0.$server"; then
 		kill "$spid" 2>/dev/null
 		cat "$log"
 		fail "$tool client on guest $client (server on guest $server)"
