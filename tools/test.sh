@@ -5,6 +5,8 @@
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 bash "$root/tools/deps.sh"
+# The SoftRoCE tier (QEMU, Debian's kernel with rdma_rxe): packages and the kernel, cached.
+bash "$root/tests/vm/setup-deps.sh"
 build=${IBDBG_BUILD:-$root/build}
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$build" -j"$(nproc)"
