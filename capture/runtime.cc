@@ -632,11 +632,15 @@ void install_handler() {
 }
 
 void after_fork_child() {
-  // The child has no checkpoint thread and shares our agent connection: give
-  // it its own.  (Whole process trees are the job layer's work.)
+  // The child has no checkpoint thread and shares our agent connection: it
+  // gets its own of both, registered before fork() returns to it.
+  if (g_sock >= 0) sys(SYS_close, g_sock);
   g_sock = -1;
   g_capturing = 0;
-  if (g_agent[0]) start_ckpt_thread();
+  g_ckpt_tid = 0;
+  if (!g_agent[0]) return;
+  connect_agent();
+  start_ckpt_thread();
 }
 
 __attribute__((constructor)) void ibdbg_capture_init() {

@@ -108,8 +108,20 @@ done:
   if (m.proc.proto_version != IBDBG_PROTO_VERSION) Fail(r.path() + ": process state of another format version");
 }
 
-// Everything the child needs after fork, prepared while we may still throw.
+// Objects that several processes of the image share, made once by the
+// launcher and inherited by every process of the replay.
+struct Shared {
+  std::map<uint64_t, std::pair<int, int>> pipes;                 // pipe inode -> (read, write)
+  std::map<std::pair<uint64_t, uint64_t>, int> shmem;             // (dev, inode) -> memfd
+};
+
+// Everything one process needs after fork, prepared while we may still throw.
 struct Prepared {
+  ImageMeta m;
+  std::string image_file;
+  std::unique_ptr<image::ImageReader> reader;
+  image::Record first_pages;
+  bool have_pages = false;
   std::vector<ibdbg_plan_vma> vmas;
   std::vector<ibdbg_plan_thread> threads;
   std::vector<int> launcher_fds;  // become close_from + i in the child
@@ -117,7 +129,10 @@ struct Prepared {
   int close_from = 0;
   int exe_fd = -1;
   int plan_r = -1, plan_w = -1, status_r = -1, status_w = -1;
-  std::map<uint64_t, std::string> pipe_data;
+  int parent = -1;  // index of the parent process in the image, -1 for a root
+  std::vector<int> children;
+  pid_t outer_pid = -1;
+  std::unique_ptr<ibdbg_plan_hdr> hdr;
 };
 
 int TargetOf(const Prepared& p, int fd) {
@@ -127,11 +142,14 @@ int TargetOf(const Prepared& p, int fd) {
 }
 
 int AddLauncherFd(Prepared& p, int fd) {
+  for (int f : p.launcher_fds)
+    if (f == fd) return fd;
   p.launcher_fds.push_back(fd);
   return fd;
 }
 
-void BuildVmas(const ImageMeta& m, Prepared& p) {
+void BuildVmas(Prepared& p, Shared& sh) {
+  const ImageMeta& m = p.m;
   std::map<std::string, int> opened;
   for (const auto& v : m.vmas) {
     if (v.start < IBDBG_RESTORER_END && v.end > IBDBG_RESTORER_BASE)
@@ -172,9 +190,9 @@ void BuildVmas(const ImageMeta& m, Prepared& p) {
               (uint64_t)sb.st_size != v.file_size)
             Fail(std::string(v.path) + " changed since the capture (size " + std::to_string(sb.st_size) + ", was " +
                  std::to_string(v.file_size) + "); map it with: ibdbg translate --map-path");
-          AddLauncherFd(p, fd);
           opened[key] = fd;
         }
+        AddLauncherFd(p, fd);
         pv.kind = IBDBG_VMA_FILE | (shared ? 0 : IBDBG_VMA_FILL);
         pv.flags = shared ? MAP_SHARED : MAP_PRIVATE;
         pv.fd = fd;  // renumbered below
@@ -182,13 +200,26 @@ void BuildVmas(const ImageMeta& m, Prepared& p) {
         break;
       }
       case IBDBG_IVMA_SHARED_ANON: {
-        int fd = (int)syscall(SYS_memfd_create, "ibdbg-shared", MFD_CLOEXEC);
-        if (fd < 0 || ftruncate(fd, (off_t)(v.end - v.start)) != 0) Fail("cannot create shared memory for replay");
+        // One object for every mapping of it, in this process or another.
+        auto key = std::make_pair(((uint64_t)v.dev_major << 32) | v.dev_minor, v.inode);
+        int fd;
+        auto it = v.inode ? sh.shmem.find(key) : sh.shmem.end();
+        if (it != sh.shmem.end()) {
+          fd = it->second;
+        } else {
+          fd = (int)syscall(SYS_memfd_create, "ibdbg-shared", MFD_CLOEXEC);
+          if (fd < 0) Fail("cannot create shared memory for replay");
+          if (v.inode) sh.shmem[key] = fd;
+        }
+        struct stat sb;
+        uint64_t need = v.offset + (v.end - v.start);
+        if (fstat(fd, &sb) != 0 || ((uint64_t)sb.st_size < need && ftruncate(fd, (off_t)need) != 0))
+          Fail("cannot size shared memory for replay");
         AddLauncherFd(p, fd);
         pv.kind = IBDBG_VMA_FILE | IBDBG_VMA_FILL;
         pv.flags = MAP_SHARED;
         pv.fd = fd;
-        pv.offset = 0;
+        pv.offset = v.offset;
         break;
       }
       default: Fail("unknown memory region kind in the image");
@@ -230,8 +261,7 @@ void BuildThreads(const ImageMeta& m, Prepared& p) {
   _exit(127);
 }
 
-int OpenImageFd(const FdRecord& f, Prepared& p, int status_fd, std::map<uint64_t, std::pair<int, int>>& pipes,
-                int scratch_base) {
+int OpenImageFd(const FdRecord& f, const Prepared& p, const Shared& sh, int status_fd) {
   const ibdbg_fd_info& fi = f.info;
   int fd = -1;
   int acc = fi.open_flags & O_ACCMODE;
@@ -267,23 +297,10 @@ int OpenImageFd(const FdRecord& f, Prepared& p, int status_fd, std::map<uint64_t
       fd = isatty(0) ? dup(0) : open("/dev/null", O_RDWR);
       break;
     case IBDBG_FD_PIPE: {
-      auto it = pipes.find(fi.pipe_id);
-      if (it == pipes.end()) {
-        int pp[2];
-        if (pipe2(pp, O_CLOEXEC) != 0) ChildFail(status_fd, "cannot create a pipe");
-        int r = fcntl(pp[0], F_DUPFD_CLOEXEC, scratch_base);
-        int w = fcntl(pp[1], F_DUPFD_CLOEXEC, scratch_base);
-        close(pp[0]);
-        close(pp[1]);
-        it = pipes.emplace(fi.pipe_id, std::make_pair(r, w)).first;
-        auto d = p.pipe_data.find(fi.pipe_id);
-        if (d != p.pipe_data.end() && !d->second.empty()) {
-          if (d->second.size() > 65536) fcntl(w, F_SETPIPE_SZ, (int)d->second.size());
-          if (write(w, d->second.data(), d->second.size()) != (ssize_t)d->second.size())
-            ChildFail(status_fd, "cannot refill a pipe");
-        }
-      }
-      fd = dup(acc == O_WRONLY ? it->second.second : it->second.first);
+      auto it = sh.pipes.find(fi.pipe_id);
+      if (it == sh.pipes.end()) ChildFail(status_fd, "internal: pipe missing from the plan");
+      int src = TargetOf(p, acc == O_WRONLY ? it->second.second : it->second.first);
+      fd = dup(src);
       break;
     }
     case IBDBG_FD_SOCKET_LISTEN: {
@@ -308,8 +325,21 @@ int OpenImageFd(const FdRecord& f, Prepared& p, int status_fd, std::map<uint64_t
   return fd;
 }
 
-void SetupDescriptors(const ImageMeta& m, Prepared& p, int status_fd) {
-  // 1. The launcher's descriptors go to close_from + i (two hops: no overlap).
+// Whether a pipe has both ends somewhere in the image (else the replaying
+// terminal's or launcher's stream stands in for a standard stream).
+bool PipeComplete(const std::vector<std::unique_ptr<Prepared>>& all, uint64_t id) {
+  bool r = false, w = false;
+  for (auto& q : all)
+    for (const auto& g : q->m.fds)
+      if (g.info.kind == IBDBG_FD_PIPE && g.info.pipe_id == id)
+        ((g.info.open_flags & O_ACCMODE) == O_WRONLY ? w : r) = true;
+  return r && w;
+}
+
+void SetupDescriptors(Prepared& p, const Shared& sh, const std::vector<std::unique_ptr<Prepared>>& all) {
+  int status_fd = p.status_w;
+  // 1. Our descriptors go to close_from + i (two hops: no overlap), and every
+  //    other inherited one (other processes' plans, unused objects) goes.
   int n = (int)p.launcher_fds.size();
   int hop = p.close_from + n + 16;
   std::vector<int> tmp(n);
@@ -317,47 +347,31 @@ void SetupDescriptors(const ImageMeta& m, Prepared& p, int status_fd) {
     tmp[i] = fcntl(p.launcher_fds[i], F_DUPFD, hop);
     if (tmp[i] < 0) ChildFail(status_fd, std::string("cannot move a descriptor: ") + strerror(errno));
   }
+  int hop_end = hop;
+  for (int t : tmp) hop_end = std::max(hop_end, t + 1);
+  syscall(SYS_close_range, 3, hop - 1, 0);
+  syscall(SYS_close_range, hop_end, ~0u, 0);
   for (int i = 0; i < n; i++) {
     if (dup2(tmp[i], p.close_from + i) < 0) ChildFail(status_fd, "cannot place a descriptor");
-    close(tmp[i]);
   }
-  int status_target = TargetOf(p, p.status_w);
-  // 2. Nothing else of ours stays, except stdin/out/err, which the image may
-  //    keep (a terminal or a pipe outside the job: the replaying one serves).
-  syscall(SYS_close_range, 3, p.close_from - 1, 0);
-  std::map<uint64_t, std::pair<int, int>> pipes;
-  std::set<uint64_t> pipe_ids_in_image;
-  for (const auto& f : m.fds)
-    if (f.info.kind == IBDBG_FD_PIPE) pipe_ids_in_image.insert(f.info.pipe_id);
-  for (const auto& f : m.fds) {
+  for (int i = 0; i < n; i++)
+    if (tmp[i] >= p.close_from + n) close(tmp[i]);
+  status_fd = TargetOf(p, p.status_w);
+  // 2. The image's descriptors, in ascending order (so no later one is clobbered).
+  for (const auto& f : p.m.fds) {
     const ibdbg_fd_info& fi = f.info;
     if (fi.fd < 0 || fi.fd >= p.close_from) continue;
-    if (fi.fd <= 2 && fi.kind != IBDBG_FD_FILE && fi.kind != IBDBG_FD_DEVNULL) {
-      // Keep ours for a pipe only if the other end is not in the process.
-      bool both_ends = false;
-      if (fi.kind == IBDBG_FD_PIPE) {
-        bool reads = false, writes = false;
-        for (const auto& g : m.fds) {
-          if (g.info.kind != IBDBG_FD_PIPE || g.info.pipe_id != fi.pipe_id) continue;
-          ((g.info.open_flags & O_ACCMODE) == O_WRONLY ? writes : reads) = true;
-        }
-        both_ends = reads && writes;
-      }
-      if (!both_ends) continue;
-    }
-    int fd = OpenImageFd(f, p, status_target, pipes, hop);
-    if (fd < 0) ChildFail(status_target, "cannot recreate fd " + std::to_string(fi.fd));
+    if (fi.fd <= 2 && fi.kind != IBDBG_FD_FILE && fi.kind != IBDBG_FD_DEVNULL &&
+        !(fi.kind == IBDBG_FD_PIPE && PipeComplete(all, fi.pipe_id)))
+      continue;  // ours serves
+    int fd = OpenImageFd(f, p, sh, status_fd);
+    if (fd < 0) ChildFail(status_fd, "cannot recreate fd " + std::to_string(fi.fd));
     if (fd != fi.fd) {
-      if (dup2(fd, fi.fd) < 0) ChildFail(status_target, "cannot place fd " + std::to_string(fi.fd));
+      if (dup2(fd, fi.fd) < 0) ChildFail(status_fd, "cannot place fd " + std::to_string(fi.fd));
       close(fd);
     }
     int keep = fi.open_flags & (O_APPEND | O_NONBLOCK | O_ASYNC | O_DIRECT | O_NOATIME);
     fcntl(fi.fd, F_SETFL, keep);
-    if (fi.fd_flags & FD_CLOEXEC) p.cloexec.push_back(fi.fd);
-  }
-  for (auto& [id, ends] : pipes) {
-    close(ends.first);
-    close(ends.second);
   }
 }
 
@@ -370,10 +384,11 @@ void RaiseAmbient(int cap) {
   prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0);
 }
 
-[[noreturn]] void ExecRestorer(const ImageMeta& m, Prepared& p, const std::string& restorer) {
-  int status_fd = p.status_w;
-  SetupDescriptors(m, p, status_fd);
+[[noreturn]] void ExecRestorer(Prepared& p, const Shared& sh, const std::vector<std::unique_ptr<Prepared>>& all,
+                               const std::string& restorer) {
+  SetupDescriptors(p, sh, all);
   int status_target = TargetOf(p, p.status_w);
+  const ImageMeta& m = p.m;
   if (chdir(m.proc.cwd) != 0 && chdir("/") != 0) {
   }
   umask(m.proc.umask & 0777);
@@ -382,9 +397,7 @@ void RaiseAmbient(int cap) {
     struct rlimit rl = {m.proc.rlimits[r].cur, m.proc.rlimits[r].max};
     if (rl.rlim_cur || rl.rlim_max) setrlimit(r, &rl);
   }
-  if (geteuid() != 0) {
-    RaiseAmbient(CAP_CHECKPOINT_RESTORE);
-  }
+  if (geteuid() != 0) RaiseAmbient(CAP_CHECKPOINT_RESTORE);
   std::string fdarg = std::to_string(TargetOf(p, p.plan_r));
   char* argv[] = {(char*)"ibdbg-restore", fdarg.data(), nullptr};
   char* envp[] = {nullptr};
@@ -405,42 +418,99 @@ bool WriteMaps(pid_t self_uid, gid_t self_gid) {
          put("/proc/self/gid_map", std::to_string(self_gid) + " " + std::to_string(self_gid) + " 1\n");
 }
 
-// Pid 1 of the replay's pid namespace: starts the process with its own pid and
-// reaps until it is gone.
-[[noreturn]] void RunInit(const ImageMeta& m, Prepared& p, const std::string& restorer) {
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  // /proc of the new namespace, so /proc/<pid> and /proc/self agree with getpid().
-  if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0)
-    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
-  pid_t want = m.proc.pid;
+long CloneWithPid(pid_t want) {
   struct clone_args ca;
   memset(&ca, 0, sizeof ca);
   ca.exit_signal = SIGCHLD;
   ca.set_tid = (uint64_t)&want;
   ca.set_tid_size = 1;
-  long child = syscall(SYS_clone3, &ca, sizeof ca);
-  if (child < 0) ChildFail(p.status_w, "cannot recreate pid " + std::to_string(want) + ": " + strerror(errno));
-  if (child == 0) ExecRestorer(m, p, restorer);
-  // Only the status and plan pipes' other ends must not linger here.
-  for (int fd : p.launcher_fds) close(fd);
-  close(p.status_w);
-  close(p.plan_r);
+  return syscall(SYS_clone3, &ca, sizeof ca);
+}
+
+// Becomes process i of the image: its session and group first, then its
+// children (so that they inherit both and have it as parent), then itself.
+[[noreturn]] void SpawnNode(int i, const Shared& sh, std::vector<std::unique_ptr<Prepared>>& all,
+                            const std::string& restorer) {
+  Prepared& p = *all[i];
+  const ibdbg_process_info& pi = p.m.proc;
+  bool session_in_image = false, group_in_image = false;
+  for (auto& q : all) {
+    if (q->m.proc.pid == pi.sid) session_in_image = true;
+    if (q->m.proc.pid == pi.pgid) group_in_image = true;
+  }
+  if (pi.sid == pi.pid) setsid();
+  else if (pi.pgid == pi.pid) setpgid(0, 0);
+  else if (group_in_image && !session_in_image) setpgid(0, pi.pgid);
+  else if (group_in_image) setpgid(0, pi.pgid);
+  for (int c : p.children) {
+    long r = CloneWithPid(all[c]->m.proc.pid);
+    if (r < 0) ChildFail(all[c]->status_w, "cannot recreate pid " + std::to_string(all[c]->m.proc.pid) + ": " +
+                                               strerror(errno));
+    if (r == 0) SpawnNode(c, sh, all, restorer);
+  }
+  ExecRestorer(p, sh, all, restorer);
+}
+
+// Pid 1 of the replay's pid namespace: starts the image's root processes
+// with their own pids and reaps until they are gone.
+[[noreturn]] void RunInit(const Shared& sh, std::vector<std::unique_ptr<Prepared>>& all, const std::vector<int>& roots,
+                          const std::string& restorer) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  // /proc of the new namespace, so /proc/<pid> and /proc/self agree with getpid().
+  if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0)
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
+  std::vector<long> started;
+  for (int r : roots) {
+    long child = CloneWithPid(all[r]->m.proc.pid);
+    if (child < 0)
+      ChildFail(all[r]->status_w, "cannot recreate pid " + std::to_string(all[r]->m.proc.pid) + ": " + strerror(errno));
+    if (child == 0) SpawnNode(r, sh, all, restorer);
+    started.push_back(child);
+  }
+  // Nothing of the launcher's stays open here.
+  syscall(SYS_close_range, 3, ~0u, 0);
   int status = 0;
   for (;;) {
     int st;
     pid_t r = waitpid(-1, &st, 0);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) break;
-    if (r == child) status = st;
+    if (r == started[0]) status = st;
   }
   if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
   _exit(128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 1));
 }
 
+std::vector<pid_t> Children(pid_t pid) {
+  std::vector<pid_t> out;
+  DIR* d = opendir(("/proc/" + std::to_string(pid) + "/task").c_str());
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream f("/proc/" + std::to_string(pid) + "/task/" + e->d_name + "/children");
+    pid_t c;
+    while (f >> c) out.push_back(c);
+  }
+  closedir(d);
+  return out;
+}
+
 pid_t FirstChild(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
-  pid_t c = -1;
-  if (f >> c) return c;
+  auto c = Children(pid);
+  return c.empty() ? -1 : c[0];
+}
+
+// The innermost pid of `outer` (the last NSpid field).
+pid_t InnerPid(pid_t outer) {
+  std::ifstream f("/proc/" + std::to_string(outer) + "/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("NSpid:", 0) != 0) continue;
+    std::istringstream ss(line.substr(6));
+    pid_t v = -1, last = -1;
+    while (ss >> v) last = v;
+    return last;
+  }
   return -1;
 }
 
@@ -464,171 +534,262 @@ char ReadStatus(int fd, uint64_t* addr, std::string* msg, int timeout_ms) {
   return c;
 }
 
+bool WriteAll(int fd, const void* d, size_t len) {
+  const char* c = (const char*)d;
+  while (len) {
+    ssize_t n = write(fd, c, len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    c += n, len -= (size_t)n;
+  }
+  return true;
+}
+
 }  // namespace
 
-Launched LaunchProcess(const std::string& image_file, const ReplayOptions& opts) {
-  image::ImageReader reader(image_file);
-  ImageMeta m;
-  image::Record pages;
-  bool have_pages = false;
-  ReadMeta(reader, m, pages, &have_pages);
+Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOptions& opts) {
+  if (image_files.empty()) Fail("the image has no processes");
+  std::vector<std::unique_ptr<Prepared>> all;
+  std::map<pid_t, int> by_pid;
+  for (const auto& file : image_files) {
+    auto p = std::make_unique<Prepared>();
+    p->image_file = file;
+    p->reader = std::make_unique<image::ImageReader>(file);
+    ReadMeta(*p->reader, p->m, p->first_pages, &p->have_pages);
+    if (p->m.proc.pid <= 1) Fail(file + ": the image names pid " + std::to_string(p->m.proc.pid));
+    if (!by_pid.emplace(p->m.proc.pid, (int)all.size()).second)
+      Fail("two processes of the image have pid " + std::to_string(p->m.proc.pid) +
+           " (images of several hosts replay onto one in a later version)");
+    all.push_back(std::move(p));
+  }
+  // The process tree: parents that are in the image keep their children.
+  std::vector<int> roots;
+  for (size_t i = 0; i < all.size(); i++) {
+    auto it = by_pid.find(all[i]->m.proc.ppid);
+    if (it != by_pid.end() && it->second != (int)i) {
+      all[i]->parent = it->second;
+      all[it->second]->children.push_back((int)i);
+    } else {
+      roots.push_back((int)i);
+    }
+  }
+  // Processes in pid order make the tree order stable.
+  std::sort(roots.begin(), roots.end(), [&](int a, int b) { return all[a]->m.proc.pid < all[b]->m.proc.pid; });
 
-  Prepared p;
-  int maxfd = 2;
-  for (auto& f : m.fds) maxfd = std::max(maxfd, f.info.fd);
-  p.close_from = std::max(maxfd + 1, 64);
-  for (auto& f : m.fds)
-    if (f.info.kind == IBDBG_FD_PIPE && !f.data.empty()) p.pipe_data[f.info.pipe_id] = f.data;
-  // Our descriptors must fit above the image's in the child.
   struct rlimit nofile;
   getrlimit(RLIMIT_NOFILE, &nofile);
   if (nofile.rlim_cur < nofile.rlim_max) {
     nofile.rlim_cur = nofile.rlim_max;
     setrlimit(RLIMIT_NOFILE, &nofile);
   }
-  BuildVmas(m, p);
-  BuildThreads(m, p);
-  int pp[2], sp[2];
-  if (pipe2(pp, O_CLOEXEC) != 0 || pipe2(sp, O_CLOEXEC) != 0) Fail("cannot create pipes");
-  p.plan_r = AddLauncherFd(p, pp[0]);
-  p.plan_w = pp[1];
-  p.status_r = sp[0];
-  p.status_w = AddLauncherFd(p, sp[1]);
-  p.exe_fd = open(m.proc.exe, O_RDONLY | O_CLOEXEC);
-  if (p.exe_fd >= 0) AddLauncherFd(p, p.exe_fd);
-  if ((int)(p.close_from + p.launcher_fds.size() * 2 + 64) > (int)nofile.rlim_cur)
-    Fail("the image uses descriptor numbers above this system's limit");
-
-  // The plan, with the descriptor numbers the restorer will see.
-  ibdbg_plan_hdr* hdr = new ibdbg_plan_hdr();
-  std::unique_ptr<ibdbg_plan_hdr> hdr_owner(hdr);
-  hdr->magic = IBDBG_PLAN_MAGIC;
-  hdr->nvmas = (uint32_t)p.vmas.size();
-  hdr->nthreads = (uint32_t)p.threads.size();
-  hdr->status_fd = TargetOf(p, p.status_w);
-  hdr->exe_fd = p.exe_fd >= 0 ? TargetOf(p, p.exe_fd) : -1;
-  hdr->gdb_mode = opts.gdb;
-  hdr->close_from = p.close_from;
-  hdr->restart_info_addr = m.proc.restart_info_addr;
-  hdr->restart_info.magic = IBDBG_RESTART_MAGIC;
-  hdr->restart_info.generation = m.proc.generation + 1;
-  hdr->restart_info.gdb_mode = opts.gdb;
-  snprintf(hdr->restart_info.agent, sizeof hdr->restart_info.agent, "%s", opts.agent.c_str());
-  snprintf(hdr->restart_info.job_dir, sizeof hdr->restart_info.job_dir, "%s", opts.job_dir.c_str());
-  hdr->proc = m.proc;
-  hdr->sig = m.sig;
-  for (auto& v : p.vmas)
-    if (v.fd >= 0) v.fd = TargetOf(p, v.fd);
-
   signal(SIGPIPE, SIG_IGN);
+
+  // Shared objects: pipes (with the bytes that were in them) and shared memory.
+  Shared sh;
+  std::vector<int> ours;  // every descriptor we opened, closed once the replay is under way
+  for (auto& p : all)
+    for (auto& f : p->m.fds) {
+      if (f.info.kind != IBDBG_FD_PIPE) continue;
+      auto it = sh.pipes.find(f.info.pipe_id);
+      if (it == sh.pipes.end()) {
+        int pp[2];
+        if (pipe2(pp, O_CLOEXEC) != 0) Fail("cannot create pipes");
+        it = sh.pipes.emplace(f.info.pipe_id, std::make_pair(pp[0], pp[1])).first;
+        ours.push_back(pp[0]);
+        ours.push_back(pp[1]);
+      }
+      if (!f.data.empty()) {
+        int w = it->second.second;
+        if (f.data.size() > 65536) fcntl(w, F_SETPIPE_SZ, (int)f.data.size());
+        int fl = fcntl(w, F_GETFL);
+        fcntl(w, F_SETFL, fl | O_NONBLOCK);
+        bool ok = WriteAll(w, f.data.data(), f.data.size());
+        fcntl(w, F_SETFL, fl);
+        if (!ok) Fail("a pipe held more bytes at capture than a pipe here can (" + std::to_string(f.data.size()) + ")");
+      }
+    }
+  for (auto& pp : all) {
+    Prepared& p = *pp;
+    BuildVmas(p, sh);
+    BuildThreads(p.m, p);
+    for (auto& f : p.m.fds)
+      if (f.info.kind == IBDBG_FD_PIPE) {
+        AddLauncherFd(p, sh.pipes[f.info.pipe_id].first);
+        AddLauncherFd(p, sh.pipes[f.info.pipe_id].second);
+      }
+    int maxfd = 2;
+    for (auto& f : p.m.fds) maxfd = std::max(maxfd, f.info.fd);
+    p.close_from = std::max(maxfd + 1, 64);
+    int pl[2], st[2];
+    if (pipe2(pl, O_CLOEXEC) != 0 || pipe2(st, O_CLOEXEC) != 0) Fail("cannot create pipes");
+    p.plan_r = AddLauncherFd(p, pl[0]);
+    p.plan_w = pl[1];
+    p.status_r = st[0];
+    p.status_w = AddLauncherFd(p, st[1]);
+    ours.insert(ours.end(), {pl[0], st[1]});
+    p.exe_fd = open(p.m.proc.exe, O_RDONLY | O_CLOEXEC);
+    if (p.exe_fd >= 0) AddLauncherFd(p, p.exe_fd), ours.push_back(p.exe_fd);
+    for (auto& v : p.vmas)
+      if (v.fd >= 0) ours.push_back(v.fd);
+    if ((int)(p.close_from + p.launcher_fds.size() * 2 + 64) > (int)nofile.rlim_cur)
+      Fail("the image uses descriptor numbers above this system's limit");
+    for (auto& f : p.m.fds)
+      if ((f.info.fd_flags & FD_CLOEXEC) && f.info.fd < p.close_from) p.cloexec.push_back(f.info.fd);
+
+    // The plan, with the descriptor numbers the restorer will see.
+    p.hdr = std::make_unique<ibdbg_plan_hdr>();
+    ibdbg_plan_hdr* hdr = p.hdr.get();
+    memset(hdr, 0, sizeof *hdr);
+    hdr->magic = IBDBG_PLAN_MAGIC;
+    hdr->nvmas = (uint32_t)p.vmas.size();
+    hdr->nthreads = (uint32_t)p.threads.size();
+    hdr->status_fd = TargetOf(p, p.status_w);
+    hdr->exe_fd = p.exe_fd >= 0 ? TargetOf(p, p.exe_fd) : -1;
+    hdr->gdb_mode = opts.gdb && &p == all[roots[0]].get();
+    hdr->close_from = p.close_from;
+    hdr->ncloexec = (uint32_t)p.cloexec.size();
+    hdr->restart_info_addr = p.m.proc.restart_info_addr;
+    hdr->restart_info.magic = IBDBG_RESTART_MAGIC;
+    hdr->restart_info.generation = p.m.proc.generation + 1;
+    hdr->restart_info.gdb_mode = hdr->gdb_mode;
+    snprintf(hdr->restart_info.agent, sizeof hdr->restart_info.agent, "%s", opts.agent.c_str());
+    snprintf(hdr->restart_info.job_dir, sizeof hdr->restart_info.job_dir, "%s", opts.job_dir.c_str());
+    hdr->proc = p.m.proc;
+    hdr->sig = p.m.sig;
+    for (auto& v : p.vmas)
+      if (v.fd >= 0) v.fd = TargetOf(p, v.fd);
+  }
+  for (auto& [k, fd] : sh.shmem) ours.push_back(fd);
+  std::sort(ours.begin(), ours.end());
+  ours.erase(std::unique(ours.begin(), ours.end()), ours.end());
+
   pid_t child = fork();
   if (child < 0) Fail("fork failed");
   if (child == 0) {
     // Fresh namespaces: a user namespace (unless we are root) in which we may
     // choose pids, a pid namespace to choose them in, a mount namespace for
     // its /proc.
-    close(p.plan_w);
-    close(p.status_r);
+    int st0 = all[roots[0]]->status_w;
+    for (auto& p : all) close(p->plan_w), close(p->status_r);
     uid_t uid = geteuid();
     gid_t gid = getegid();
     int flags = CLONE_NEWPID | CLONE_NEWNS | (uid != 0 ? CLONE_NEWUSER : 0);
     if (unshare(flags) != 0)
-      ChildFail(p.status_w, std::string("cannot create namespaces for the replay (unshare: ") + strerror(errno) +
-                                "); are unprivileged user namespaces disabled?");
-    if (uid != 0 && !WriteMaps(uid, gid)) ChildFail(p.status_w, "cannot write the user namespace's id maps");
+      ChildFail(st0, std::string("cannot create namespaces for the replay (unshare: ") + strerror(errno) +
+                         "); are unprivileged user namespaces disabled?");
+    if (uid != 0 && !WriteMaps(uid, gid)) ChildFail(st0, "cannot write the user namespace's id maps");
     pid_t init = fork();
-    if (init < 0) ChildFail(p.status_w, "fork failed");
-    if (init == 0) RunInit(m, p, opts.restorer);
-    for (int fd : p.launcher_fds) close(fd);
+    if (init < 0) ChildFail(st0, "fork failed");
+    if (init == 0) RunInit(sh, all, roots, opts.restorer);
+    syscall(SYS_close_range, 3, ~0u, 0);
     int st = 0;
     while (waitpid(init, &st, 0) < 0 && errno == EINTR) {
     }
     _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
   }
-  for (int fd : p.launcher_fds) close(fd);
+  for (int fd : ours) close(fd);
   Launched L;
   L.launcher_child = child;
-  L.image_pid = m.proc.pid;
-  L.exe = m.proc.exe;
-  auto kill_all = [&]() {
+  Prepared& root = *all[roots[0]];
+  L.image_pid = root.m.proc.pid;
+  L.exe = root.m.proc.exe;
+  auto cleanup = [&]() {
+    for (auto& p : all) {
+      if (p->plan_w >= 0) close(p->plan_w);
+      if (p->status_r >= 0) close(p->status_r);
+      p->plan_w = p->status_r = -1;
+    }
+  };
+  try {
+    uint64_t addr = 0;
+    std::string msg;
+    // Plans, then every process's regions exist.
+    for (auto& pp : all) {
+      Prepared& p = *pp;
+      bool ok = WriteAll(p.plan_w, p.hdr.get(), sizeof *p.hdr) &&
+                WriteAll(p.plan_w, p.vmas.data(), p.vmas.size() * sizeof p.vmas[0]) &&
+                WriteAll(p.plan_w, p.threads.data(), p.threads.size() * sizeof p.threads[0]) &&
+                WriteAll(p.plan_w, p.cloexec.data(), p.cloexec.size() * sizeof(int32_t));
+      char c = ReadStatus(p.status_r, &addr, &msg, ok ? 30000 : 5000);
+      if (c == 0 && !ok) {
+        // Another process's failure may be the reason: it reported on its own pipe.
+        for (auto& q : all)
+          if (ReadStatus(q->status_r, &addr, &msg, 0) == IBDBG_RST_FAILED) Fail("replay failed: " + msg);
+      }
+      if (c == IBDBG_RST_FAILED) Fail("replay failed: " + msg);
+      if (c != IBDBG_RST_MAPPED) {
+        for (auto& q : all)
+          if (ReadStatus(q->status_r, &addr, &msg, 0) == IBDBG_RST_FAILED) Fail("replay failed: " + msg);
+        Fail("replay failed: the restorer of pid " + std::to_string(p.m.proc.pid) + " stopped early");
+      }
+    }
+    // Each process as we see it: walk the tree below our child.
+    std::map<pid_t, pid_t> outer_of;
+    std::vector<pid_t> todo = {child};
+    while (!todo.empty()) {
+      pid_t x = todo.back();
+      todo.pop_back();
+      for (pid_t c : Children(x)) {
+        outer_of[InnerPid(c)] = c;
+        todo.push_back(c);
+      }
+    }
+    for (auto& p : all) {
+      auto it = outer_of.find(p->m.proc.pid);
+      if (it == outer_of.end()) Fail("replay failed: cannot find restored process " + std::to_string(p->m.proc.pid));
+      p->outer_pid = it->second;
+      L.pids.push_back(it->second);
+    }
+    L.pid = root.outer_pid;
+    // Memory, straight into each process.
+    for (auto& pp : all) {
+      Prepared& p = *pp;
+      auto in_fill_region = [&](uint64_t a, uint64_t len) {
+        for (auto& v : p.vmas)
+          if ((v.kind & IBDBG_VMA_FILL) && a >= v.start && a + len <= v.end) return true;
+        return false;
+      };
+      image::Record rec = std::move(p.first_pages);
+      bool more = p.have_pages;
+      while (more) {
+        if (rec.type == image::RecordType::Pages) {
+          if (!in_fill_region(rec.arg, rec.data.size()))
+            Fail(p.image_file + ": corrupted image (pages outside any memory region)");
+          size_t off = 0;
+          while (off < rec.data.size()) {
+            iovec local = {rec.data.data() + off, rec.data.size() - off};
+            iovec remote = {(void*)(rec.arg + off), rec.data.size() - off};
+            ssize_t n = process_vm_writev(p.outer_pid, &local, 1, &remote, 1, 0);
+            if (n <= 0) Fail(std::string("replay failed: cannot write the process's memory: ") + strerror(errno));
+            off += (size_t)n;
+          }
+        }
+        more = p.reader->Next(rec);
+      }
+      p.reader.reset();
+      char d = IBDBG_RST_FILLED;
+      if (write(p.plan_w, &d, 1) != 1) Fail("replay failed: the restorer went away");
+    }
+    for (auto& pp : all) {
+      char c = ReadStatus(pp->status_r, &addr, &msg, 30000);
+      if (c == IBDBG_RST_FAILED) Fail("replay failed: " + msg);
+      if (c != IBDBG_RST_PARKED) Fail("replay failed: the restorer stopped early");
+      L.sigreturn_insn = addr;
+    }
+  } catch (...) {
     kill(child, SIGKILL);
     pid_t init = FirstChild(child);
     if (init > 0) kill(init, SIGKILL);
     waitpid(child, nullptr, 0);
-  };
-  try {
-    // The plan.
-    auto put = [&](const void* d, size_t len) {
-      const char* c = (const char*)d;
-      while (len) {
-        ssize_t n = write(p.plan_w, c, len);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return false;
-        c += n, len -= (size_t)n;
-      }
-      return true;
-    };
-    hdr->ncloexec = 0;  // the child knows which; it cannot tell us, so compute here
-    std::vector<int32_t> cloexec;
-    for (auto& f : m.fds)
-      if ((f.info.fd_flags & FD_CLOEXEC) && f.info.fd < p.close_from) cloexec.push_back(f.info.fd);
-    hdr->ncloexec = (uint32_t)cloexec.size();
-    bool ok = put(hdr, sizeof *hdr) && put(p.vmas.data(), p.vmas.size() * sizeof p.vmas[0]) &&
-              put(p.threads.data(), p.threads.size() * sizeof p.threads[0]) &&
-              put(cloexec.data(), cloexec.size() * sizeof(int32_t));
-    uint64_t addr = 0;
-    std::string msg;
-    char c = ok ? ReadStatus(p.status_r, &addr, &msg, 30000) : 0;
-    if (!ok && c == 0) c = ReadStatus(p.status_r, &addr, &msg, 5000);
-    if (c == IBDBG_RST_FAILED) Fail("replay failed: " + msg);
-    if (c != IBDBG_RST_MAPPED) Fail("replay failed: the restorer stopped early");
-    // Find the process as we see it: our child -> its init -> the process.
-    pid_t init = -1, proc = -1;
-    for (int i = 0; i < 500 && proc <= 0; i++) {
-      init = FirstChild(child);
-      if (init > 0) proc = FirstChild(init);
-      if (proc <= 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    if (proc <= 0) Fail("replay failed: cannot find the restored process");
-    L.pid = proc;
-    // Memory, straight into the process.
-    auto in_fill_region = [&](uint64_t a, uint64_t len) {
-      for (auto& v : p.vmas)
-        if ((v.kind & IBDBG_VMA_FILL) && a >= v.start && a + len <= v.end) return true;
-      return false;
-    };
-    image::Record rec = std::move(pages);
-    bool more = have_pages;
-    while (more) {
-      if (rec.type == image::RecordType::Pages) {
-        if (!in_fill_region(rec.arg, rec.data.size()))
-          Fail(image_file + ": corrupted image (pages outside any memory region)");
-        size_t off = 0;
-        while (off < rec.data.size()) {
-          iovec local = {rec.data.data() + off, rec.data.size() - off};
-          iovec remote = {(void*)(rec.arg + off), rec.data.size() - off};
-          ssize_t n = process_vm_writev(proc, &local, 1, &remote, 1, 0);
-          if (n <= 0) Fail(std::string("replay failed: cannot write the process's memory: ") + strerror(errno));
-          off += (size_t)n;
-        }
-      }
-      more = reader.Next(rec);
-    }
-    char d = IBDBG_RST_FILLED;
-    if (write(p.plan_w, &d, 1) != 1) Fail("replay failed: the restorer went away");
-    c = ReadStatus(p.status_r, &addr, &msg, 30000);
-    if (c == IBDBG_RST_FAILED) Fail("replay failed: " + msg);
-    if (c != IBDBG_RST_PARKED) Fail("replay failed: the restorer stopped early");
-    L.sigreturn_insn = addr;
-  } catch (...) {
-    kill_all();
-    close(p.plan_w);
-    close(p.status_r);
+    cleanup();
     throw;
   }
-  close(p.plan_w);
-  close(p.status_r);
+  cleanup();
   return L;
+}
+
+Launched LaunchProcess(const std::string& image_file, const ReplayOptions& opts) {
+  return LaunchJob({image_file}, opts);
 }
 
 bool WaitParked(pid_t pid, int timeout_ms) {

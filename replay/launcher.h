@@ -10,6 +10,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace ibdbg::replay {
 
@@ -27,11 +28,18 @@ struct Launched {
   pid_t image_pid = -1;       // its pid inside its namespace (= the captured one)
   uint64_t sigreturn_insn = 0;  // for gdb: where parked threads resume
   std::string exe;
+  std::vector<pid_t> pids;      // every replayed process, as this namespace sees it
 };
 
 // Starts the single process of `image_file` (a proc-*.img).  Throws
 // std::runtime_error (one line) if it cannot; nothing is left running then.
 Launched LaunchProcess(const std::string& image_file, const ReplayOptions& opts);
+
+// Starts every process of an image (its proc-*.img files) as the tree they
+// formed, in one pid namespace, sharing the pipes and shared memory they
+// shared.  The first root process (lowest pid without a parent in the image)
+// is the one gdb attaches to and whose exit status is the job's.
+Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOptions& opts);
 
 // Waits until every thread of `pid` sits parked in the restorer.
 bool WaitParked(pid_t pid, int timeout_ms);

@@ -177,9 +177,8 @@ std::vector<std::string> SplitCommands(const std::string& s) {
 int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const std::string& gdb_batch) {
   std::string idir = ResolveImageDir(image);
   Manifest m = ReadManifest(idir);
-  if (m.processes.size() != 1)
-    throw std::runtime_error(idir + ": replaying " + std::to_string(m.processes.size()) +
-                             " processes at once is not supported yet");
+  std::vector<std::string> files;
+  for (auto& p : m.processes) files.push_back(idir + "/" + p.image);
   std::string restorer = Restorer();
   bool with_gdb = gdb || !gdb_batch.empty();
   std::string script = with_gdb ? GdbScript() : "";
@@ -192,9 +191,13 @@ int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const 
   ro.job_dir = job.dir;
   ro.gdb = with_gdb;
   prctl(PR_SET_CHILD_SUBREAPER, 1);
-  replay::Launched L = replay::LaunchProcess(idir + "/" + m.processes[0].image, ro);
-  fprintf(stderr, "ibdbg: replaying %s as pid %d (job %s, images in %s/images)\n", idir.c_str(), L.image_pid,
-          job.job_id.c_str(), job.dir.c_str());
+  replay::Launched L = replay::LaunchJob(files, ro);
+  if (files.size() == 1)
+    fprintf(stderr, "ibdbg: replaying %s as pid %d (job %s, images in %s/images)\n", idir.c_str(), L.image_pid,
+            job.job_id.c_str(), job.dir.c_str());
+  else
+    fprintf(stderr, "ibdbg: replaying %s: %zu processes, pid %d first (job %s, images in %s/images)\n",
+            idir.c_str(), files.size(), L.image_pid, job.job_id.c_str(), job.dir.c_str());
   fflush(stderr);
   signal(SIGINT, SIG_IGN);
   signal(SIGQUIT, SIG_IGN);

@@ -31,7 +31,7 @@ constexpr uint32_t kMaxSge = 32;
 constexpr uint32_t kMaxInline = 1024;
 constexpr uint32_t kMaxCqe = (1u << 20) - 1;
 constexpr uint32_t kMaxMr = 1u << 20;       // key index space, 2-level table
-constexpr uint32_t kMaxQp = 1u << 16;       // per process
+constexpr uint32_t kMaxQp = 255u * 255u;     // per process: 255 listeners x 255 QPNs
 constexpr uint32_t kMaxCq = 1u << 16;
 constexpr uint32_t kMaxPd = 1u << 16;
 constexpr uint32_t kMaxSrq = 1u << 16;
@@ -126,6 +126,11 @@ struct Context {
 inline Context* ToCtx(struct ibv_context* c) {
   return reinterpret_cast<Context*>(reinterpret_cast<char*>(c) - offsetof(struct verbs_context, context));
 }
+
+struct Channel {
+  struct ibv_comp_channel ch;  // must be first
+  int wr;                      // write end of the event pipe
+};
 
 struct Pd {
   struct ibv_pd pd;

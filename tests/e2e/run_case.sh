@@ -94,4 +94,5 @@ if [ $twice = 1 ]; then
   wait $!
   grep -q "^PASS" "$work/out.again" || fail "the second replay of the same image failed"
 fi
-echo "ok: $prog (generations $generations${twice/1/, replayed twice}${as[*]:+, unprivileged})"
+tw=""; [ $twice = 1 ] && tw=", replayed twice"
+echo "ok: $prog (generations $generations$tw${as[*]:+, unprivileged})"
