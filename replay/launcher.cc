@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "ibdbg/image_file.h"
+#include "ibdbg/maps.h"
 #include "ibdbg/proto.h"
 #include "ibdbg/restorer_layout.h"
 
@@ -133,6 +134,8 @@ struct Prepared {
   std::vector<int> children;
   pid_t outer_pid = -1;
   std::unique_ptr<ibdbg_plan_hdr> hdr;
+  bool vdso_patch = false;
+  uint64_t vdso_old = 0;
 };
 
 int TargetOf(const Prepared& p, int fd) {
@@ -148,8 +151,36 @@ int AddLauncherFd(Prepared& p, int fd) {
   return fd;
 }
 
+// Whether this kernel's vdso block (ours is the restorer's) has the shape the
+// image's had: same pieces, sizes and distances.  IBDBG_VDSO_PATCH=1 forces
+// the other way (to test it on one kernel).
+bool VdsoNeedsPatch(const ImageMeta& m) {
+  if (const char* f = getenv("IBDBG_VDSO_PATCH"); f && *f == '1') return true;
+  std::vector<std::pair<uint32_t, std::pair<uint64_t, uint64_t>>> img, own;
+  auto kind_of = [](MapKind k) -> uint32_t {
+    return k == MapKind::Vdso ? IBDBG_IVMA_VDSO : k == MapKind::Vvar ? IBDBG_IVMA_VVAR
+           : k == MapKind::VvarVclock ? IBDBG_IVMA_VVAR_VCLOCK : 0;
+  };
+  for (const auto& v : m.vmas)
+    if (v.kind == IBDBG_IVMA_VDSO || v.kind == IBDBG_IVMA_VVAR || v.kind == IBDBG_IVMA_VVAR_VCLOCK)
+      img.push_back({v.kind, {v.start, v.end}});
+  for (const auto& e : ReadMaps(getpid()))
+    if (uint32_t k = kind_of(e.kind)) own.push_back({k, {e.start, e.end}});
+  if (img.empty()) return false;
+  if (img.size() != own.size()) return true;
+  std::sort(img.begin(), img.end(), [](auto& a, auto& b) { return a.second.first < b.second.first; });
+  std::sort(own.begin(), own.end(), [](auto& a, auto& b) { return a.second.first < b.second.first; });
+  for (size_t i = 0; i < img.size(); i++)
+    if (img[i].first != own[i].first ||
+        img[i].second.second - img[i].second.first != own[i].second.second - own[i].second.first ||
+        img[i].second.first - img[0].second.first != own[i].second.first - own[0].second.first)
+      return true;
+  return false;
+}
+
 void BuildVmas(Prepared& p, Shared& sh) {
   const ImageMeta& m = p.m;
+  p.vdso_patch = VdsoNeedsPatch(m);
   std::map<std::string, int> opened;
   for (const auto& v : m.vmas) {
     if (v.start < IBDBG_RESTORER_END && v.end > IBDBG_RESTORER_BASE)
@@ -160,9 +191,27 @@ void BuildVmas(Prepared& p, Shared& sh) {
     pv.prot = v.prot;
     pv.fd = -1;
     switch (v.kind) {
-      case IBDBG_IVMA_VDSO: pv.kind = IBDBG_VMA_VDSO; break;
-      case IBDBG_IVMA_VVAR: pv.kind = IBDBG_VMA_VVAR; break;
-      case IBDBG_IVMA_VVAR_VCLOCK: pv.kind = IBDBG_VMA_VVAR_VCLOCK; break;
+      case IBDBG_IVMA_VDSO:
+        if (p.vdso_patch) {
+          // The captured code comes back from the image, then jumps to ours.
+          pv.kind = IBDBG_VMA_ANON | IBDBG_VMA_FILL;
+          pv.flags = MAP_PRIVATE;
+          p.vdso_old = v.start;
+        } else {
+          pv.kind = IBDBG_VMA_VDSO;
+        }
+        break;
+      case IBDBG_IVMA_VVAR:
+      case IBDBG_IVMA_VVAR_VCLOCK:
+        if (p.vdso_patch) {
+          // Only the captured vdso read these; it no longer does.
+          pv.kind = IBDBG_VMA_ANON;
+          pv.flags = MAP_PRIVATE;
+          pv.prot = PROT_READ;
+        } else {
+          pv.kind = v.kind == IBDBG_IVMA_VVAR ? IBDBG_VMA_VVAR : IBDBG_VMA_VVAR_VCLOCK;
+        }
+        break;
       case IBDBG_IVMA_STACK:
         pv.kind = IBDBG_VMA_ANON | IBDBG_VMA_FILL | IBDBG_VMA_GROWSDOWN;
         pv.flags = MAP_PRIVATE;
@@ -648,6 +697,8 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
     hdr->gdb_mode = opts.gdb && &p == all[roots[0]].get();
     hdr->close_from = p.close_from;
     hdr->ncloexec = (uint32_t)p.cloexec.size();
+    hdr->vdso_patch = p.vdso_patch;
+    hdr->vdso_old = p.vdso_old;
     hdr->restart_info_addr = p.m.proc.restart_info_addr;
     hdr->restart_info.magic = IBDBG_RESTART_MAGIC;
     hdr->restart_info.generation = p.m.proc.generation + 1;
@@ -749,9 +800,22 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
           if ((v.kind & IBDBG_VMA_FILL) && a >= v.start && a + len <= v.end) return true;
         return false;
       };
+      auto in_vdso = [&](uint64_t a) {
+        for (auto& v : p.m.vmas)
+          if (v.kind == IBDBG_IVMA_VDSO && a >= v.start && a < v.end) return true;
+        return false;
+      };
+      bool vdso_filled = false;
       image::Record rec = std::move(p.first_pages);
       bool more = p.have_pages;
       while (more) {
+        if (rec.type == image::RecordType::Pages && in_vdso(rec.arg)) {
+          vdso_filled = true;
+          if (!p.vdso_patch) {  // the kernel's own vdso serves
+            more = p.reader->Next(rec);
+            continue;
+          }
+        }
         if (rec.type == image::RecordType::Pages) {
           if (!in_fill_region(rec.arg, rec.data.size()))
             Fail(p.image_file + ": corrupted image (pages outside any memory region)");
@@ -767,6 +831,8 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
         more = p.reader->Next(rec);
       }
       p.reader.reset();
+      if (p.vdso_patch && !vdso_filled)
+        Fail(p.image_file + ": captured on another kernel by an ibdbg that did not keep the vdso; cannot replay here");
       char d = IBDBG_RST_FILLED;
       if (write(p.plan_w, &d, 1) != 1) Fail("replay failed: the restorer went away");
     }

@@ -83,6 +83,7 @@ bool WantPage(uint32_t kind, uint64_t pm) {
     case IBDBG_IVMA_FILE: return (present && !filepage) || swapped;  // copy-on-write copies only
     case IBDBG_IVMA_FILE_SHARED: return false;
     case IBDBG_IVMA_FILE_DELETED: return true;  // the file is gone: keep every page
+    case IBDBG_IVMA_VDSO: return true;          // small, and needed whole on another kernel
     default: return present || swapped;
   }
 }
@@ -416,7 +417,9 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
   {
     MemoryWriter mw(pid, w);
     for (auto& [m, kind] : regions) {
-      if (kind == IBDBG_IVMA_VDSO || kind == IBDBG_IVMA_VVAR || kind == IBDBG_IVMA_VVAR_VCLOCK ||
+      // The vdso's code is kept (a few KiB): on another kernel the replay
+      // needs it to send the application's vdso calls to the new one.
+      if (kind == IBDBG_IVMA_VVAR || kind == IBDBG_IVMA_VVAR_VCLOCK ||
           kind == IBDBG_IVMA_FILE_SHARED)
         continue;
       st.memory_bytes += mw.Write(m->start, m->end, kind) * kPage;

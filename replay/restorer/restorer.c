@@ -16,6 +16,7 @@
 
 #include <asm/unistd.h>
 #include <linux/capability.h>
+#include <linux/elf.h>
 #include <linux/fcntl.h>
 #include <linux/futex.h>
 #include <linux/mman.h>
@@ -229,9 +230,62 @@ static void clear_address_space(void) {
 /* The application (glibc) holds pointers into the vdso it saw at capture, so
  * the vdso block must reappear at the same place.  On the same kernel the
  * block has the same shape and moving ours there is exact. */
+static uint64_t own_vdso_base;
+
+/* Moves our vdso block (keeping its inner layout) so that it starts at base. */
+static void move_own_vdso(uint64_t own_min, uint64_t base) {
+  /* Two hops, so that the source and the target never overlap. */
+  for (int hop = 0; hop < 2; hop++) {
+    uint64_t to_base = hop == 0 ? IBDBG_RESTORER_VDSO_TMP : base;
+    for (int j = 0; j < nown; j++) {
+      if (own[j].kind <= 0) continue;
+      uint64_t len = own[j].end - own[j].start;
+      uint64_t to = to_base + (own[j].start - own_min);
+      long r = S5(__NR_mremap, own[j].start, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+      if (r < 0 && r > -4096) fail("cannot move the vdso", r, to);
+      own[j].start = to;
+      own[j].end = to + len;
+    }
+    own_min = to_base;
+  }
+  for (int j = 0; j < nown; j++)
+    if (own[j].kind == IBDBG_VMA_VDSO) own_vdso_base = own[j].start;
+}
+
+/* The application (glibc) holds pointers into the vdso it saw at capture, so
+ * those addresses must work again.  On the same kernel the block has the same
+ * shape and moving ours there is exact; on another one (vdso_patch) ours goes
+ * nearby and the captured code, refilled at its place, jumps into it. */
 static void place_vdso(void) {
-  uint64_t img_min = ~0ull, own_min = ~0ull;
-  int img_n = 0, own_n = 0;
+  uint64_t own_min = ~0ull, span = 0;
+  int own_n = 0;
+  for (int i = 0; i < nown; i++)
+    if (own[i].kind > 0) {
+      own_n++;
+      if (own[i].start < own_min) own_min = own[i].start;
+    }
+  for (int i = 0; i < nown; i++)
+    if (own[i].kind > 0 && own[i].end - own_min > span) span = own[i].end - own_min;
+  if (!own_n) {
+    if (hdr.vdso_patch) fail("this kernel gave us no vdso", 0, 0);
+    return;
+  }
+  if (hdr.vdso_patch) {
+    uint64_t anchor = hdr.vdso_old, target = 0;
+    for (int j = 0; j < 1024 && !target; j++) {
+      uint64_t step = (uint64_t)(j / 2 + 1) << 21;
+      uint64_t cand = (j & 1) ? ((anchor + step) & ~0x1fffffull) : ((anchor - span - step) & ~0x1fffffull);
+      int clash = in_reserved(cand) || cand < 0x10000;
+      for (uint32_t i = 0; i < hdr.nvmas && !clash; i++)
+        if (cand < vmas[i].end && cand + span > vmas[i].start) clash = 1;
+      if (!clash) target = cand;
+    }
+    if (!target) fail("no room for this kernel's vdso near the captured one", 0, 0);
+    move_own_vdso(own_min, target);
+    return;
+  }
+  uint64_t img_min = ~0ull;
+  int img_n = 0;
   for (uint32_t i = 0; i < hdr.nvmas; i++) {
     uint32_t k = vmas[i].kind & 0xff;
     if (k == IBDBG_VMA_VDSO || k == IBDBG_VMA_VVAR || k == IBDBG_VMA_VVAR_VCLOCK) {
@@ -239,13 +293,7 @@ static void place_vdso(void) {
       if (vmas[i].start < img_min) img_min = vmas[i].start;
     }
   }
-  for (int i = 0; i < nown; i++)
-    if (own[i].kind > 0) {
-      own_n++;
-      if (own[i].start < own_min) own_min = own[i].start;
-    }
   if (img_n == 0) return;
-  /* Same set of pieces with the same sizes and offsets? */
   int same = img_n == own_n;
   for (uint32_t i = 0; i < hdr.nvmas && same; i++) {
     uint32_t k = vmas[i].kind & 0xff;
@@ -257,20 +305,67 @@ static void place_vdso(void) {
         found = 1;
     if (!found) same = 0;
   }
-  if (!same) fail("the vdso of this kernel differs from the captured one (replay on the capturing kernel)", 0, 0);
-  /* Two hops, so that the source and the target never overlap. */
-  for (int hop = 0; hop < 2; hop++) {
-    uint64_t base = hop == 0 ? IBDBG_RESTORER_VDSO_TMP : img_min;
-    for (int j = 0; j < nown; j++) {
-      if (own[j].kind <= 0) continue;
-      uint64_t len = own[j].end - own[j].start;
-      uint64_t to = base + (own[j].start - own_min);
-      long r = S5(__NR_mremap, own[j].start, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
-      if (r < 0 && r > -4096) fail("cannot move the vdso", r, to);
-      own[j].start = to;
-      own[j].end = to + len;
+  if (!same) fail("the vdso of this kernel differs from the captured one and the launcher did not prepare for it", 0, 0);
+  move_own_vdso(own_min, img_min);
+}
+
+/* ---- another kernel's vdso ------------------------------------------------------- */
+struct vdso_elf {
+  uint64_t base, load;
+  Elf64_Sym* syms;
+  uint32_t nsyms;
+  const char* strs;
+};
+
+static int vdso_open(uint64_t base, struct vdso_elf* e) {
+  Elf64_Ehdr* eh = (Elf64_Ehdr*)base;
+  if (eh->e_ident[0] != 0x7f || eh->e_ident[1] != 'E' || eh->e_ident[2] != 'L' || eh->e_ident[3] != 'F') return 0;
+  e->base = base;
+  e->load = 0;
+  Elf64_Phdr* ph = (Elf64_Phdr*)(base + eh->e_phoff);
+  for (int i = 0; i < eh->e_phnum; i++)
+    if (ph[i].p_type == PT_LOAD) {
+      e->load = ph[i].p_vaddr - ph[i].p_offset;
+      break;
     }
-    own_min = base;
+  Elf64_Shdr* sh = (Elf64_Shdr*)(base + eh->e_shoff);
+  e->syms = 0;
+  for (int i = 0; i < eh->e_shnum; i++)
+    if (sh[i].sh_type == SHT_DYNSYM && sh[i].sh_entsize) {
+      e->syms = (Elf64_Sym*)(base + sh[i].sh_offset);
+      e->nsyms = (uint32_t)(sh[i].sh_size / sh[i].sh_entsize);
+      e->strs = (const char*)(base + sh[sh[i].sh_link].sh_offset);
+    }
+  return e->syms != 0;
+}
+
+/* Every function of the captured vdso jumps to its namesake in ours: the
+ * application keeps calling the addresses glibc resolved at its start. */
+static void patch_vdso(void) {
+  uint64_t old_base = 0;
+  for (uint32_t i = 0; i < hdr.nvmas; i++)
+    if ((vmas[i].kind & 0xff) == IBDBG_VMA_ANON && vmas[i].start == hdr.vdso_old) old_base = vmas[i].start;
+  if (!old_base || !own_vdso_base) fail("vdso to patch not found", 0, 0);
+  struct vdso_elf o, n;
+  if (!vdso_open(old_base, &o)) fail("the captured vdso is not readable as ELF", 0, old_base);
+  if (!vdso_open(own_vdso_base, &n)) fail("this kernel's vdso is not readable as ELF", 0, own_vdso_base);
+  for (uint32_t i = 0; i < o.nsyms; i++) {
+    Elf64_Sym* os = &o.syms[i];
+    if (!os->st_name || !os->st_shndx || ELF64_ST_TYPE(os->st_info) != STT_FUNC) continue;
+    const char* name = o.strs + os->st_name;
+    for (uint32_t j = 0; j < n.nsyms; j++) {
+      Elf64_Sym* ns = &n.syms[j];
+      if (!ns->st_name || !ns->st_shndx || !streq(name, n.strs + ns->st_name)) continue;
+      uint64_t at = old_base + os->st_value - o.load;
+      uint64_t to = own_vdso_base + ns->st_value - n.load;
+      int64_t rel = (int64_t)(to - (at + 5));
+      if (rel != (int32_t)rel) fail("this kernel's vdso is too far from the captured one", 0, at);
+      unsigned char* p = (unsigned char*)at;
+      p[0] = 0xe9;
+      int32_t r32 = (int32_t)rel;
+      memcpy(p + 1, &r32, 4);
+      break;
+    }
   }
 }
 
@@ -456,6 +551,7 @@ void __attribute__((used, noreturn)) restorer_main(uint64_t* sp) {
   char c = 0;
   read_exact(plan_fd, &c, 1);
   if (c != IBDBG_RST_FILLED) fail("launcher did not fill memory", 0, 0);
+  if (hdr.vdso_patch) patch_vdso();
   protect_regions();
   restore_process_state();
   create_threads();

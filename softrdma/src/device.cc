@@ -157,6 +157,14 @@ uint32_t LidToIp(uint16_t lid) {
   return (g_host.ip & 0xffff0000u) | lid;
 }
 
+uint16_t IpToLid(uint32_t ip) {
+  for (int i = 0; i < g_nlids; i++)
+    if (g_lids[i].ip == ip) return g_lids[i].lid;
+  uint16_t lid = uint16_t(ip & 0xffff);
+  if (lid == 0 || lid >= 0xC000) lid = uint16_t((ip & 0x3fff) | 1);
+  return lid;
+}
+
 static uint32_t GidToIp(const union ibv_gid& g) {
   static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
   if (memcmp(g.raw, mapped, 12) == 0)
@@ -201,7 +209,7 @@ int QueryDeviceImpl(struct ibv_context*, struct ibv_device_attr* a) {
   a->hw_ver = kHwVer;
   a->max_qp = kMaxQp;
   a->max_qp_wr = kMaxQpWr;
-  a->device_cap_flags = IBV_DEVICE_RC_RNR_NAK_GEN | IBV_DEVICE_PORT_ACTIVE_EVENT;
+  a->device_cap_flags = IBV_DEVICE_RC_RNR_NAK_GEN;
   a->max_sge = kMaxSge;
   a->max_sge_rd = kMaxSge;
   a->max_cq = kMaxCq;

@@ -60,8 +60,9 @@ const Host& host();  // initialised by InitOnce()
 
 // dest IPv4 (host order) of an address vector; 0 if it cannot be resolved.
 uint32_t ResolveAv(const struct ibv_ah_attr& av);
-// LID -> IPv4 (ib personality); 0 if unknown.
+// LID -> IPv4 (ib personality); 0 if unknown. And back.
 uint32_t LidToIp(uint16_t lid);
+uint16_t IpToLid(uint32_t ip);
 
 // QPN layout: (listening TCP port << 8) | slot, slot in 1..255. A QPN alone
 // tells which process (port) on the host owns the QP: no directory needed.

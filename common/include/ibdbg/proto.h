@@ -239,6 +239,12 @@ struct ibdbg_plan_hdr {
   int32_t gdb_mode;  /* park threads before rt_sigreturn */
   int32_t close_from; /* descriptors >= this are the launcher's: closed at the end */
   uint32_t ncloexec;  /* then this many int32 descriptors to mark FD_CLOEXEC */
+  /* 0: this kernel's vdso block has the captured shape: move it there.
+   * 1: it differs: the captured vdso's code is refilled at its address and
+   *    each of its functions jumps to this kernel's vdso, placed nearby. */
+  uint32_t vdso_patch;
+  uint32_t pad0;
+  uint64_t vdso_old; /* with vdso_patch: where the captured vdso starts */
   uint64_t restart_info_addr;
   struct ibdbg_restart_info restart_info;
   struct ibdbg_process_info proc;

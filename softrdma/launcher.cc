@@ -1,0 +1,69 @@
+#include "launcher.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <errno.h>
+
+namespace softrdma {
+
+static bool HasLib(const std::string& dir) {
+  return !dir.empty() && access((dir + "/libibverbs.so.1").c_str(), R_OK) == 0;
+}
+
+std::string SoftRdmaLibDir() {
+  const char* e = getenv("IBDBG_SOFTRDMA_DIR");
+  if (e && HasLib(e)) return e;
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n > 0) {
+    exe[n] = 0;
+    std::string d(exe);
+    d = d.substr(0, d.rfind('/'));
+    std::string cand = d + "/../lib/softrdma";
+    char real[PATH_MAX];
+    if (HasLib(cand) && realpath(cand.c_str(), real)) return real;
+  }
+#ifdef SOFTRDMA_BUILD_LIBDIR
+  if (HasLib(SOFTRDMA_BUILD_LIBDIR)) return SOFTRDMA_BUILD_LIBDIR;
+#endif
+  return "";
+}
+
+static void Prepend(const char* var, const std::string& value, char sep) {
+  const char* old = getenv(var);
+  std::string v = value;
+  if (old && *old) v += sep + std::string(old);
+  setenv(var, v.c_str(), 1);
+}
+
+int RunSoftRdma(const std::string& mode, const std::vector<std::string>& argv) {
+  if (mode != "ib" && mode != "roce") {
+    fprintf(stderr, "ibdbg softrdma: --mode must be ib or roce, not '%s'\n", mode.c_str());
+    return 2;
+  }
+  if (argv.empty()) {
+    fprintf(stderr, "ibdbg softrdma: no command given\n");
+    return 2;
+  }
+  std::string dir = SoftRdmaLibDir();
+  if (dir.empty()) {
+    fprintf(stderr, "ibdbg softrdma: libibverbs.so.1 of softrdma not found (set IBDBG_SOFTRDMA_DIR)\n");
+    return 127;
+  }
+  Prepend("LD_LIBRARY_PATH", dir, ':');
+  Prepend("LD_PRELOAD", dir + "/libibverbs.so.1", ' ');
+  setenv("SOFTRDMA_MODE", mode.c_str(), 1);
+  // rdma-core's own provider lookup is not involved, but keep its config
+  // from pointing programs at kernel devices in librdmacm.
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  execvp(args[0], args.data());
+  fprintf(stderr, "ibdbg softrdma: cannot run %s: %s\n", args[0], strerror(errno));
+  return 127;
+}
+
+}  // namespace softrdma

@@ -1,0 +1,1603 @@
+// softrdma engine: listening sockets, TCP connections, the wire protocol and
+// the progress thread that executes the remote side of every operation.
+//
+// Connections. An RC or UC queue pair has two TCP connections to its peer:
+// "out" (we connected; it carries our requests and the peer's responses) and
+// "in" (the peer connected; it carries the peer's requests and our
+// responses). TCP keeps each direction in order, so PSNs only match
+// responses to requests. UD datagrams travel on one cached connection per
+// destination process ("ud-in" on the receiving side) and are dropped when no
+// receive is posted, as UD allows.
+//
+// Threads and locks. Application threads post and transmit (qp->mu). The
+// progress thread does all reception and sends responses, taking qp->mu of the
+// QP a connection belongs to. Connections are closed and freed only by the
+// progress thread; QP destruction waits for a barrier so that the progress
+// thread holds no pointer to the QP any more.
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <vector>
+
+#include "internal.h"
+
+namespace softrdma {
+namespace {
+
+constexpr uint32_t kStage = 65536;
+constexpr int kTxIov = 64;
+constexpr int kTxHdrs = 32;
+constexpr uint32_t kMaxListeners = 255;
+constexpr uint64_t kPendingHelloNs = 5ull * 1000000000ull;
+constexpr uint64_t kReconnectNs = 20ull * 1000000ull;
+
+enum Tag { kTagListener = 1, kTagWake = 2, kTagConn = 3 };
+
+struct Listener {
+  int tag = kTagListener;
+  int fd = -1;
+  uint16_t port = 0;
+  uint32_t used = 0;  // allocated slots
+};
+
+enum class Role { kPending, kOut, kIn, kUdIn };
+
+enum Fin : uint8_t {
+  kFinNone,
+  kFinRecv,       // responder: SEND / WRITE_IMM finished: recv completion + ACK
+  kFinAck,        // responder: WRITE finished: ACK
+  kFinNakErr,     // responder: payload discarded after an error: NAK, then error
+  kFinReadResp,   // requester: read data placed
+  kFinDrop,       // discard, nothing more
+};
+
+}  // namespace
+
+struct Conn {
+  int tag = kTagConn;
+  int fd = -1;
+  Role role = Role::kPending;
+  uint32_t kind = 0;
+  std::atomic<Qp*> qp{nullptr};
+  bool dead = false;
+  bool connected = false;
+  bool hello_sent = false;
+  bool parked = false;
+  bool waiting = false;  // in the engine's waiting list (pending or parked)
+  uint32_t events = 0;
+  uint64_t deadline = 0;
+  uint32_t peer_qpn = 0;
+  uint32_t peer_ip = 0;
+  uint32_t hello_opts = 0;
+  // rx
+  char* stage = nullptr;
+  uint32_t st_off = 0, st_len = 0;
+  bool in_payload = false;
+  WireHdr h{};
+  struct iovec iov[kMaxSge + 1];
+  int niov = 0, iov_i = 0;
+  uint64_t remaining = 0;
+  bool discard = false;
+  Fin fin = kFinNone;
+  uint16_t fin_nak = 0;
+  uint32_t fin_status = 0;  // recv completion status
+  RecvWqe* rw = nullptr;    // receive WQE being filled (kMaxSge entries)
+  bool have_rw = false;
+  // tx
+  struct iovec tiov[kTxIov];
+  int tn = 0, ti = 0;
+  WireHdr th[kTxHdrs];
+  int thn = 0;
+  uint32_t batch_resp = 0;
+  uint32_t batch_sq_end = 0;
+  bool batch_uc = false;
+};
+
+namespace {
+
+struct UdOut {
+  uint32_t ip = 0;
+  uint16_t port = 0;
+  int fd = -1;
+  std::mutex mu;
+};
+
+struct Engine {
+  int ep = -1;
+  int wake = -1;
+  int wake_tag = kTagWake;
+  std::mutex mu;  // listeners and QPN allocation
+  Listener* lst[kMaxListeners] = {};
+  std::atomic<uint32_t> nlst{0};
+  std::atomic<Qp*> qps[kMaxListeners * 256];
+  std::atomic<uint32_t> nqps{0};
+  std::mutex cmu;  // leaf: close requests, barrier
+  pthread_cond_t ccv = PTHREAD_COND_INITIALIZER;
+  std::vector<Conn*> close_req;
+  uint64_t barrier_req = 0, barrier_done = 0;
+  std::atomic<bool> kicked{false};
+  // progress thread only
+  std::vector<Conn*> waiting;
+  std::vector<Conn*> to_free;
+  std::mutex umu;
+  std::vector<UdOut*> ud;
+};
+
+Engine* g_eng = nullptr;
+pthread_once_t g_eng_once = PTHREAD_ONCE_INIT;
+bool g_eng_ok = false;
+
+inline bool PsnLe(uint32_t a, uint32_t b) { return ((b - a) & 0xffffff) < 0x800000; }
+
+void Wake() {
+  uint64_t one = 1;
+  ssize_t r = write(g_eng->wake, &one, sizeof one);
+  (void)r;
+}
+
+void SetEvents(Conn* c, uint32_t ev) {
+  if (c->dead || c->events == ev) return;
+  struct epoll_event e;
+  e.events = ev;
+  e.data.ptr = c;
+  epoll_ctl(g_eng->ep, EPOLL_CTL_MOD, c->fd, &e);
+  c->events = ev;
+}
+
+Conn* NewConn(int fd, Role role) {
+  Conn* c = new (std::nothrow) Conn;
+  if (!c) return nullptr;
+  c->stage = static_cast<char*>(malloc(kStage));
+  c->rw = static_cast<RecvWqe*>(malloc(sizeof(RecvWqe) + kMaxSge * sizeof(struct ibv_sge)));
+  if (!c->stage || !c->rw) {
+    free(c->stage);
+    free(c->rw);
+    delete c;
+    return nullptr;
+  }
+  c->fd = fd;
+  c->role = role;
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return c;
+}
+
+bool AddConn(Conn* c, uint32_t ev) {
+  struct epoll_event e;
+  e.events = ev;
+  e.data.ptr = c;
+  c->events = ev;
+  return epoll_ctl(g_eng->ep, EPOLL_CTL_ADD, c->fd, &e) == 0;
+}
+
+// Progress thread only.
+void KillConn(Conn* c) {
+  if (c->dead) return;
+  c->dead = true;
+  epoll_ctl(g_eng->ep, EPOLL_CTL_DEL, c->fd, nullptr);
+  close(c->fd);
+  c->fd = -1;
+  g_eng->to_free.push_back(c);
+}
+
+// Application thread (qp->mu held): detach a connection and let the progress
+// thread close it.
+void RequestClose(Conn* c) {
+  if (!c) return;
+  c->qp.store(nullptr);
+  {
+    std::lock_guard<std::mutex> g(g_eng->cmu);
+    g_eng->close_req.push_back(c);
+  }
+  Wake();
+}
+
+void SetWaiting(Conn* c, uint64_t deadline) {
+  c->deadline = deadline;
+  if (!c->waiting) {
+    c->waiting = true;
+    g_eng->waiting.push_back(c);
+  }
+}
+
+// ------------------------------------------------------------------ tx ----
+void TxAddHdr(Conn* c, const WireHdr& h) {
+  c->th[c->thn] = h;
+  c->tiov[c->tn].iov_base = &c->th[c->thn];
+  c->tiov[c->tn].iov_len = sizeof(WireHdr);
+  c->thn++;
+  c->tn++;
+}
+
+// Writes the current batch; true when it is fully written.
+bool TxWrite(Conn* c, bool* broken) {
+  while (c->ti < c->tn) {
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = &c->tiov[c->ti];
+    m.msg_iovlen = size_t(c->tn - c->ti);
+    ssize_t n = sendmsg(c->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) *broken = true;
+      return false;
+    }
+    size_t left = size_t(n);
+    while (left && c->ti < c->tn) {
+      struct iovec& v = c->tiov[c->ti];
+      if (left >= v.iov_len) {
+        left -= v.iov_len;
+        c->ti++;
+      } else {
+        v.iov_base = static_cast<char*>(v.iov_base) + left;
+        v.iov_len -= left;
+        left = 0;
+      }
+    }
+    while (c->ti < c->tn && c->tiov[c->ti].iov_len == 0) c->ti++;
+  }
+  return true;
+}
+
+bool WqeNeedsResp(uint32_t op) {
+  return op == IBV_WR_RDMA_READ || op == IBV_WR_ATOMIC_CMP_AND_SWP || op == IBV_WR_ATOMIC_FETCH_AND_ADD;
+}
+
+// Requester transmit on qp->out (qp->mu held). Builds batches of frames from
+// the send queue and writes them without blocking.
+void PumpOut(Qp* qp) {
+  Conn* c = qp->out;
+  if (!c || !c->connected || c->dead) return;
+  bool broken = false;
+  for (;;) {
+    if (c->ti < c->tn) {
+      if (!TxWrite(c, &broken)) {
+        if (!broken) SetEvents(c, EPOLLIN | EPOLLOUT);
+        return;
+      }
+    }
+    // batch done
+    if (c->batch_uc) {
+      // UC: a send completes once it is on the wire.
+      while (qp->sq_done != c->batch_sq_end) {
+        SendWqe* w = SqAt(qp, qp->sq_done);
+        CompleteSendLocked(qp, w, IBV_WC_SUCCESS);
+      }
+      c->batch_uc = false;
+    }
+    c->tn = c->ti = c->thn = 0;
+    if (!c->hello_sent) {
+      WireHdr h{};
+      h.op = kOpHello;
+      h.dst_qpn = qp->attr.dest_qp_num;
+      h.src_qpn = qp->ex.qp_base.qp_num;
+      h.rkey = host().ip;
+      h.qkey = (qp->ex.qp_base.qp_type == IBV_QPT_RC ? kKindRc : kKindUc) |
+               (uint32_t(qp->attr.rnr_retry & 7) << 8) | (uint32_t(qp->attr.retry_cnt & 7) << 12) |
+               (uint32_t(qp->attr.timeout & 31) << 16);
+      TxAddHdr(c, h);
+      c->hello_sent = true;
+    }
+    if (qp->st == QpState::kRts) {
+      bool uc = qp->ex.qp_base.qp_type == IBV_QPT_UC;
+      while (qp->sq_tx != qp->sq_head && c->thn < kTxHdrs && c->tn + int(kMaxSge) + 1 <= kTxIov) {
+        SendWqe* w = SqAt(qp, qp->sq_tx);
+        if (w->status) {
+          // A post-time error: report it in order, then the QP is in error.
+          if (qp->sq_done != qp->sq_tx || c->tn) break;
+          qp->sq_tx++;
+          CompleteSendLocked(qp, w, static_cast<enum ibv_wc_status>(w->status));
+          QpToErrorLocked(qp);
+          return;
+        }
+        bool rd = WqeNeedsResp(w->opcode);
+        if (rd && qp->rd_outstanding >= (qp->attr.max_rd_atomic ? qp->attr.max_rd_atomic : 1u)) break;
+        if ((w->send_flags & IBV_SEND_FENCE) && qp->rd_outstanding) break;
+        WireHdr h{};
+        h.dst_qpn = qp->attr.dest_qp_num;
+        h.src_qpn = qp->ex.qp_base.qp_num;
+        w->psn = qp->next_psn;
+        qp->next_psn = (qp->next_psn + 1) & 0xffffff;
+        h.psn = w->psn;
+        bool payload = true;
+        switch (w->opcode) {
+          case IBV_WR_SEND_WITH_IMM:
+            h.flags |= kFImm;
+            h.imm = w->imm;
+            [[fallthrough]];
+          case IBV_WR_SEND:
+            h.op = kOpSend;
+            break;
+          case IBV_WR_RDMA_WRITE_WITH_IMM:
+            h.flags |= kFImm;
+            h.imm = w->imm;
+            [[fallthrough]];
+          case IBV_WR_RDMA_WRITE:
+            h.op = kOpWrite;
+            h.raddr = w->raddr;
+            h.rkey = w->rkey;
+            break;
+          case IBV_WR_RDMA_READ:
+            h.op = kOpReadReq;
+            h.raddr = w->raddr;
+            h.rkey = w->rkey;
+            payload = false;
+            break;
+          case IBV_WR_ATOMIC_CMP_AND_SWP:
+            h.op = kOpCmpSwap;
+            h.raddr = w->raddr;
+            h.rkey = w->rkey;
+            h.arg0 = w->swap;
+            h.arg1 = w->cmp;
+            payload = false;
+            break;
+          case IBV_WR_ATOMIC_FETCH_AND_ADD:
+            h.op = kOpFetchAdd;
+            h.raddr = w->raddr;
+            h.rkey = w->rkey;
+            h.arg0 = w->swap;
+            payload = false;
+            break;
+        }
+        if (w->send_flags & IBV_SEND_SOLICITED) h.flags |= kFSolicited;
+        h.len = uint32_t(w->length);
+        TxAddHdr(c, h);
+        if (payload && w->length) {
+          if (w->inline_len) {
+            c->tiov[c->tn].iov_base = reinterpret_cast<char*>(&w->sge[w->num_sge]);
+            c->tiov[c->tn].iov_len = w->inline_len;
+            c->tn++;
+          } else {
+            for (uint32_t i = 0; i < w->num_sge; i++) {
+              if (!w->sge[i].length) continue;
+              Mr* m = LookupKey(w->sge[i].lkey);
+              char* p = m ? MrPtr(m, w->sge[i].addr, w->sge[i].length) : nullptr;
+              c->tiov[c->tn].iov_base = p;
+              c->tiov[c->tn].iov_len = w->sge[i].length;
+              c->tn++;
+            }
+          }
+        }
+        if (rd) qp->rd_outstanding++;
+        if (qp->sq_done == qp->sq_tx && !qp->first_unacked_ns) qp->first_unacked_ns = NowNs();
+        qp->sq_tx++;
+        if (uc) {
+          c->batch_uc = true;
+          c->batch_sq_end = qp->sq_tx;
+        }
+      }
+    }
+    if (c->tn == 0) {
+      SetEvents(c, EPOLLIN);
+      return;
+    }
+  }
+}
+
+// Responder transmit on qp->in: responses in order (qp->mu held).
+void PumpIn(Qp* qp) {
+  Conn* c = qp->in;
+  if (!c || c->dead) return;
+  bool broken = false;
+  for (;;) {
+    if (c->ti < c->tn) {
+      if (!TxWrite(c, &broken)) {
+        if (!broken) SetEvents(c, c->parked ? uint32_t(EPOLLOUT) : uint32_t(EPOLLIN | EPOLLOUT));
+        return;
+      }
+    }
+    // retire the batch
+    bool to_err = false;
+    while (c->batch_resp) {
+      Qp::Resp& r = qp->resp[qp->resp_head];
+      if (r.op == kOpNak && qp->goto_err_after_resp) to_err = true;
+      qp->resp_head = (qp->resp_head + 1) % qp->resp_cap;
+      qp->resp_count--;
+      c->batch_resp--;
+    }
+    c->tn = c->ti = c->thn = 0;
+    if (to_err) {
+      QpToErrorLocked(qp);
+      return;
+    }
+    uint32_t idx = qp->resp_head;
+    for (uint32_t k = 0; k < qp->resp_count && c->thn < kTxHdrs && c->tn + 2 <= kTxIov; k++) {
+      Qp::Resp& r = qp->resp[idx];
+      WireHdr h{};
+      h.op = r.op;
+      h.syndrome = r.syndrome;
+      h.psn = r.psn;
+      h.dst_qpn = qp->attr.dest_qp_num;
+      h.src_qpn = qp->ex.qp_base.qp_num;
+      h.len = (r.op == kOpReadResp) ? r.len : 0;
+      h.arg0 = r.value;
+      TxAddHdr(c, h);
+      if (r.op == kOpReadResp && r.len) {
+        c->tiov[c->tn].iov_base = reinterpret_cast<void*>(r.raddr_ptr);
+        c->tiov[c->tn].iov_len = r.len;
+        c->tn++;
+      }
+      c->batch_resp++;
+      idx = (idx + 1) % qp->resp_cap;
+      if (r.op == kOpNak) break;
+    }
+    if (c->tn == 0) {
+      SetEvents(c, c->parked ? 0u : uint32_t(EPOLLIN));
+      return;
+    }
+  }
+}
+
+// Queues a response (qp->mu held). ACKs coalesce into an unsent tail ACK.
+bool QueueResp(Qp* qp, uint8_t op, uint32_t psn, uint16_t syn = 0, uint64_t ptr = 0, uint32_t len = 0,
+               uint64_t value = 0) {
+  if (op == kOpAck && qp->resp_count) {
+    uint32_t tail = (qp->resp_head + qp->resp_count - 1) % qp->resp_cap;
+    bool tail_unsent = qp->in && (qp->resp_count > qp->in->batch_resp);
+    if (qp->resp[tail].op == kOpAck && tail_unsent) {
+      qp->resp[tail].psn = psn;
+      return true;
+    }
+  }
+  if (qp->resp_count == qp->resp_cap) return false;
+  Qp::Resp& r = qp->resp[(qp->resp_head + qp->resp_count) % qp->resp_cap];
+  r.op = op;
+  r.psn = psn;
+  r.syndrome = syn;
+  r.raddr_ptr = ptr;
+  r.len = len;
+  r.value = value;
+  qp->resp_count++;
+  return true;
+}
+
+// ------------------------------------------------------------------ rx ----
+enum RxStatus { kRxAgain, kRxClosed, kRxParked, kRxBudget };
+enum Verdict { kVPayload, kVDone, kVPark, kVClose, kVNeedMore };
+
+// 1: got bytes, 0: EOF, -1: EAGAIN, -2: error
+int Fill(Conn* c) {
+  if (c->st_off == c->st_len) c->st_off = c->st_len = 0;
+  if (c->st_len == kStage) {
+    if (c->st_off == 0) return -2;
+    memmove(c->stage, c->stage + c->st_off, c->st_len - c->st_off);
+    c->st_len -= c->st_off;
+    c->st_off = 0;
+  }
+  for (;;) {
+    ssize_t n = recv(c->fd, c->stage + c->st_len, kStage - c->st_len, MSG_DONTWAIT);
+    if (n > 0) {
+      c->st_len += uint32_t(n);
+      return 1;
+    }
+    if (n == 0) return 0;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return -1;
+    return -2;
+  }
+}
+
+bool Ensure(Conn* c, uint32_t n, int* rc) {
+  while (c->st_len - c->st_off < n) {
+    if (kStage - c->st_off < n) {
+      memmove(c->stage, c->stage + c->st_off, c->st_len - c->st_off);
+      c->st_len -= c->st_off;
+      c->st_off = 0;
+    }
+    int r = Fill(c);
+    if (r <= 0) {
+      *rc = r;
+      return false;
+    }
+  }
+  return true;
+}
+
+void Sink(Conn* c, const char* src, uint64_t n) {
+  if (c->discard) return;
+  while (n && c->iov_i < c->niov) {
+    struct iovec& v = c->iov[c->iov_i];
+    size_t k = v.iov_len < n ? v.iov_len : size_t(n);
+    memcpy(v.iov_base, src, k);
+    v.iov_base = static_cast<char*>(v.iov_base) + k;
+    v.iov_len -= k;
+    src += k;
+    n -= k;
+    if (!v.iov_len) c->iov_i++;
+  }
+}
+
+// Sets c->iov from a receive WQE's SGEs; false when an SGE is not valid.
+bool IovFromSges(Conn* c, const struct ibv_sge* sge, uint32_t n, uint64_t len, struct ibv_pd* pd) {
+  c->niov = c->iov_i = 0;
+  uint64_t left = len;
+  for (uint32_t i = 0; i < n && left; i++) {
+    if (!sge[i].length) continue;
+    Mr* m = LookupKey(sge[i].lkey);
+    if (!m || m->mr.pd != pd || !(m->access & IBV_ACCESS_LOCAL_WRITE)) return false;
+    char* p = MrPtr(m, sge[i].addr, sge[i].length);
+    if (!p) return false;
+    size_t k = sge[i].length < left ? sge[i].length : size_t(left);
+    c->iov[c->niov].iov_base = p;
+    c->iov[c->niov].iov_len = k;
+    c->niov++;
+    left -= k;
+  }
+  return true;
+}
+
+uint64_t SgeTotal(const struct ibv_sge* sge, uint32_t n) {
+  uint64_t t = 0;
+  for (uint32_t i = 0; i < n; i++) t += sge[i].length;
+  return t;
+}
+
+// Checks a remote access (responder). Returns the target pointer or nullptr.
+char* CheckRemote(Qp* qp, uint32_t rkey, uint64_t addr, uint64_t len, int need) {
+  if (!(qp->attr.qp_access_flags & need)) return nullptr;
+  Mr* m = LookupKey(rkey);
+  if (!m || m->mr.pd != qp->ex.qp_base.pd || !(m->access & need)) return nullptr;
+  if (len == 0) return static_cast<char*>(m->mr.addr);
+  return MrPtr(m, addr, len);
+}
+
+void RecvCompletion(Qp* qp, Conn* c, enum ibv_wc_status st, uint32_t byte_len) {
+  struct ibv_wc wc;
+  memset(&wc, 0, sizeof wc);
+  wc.wr_id = c->rw->wr_id;
+  wc.status = st;
+  wc.qp_num = qp->ex.qp_base.qp_num;
+  wc.src_qp = c->h.src_qpn;
+  if (st == IBV_WC_SUCCESS) {
+    wc.byte_len = byte_len;
+    if (c->h.op == kOpWrite) {
+      wc.opcode = IBV_WC_RECV_RDMA_WITH_IMM;
+    } else {
+      wc.opcode = IBV_WC_RECV;
+    }
+    if (c->h.flags & kFImm) {
+      wc.wc_flags |= IBV_WC_WITH_IMM;
+      wc.imm_data = c->h.imm;
+    }
+  } else {
+    wc.opcode = IBV_WC_RECV;
+  }
+  if (host().mode == Personality::kIb) wc.slid = IpToLid(c->peer_ip);
+  CqPush(qp->rcq, wc, (c->h.flags & kFSolicited) != 0);
+  c->have_rw = false;
+}
+
+void BeginDiscard(Conn* c, uint64_t len) {
+  c->discard = true;
+  c->niov = c->iov_i = 0;
+  c->remaining = len;
+}
+
+// Responder side of RC/UC (qp->mu held).
+Verdict DispatchIn(Conn* c, Qp* qp) {
+  WireHdr& h = c->h;
+  bool rc = qp->ex.qp_base.qp_type == IBV_QPT_RC;
+  c->discard = false;
+  c->niov = c->iov_i = 0;
+  c->fin = kFinNone;
+  uint64_t payload = (h.op == kOpSend || h.op == kOpWrite) ? h.len : 0;
+  if (qp->st != QpState::kRtr && qp->st != QpState::kRts) {
+    // Error (or reset) state: drop everything.
+    c->st_off += sizeof(WireHdr);
+    BeginDiscard(c, payload);
+    c->fin = kFinDrop;
+    return kVPayload;
+  }
+  auto nak = [&](uint16_t code) {
+    c->st_off += sizeof(WireHdr);
+    BeginDiscard(c, payload);
+    c->fin = rc ? kFinNakErr : kFinDrop;
+    c->fin_nak = code;
+    return kVPayload;
+  };
+  switch (h.op) {
+    case kOpSend:
+    case kOpWrite: {
+      bool needs_recv = h.op == kOpSend || (h.flags & kFImm);
+      if (h.op == kOpWrite) {
+        char* p = h.len ? CheckRemote(qp, h.rkey, h.raddr, h.len, IBV_ACCESS_REMOTE_WRITE)
+                        : reinterpret_cast<char*>(1);
+        if (!p || (h.len == 0 && !(qp->attr.qp_access_flags & IBV_ACCESS_REMOTE_WRITE)))
+          return nak(qp->attr.qp_access_flags & IBV_ACCESS_REMOTE_WRITE ? kNakAccess : kNakInvReq);
+        if (h.len) {
+          c->iov[0].iov_base = p;
+          c->iov[0].iov_len = h.len;
+          c->niov = 1;
+        }
+      }
+      if (needs_recv) {
+        if (!c->have_rw) {
+          if (!TakeRecv(qp, c->rw, kMaxSge)) {
+            if (!rc) return nak(0);  // UC: silently dropped
+            return kVPark;
+          }
+          c->have_rw = true;
+        }
+        if (c->rw->status) {
+          c->fin_status = c->rw->status;
+          RecvCompletion(qp, c, static_cast<enum ibv_wc_status>(c->rw->status), 0);
+          return nak(kNakOp);
+        }
+        if (h.op == kOpSend) {
+          if (SgeTotal(c->rw->sge, c->rw->num_sge) < h.len) {
+            RecvCompletion(qp, c, IBV_WC_LOC_LEN_ERR, 0);
+            return nak(kNakInvReq);
+          }
+          if (!IovFromSges(c, c->rw->sge, c->rw->num_sge, h.len, qp->ex.qp_base.pd)) {
+            RecvCompletion(qp, c, IBV_WC_LOC_PROT_ERR, 0);
+            return nak(kNakOp);
+          }
+        }
+        c->fin = kFinRecv;
+      } else {
+        c->fin = kFinAck;
+      }
+      c->st_off += sizeof(WireHdr);
+      c->remaining = h.len;
+      return kVPayload;
+    }
+    case kOpReadReq:
+    case kOpCmpSwap:
+    case kOpFetchAdd: {
+      if (!rc) return nak(0);
+      if (qp->resp_count + 2 > qp->resp_cap) return kVPark;  // wait for responses to drain
+      if (h.op == kOpReadReq) {
+        char* p = CheckRemote(qp, h.rkey, h.raddr, h.len, IBV_ACCESS_REMOTE_READ);
+        if (!p) return nak(qp->attr.qp_access_flags & IBV_ACCESS_REMOTE_READ ? kNakAccess : kNakInvReq);
+        c->st_off += sizeof(WireHdr);
+        QueueResp(qp, kOpReadResp, h.psn, 0, reinterpret_cast<uint64_t>(p), h.len);
+        return kVDone;
+      }
+      if (h.raddr & 7) return nak(kNakInvReq);
+      char* p = CheckRemote(qp, h.rkey, h.raddr, 8, IBV_ACCESS_REMOTE_ATOMIC);
+      if (!p) return nak(qp->attr.qp_access_flags & IBV_ACCESS_REMOTE_ATOMIC ? kNakAccess : kNakInvReq);
+      uint64_t* t = reinterpret_cast<uint64_t*>(p);
+      uint64_t orig;
+      if (h.op == kOpCmpSwap) {
+        orig = h.arg1;
+        __atomic_compare_exchange_n(t, &orig, h.arg0, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+      } else {
+        orig = __atomic_fetch_add(t, h.arg0, __ATOMIC_SEQ_CST);
+      }
+      c->st_off += sizeof(WireHdr);
+      QueueResp(qp, kOpAtomicResp, h.psn, 0, 0, 0, orig);
+      return kVDone;
+    }
+    default:
+      return kVClose;
+  }
+}
+
+// Requester side: responses on qp->out (qp->mu held).
+void CompleteUpTo(Qp* qp, uint32_t psn) {
+  while (qp->sq_done != qp->sq_tx) {
+    SendWqe* w = SqAt(qp, qp->sq_done);
+    if (!PsnLe(w->psn, psn)) break;
+    if (WqeNeedsResp(w->opcode) && qp->rd_outstanding) qp->rd_outstanding--;
+    CompleteSendLocked(qp, w, IBV_WC_SUCCESS);
+  }
+  qp->first_unacked_ns = (qp->sq_done != qp->sq_tx) ? NowNs() : 0;
+}
+
+enum ibv_wc_status NakStatus(uint16_t code) {
+  switch (code) {
+    case kNakInvReq: return IBV_WC_REM_INV_REQ_ERR;
+    case kNakAccess: return IBV_WC_REM_ACCESS_ERR;
+    case kNakOp: return IBV_WC_REM_OP_ERR;
+    case kNakRnr: return IBV_WC_RNR_RETRY_EXC_ERR;
+    default: return IBV_WC_RETRY_EXC_ERR;
+  }
+}
+
+void FailHead(Qp* qp, enum ibv_wc_status st) {
+  if (qp->st == QpState::kErr) return;
+  if (qp->sq_done != qp->sq_head) {
+    SendWqe* w = SqAt(qp, qp->sq_done);
+    if (qp->sq_tx == qp->sq_done) qp->sq_tx++;
+    CompleteSendLocked(qp, w, st);
+  }
+  QpToErrorLocked(qp);
+}
+
+SendWqe* FindPsn(Qp* qp, uint32_t psn) {
+  for (uint32_t i = qp->sq_done; i != qp->sq_tx; i++) {
+    SendWqe* w = SqAt(qp, i);
+    if (w->psn == psn) return w;
+  }
+  return nullptr;
+}
+
+Verdict DispatchOut(Conn* c, Qp* qp) {
+  WireHdr& h = c->h;
+  c->discard = false;
+  c->niov = c->iov_i = 0;
+  c->fin = kFinNone;
+  c->st_off += sizeof(WireHdr);
+  uint64_t payload = h.op == kOpReadResp ? h.len : 0;
+  if (qp->st != QpState::kRts && qp->st != QpState::kRtr) {
+    BeginDiscard(c, payload);
+    c->fin = kFinDrop;
+    return kVPayload;
+  }
+  switch (h.op) {
+    case kOpAck:
+      CompleteUpTo(qp, h.psn);
+      return kVDone;
+    case kOpNak: {
+      SendWqe* w = FindPsn(qp, h.psn);
+      if (w) {
+        // everything before it succeeded
+        uint32_t prev = (h.psn - 1) & 0xffffff;
+        CompleteUpTo(qp, prev);
+      }
+      FailHead(qp, NakStatus(h.syndrome));
+      return kVDone;
+    }
+    case kOpReadResp: {
+      SendWqe* w = FindPsn(qp, h.psn);
+      if (!w || w->opcode != IBV_WR_RDMA_READ || h.len != w->length) return kVClose;
+      // The destination was validated at post time.
+      c->niov = c->iov_i = 0;
+      for (uint32_t i = 0; i < w->num_sge; i++) {
+        if (!w->sge[i].length) continue;
+        Mr* m = LookupKey(w->sge[i].lkey);
+        c->iov[c->niov].iov_base = MrPtr(m, w->sge[i].addr, w->sge[i].length);
+        c->iov[c->niov].iov_len = w->sge[i].length;
+        c->niov++;
+      }
+      c->remaining = h.len;
+      c->fin = kFinReadResp;
+      return kVPayload;
+    }
+    case kOpAtomicResp: {
+      SendWqe* w = FindPsn(qp, h.psn);
+      if (!w || !WqeNeedsResp(w->opcode)) return kVClose;
+      Mr* m = LookupKey(w->sge[0].lkey);
+      char* p = m ? MrPtr(m, w->sge[0].addr, 8) : nullptr;
+      if (p) memcpy(p, &h.arg0, 8);
+      CompleteUpTo(qp, h.psn);
+      return kVDone;
+    }
+    default:
+      return kVClose;
+  }
+}
+
+void FinishFrame(Conn* c, Qp* qp) {
+  WireHdr& h = c->h;
+  switch (c->fin) {
+    case kFinRecv:
+      RecvCompletion(qp, c, IBV_WC_SUCCESS, h.len);
+      if (qp->ex.qp_base.qp_type == IBV_QPT_RC) QueueResp(qp, kOpAck, h.psn);
+      break;
+    case kFinAck:
+      if (qp->ex.qp_base.qp_type == IBV_QPT_RC) QueueResp(qp, kOpAck, h.psn);
+      break;
+    case kFinNakErr:
+      QueueResp(qp, kOpNak, h.psn, c->fin_nak);
+      qp->goto_err_after_resp = true;
+      break;
+    case kFinReadResp:
+      CompleteUpTo(qp, h.psn);
+      break;
+    default:
+      break;
+  }
+  c->fin = kFinNone;
+  c->discard = false;
+}
+
+// UD reception: the whole frame is in the stage buffer.
+Verdict DispatchUd(Conn* c) {
+  WireHdr h;
+  memcpy(&h, c->stage + c->st_off, sizeof h);
+  if (h.op != kOpUdSend || h.len > kMtu) return kVClose;
+  int rc;
+  if (!Ensure(c, sizeof(WireHdr) + h.len, &rc)) return rc == -1 ? kVNeedMore : kVClose;
+  const char* data = c->stage + c->st_off + sizeof(WireHdr);
+  c->st_off += sizeof(WireHdr) + h.len;
+  Qp* qp = EngineLookupQp(h.dst_qpn);
+  if (!qp) return kVDone;
+  std::lock_guard<std::mutex> g(qp->mu);
+  if (qp->ex.qp_base.qp_type != IBV_QPT_UD || (qp->st != QpState::kRtr && qp->st != QpState::kRts))
+    return kVDone;
+  if (h.qkey != qp->attr.qkey) return kVDone;
+  if (!TakeRecv(qp, c->rw, kMaxSge)) return kVDone;  // UD: no receive, no delivery
+  struct ibv_wc wc;
+  memset(&wc, 0, sizeof wc);
+  wc.wr_id = c->rw->wr_id;
+  wc.qp_num = qp->ex.qp_base.qp_num;
+  wc.src_qp = h.src_qpn;
+  wc.opcode = IBV_WC_RECV;
+  wc.pkey_index = 0;
+  if (host().mode == Personality::kIb) {
+    wc.slid = IpToLid(h.rkey);
+  }
+  uint64_t cap = SgeTotal(c->rw->sge, c->rw->num_sge);
+  if (c->rw->status) {
+    wc.status = static_cast<enum ibv_wc_status>(c->rw->status);
+  } else if (cap < uint64_t(h.len) + 40) {
+    wc.status = IBV_WC_LOC_LEN_ERR;
+  } else {
+    // 40 bytes of GRH space, then the payload.
+    unsigned char grh[40];
+    memset(grh, 0, sizeof grh);
+    bool has_grh = (h.flags & kFGrh) != 0;
+    if (has_grh) {
+      grh[0] = 0x60;
+      uint16_t plen = htons(uint16_t(h.len));
+      memcpy(grh + 4, &plen, 2);
+      grh[6] = 0x1b;
+      grh[7] = 64;
+      // sgid: the sender's GID of the same kind as the dgid it used
+      union ibv_gid sg;
+      memset(&sg, 0, sizeof sg);
+      uint32_t nip = htonl(h.rkey);
+      if (h.flags & kFGidMapped) {
+        sg.raw[10] = sg.raw[11] = 0xff;
+        memcpy(&sg.raw[12], &nip, 4);
+      } else {
+        sg.raw[0] = 0xfe;
+        sg.raw[1] = 0x80;
+        uint8_t g[8] = {0x02, 0x53, 0x52, uint8_t(host().mode == Personality::kIb ? 1 : 2), 0, 0, 0, 0};
+        memcpy(&g[4], &nip, 4);
+        memcpy(&sg.raw[8], g, 8);
+      }
+      memcpy(grh + 8, sg.raw, 16);
+      memcpy(grh + 24, &h.raddr, 8);
+      memcpy(grh + 32, &h.arg0, 8);
+      wc.wc_flags |= IBV_WC_GRH;
+    }
+    bool ok = true;
+    // scatter grh (only if present) and payload
+    uint64_t off = 0;
+    const uint64_t total = 40 + uint64_t(h.len);
+    for (uint32_t i = 0; i < c->rw->num_sge && off < total && ok; i++) {
+      const struct ibv_sge& s = c->rw->sge[i];
+      if (!s.length) continue;
+      Mr* m = LookupKey(s.lkey);
+      uint64_t k = s.length < total - off ? s.length : total - off;
+      char* p = (m && m->mr.pd == qp->ex.qp_base.pd && (m->access & IBV_ACCESS_LOCAL_WRITE)) ? MrPtr(m, s.addr, k)
+                                                                                             : nullptr;
+      if (!p) {
+        ok = false;
+        break;
+      }
+      for (uint64_t j = 0; j < k;) {
+        uint64_t pos = off + j;
+        if (pos < 40) {
+          uint64_t n = 40 - pos < k - j ? 40 - pos : k - j;
+          if (has_grh) memcpy(p + j, grh + pos, n);
+          j += n;
+        } else {
+          uint64_t n = k - j;
+          memcpy(p + j, data + (pos - 40), n);
+          j += n;
+        }
+      }
+      off += k;
+    }
+    if (!ok) {
+      wc.status = IBV_WC_LOC_PROT_ERR;
+    } else {
+      wc.status = IBV_WC_SUCCESS;
+      wc.byte_len = uint32_t(total);
+      if (h.flags & kFImm) {
+        wc.wc_flags |= IBV_WC_WITH_IMM;
+        wc.imm_data = h.imm;
+      }
+    }
+  }
+  CqPush(qp->rcq, wc, (h.flags & kFSolicited) != 0);
+  return kVDone;
+}
+
+Verdict DispatchHello(Conn* c);
+
+RxStatus RxRun(Conn* c, Qp* qp) {
+  uint64_t budget = 8ull << 20;
+  for (;;) {
+    if (c->dead) return kRxClosed;
+    if (!c->in_payload) {
+      int rc;
+      if (!Ensure(c, sizeof(WireHdr), &rc)) return rc == -1 ? kRxAgain : kRxClosed;
+      memcpy(&c->h, c->stage + c->st_off, sizeof(WireHdr));
+      Verdict v;
+      switch (c->role) {
+        case Role::kPending: v = DispatchHello(c); break;
+        case Role::kIn: v = DispatchIn(c, qp); break;
+        case Role::kOut: v = DispatchOut(c, qp); break;
+        case Role::kUdIn: v = DispatchUd(c); break;
+        default: v = kVClose;
+      }
+      if (v == kVPark) return kRxParked;
+      if (v == kVClose) return kRxClosed;
+      if (v == kVNeedMore) return kRxAgain;
+      if (v == kVDone) {
+        if (c->role == Role::kPending || (c->role == Role::kIn && qp != c->qp.load())) return kRxBudget;
+        continue;
+      }
+      c->in_payload = true;
+    }
+    while (c->remaining) {
+      uint32_t avail = c->st_len - c->st_off;
+      if (avail) {
+        uint64_t n = avail < c->remaining ? avail : c->remaining;
+        Sink(c, c->stage + c->st_off, n);
+        c->st_off += uint32_t(n);
+        c->remaining -= n;
+        continue;
+      }
+      if (!c->discard && c->remaining >= 16384 && c->iov_i < c->niov) {
+        struct iovec v[kMaxSge + 1];
+        int nv = 0;
+        uint64_t want = c->remaining;
+        for (int i = c->iov_i; i < c->niov && want; i++) {
+          v[nv] = c->iov[i];
+          if (v[nv].iov_len > want) v[nv].iov_len = want;
+          want -= v[nv].iov_len;
+          nv++;
+        }
+        ssize_t n = readv(c->fd, v, nv);
+        if (n == 0) return kRxClosed;
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          if (errno == EAGAIN || errno == EWOULDBLOCK) return kRxAgain;
+          return kRxClosed;
+        }
+        uint64_t left = uint64_t(n);
+        c->remaining -= left;
+        while (left && c->iov_i < c->niov) {
+          struct iovec& iv = c->iov[c->iov_i];
+          size_t k = iv.iov_len < left ? iv.iov_len : size_t(left);
+          iv.iov_base = static_cast<char*>(iv.iov_base) + k;
+          iv.iov_len -= k;
+          left -= k;
+          if (!iv.iov_len) c->iov_i++;
+        }
+        if (budget < uint64_t(n)) return kRxBudget;
+        budget -= uint64_t(n);
+        continue;
+      }
+      int r = Fill(c);
+      if (r == 0 || r == -2) return kRxClosed;
+      if (r == -1) return kRxAgain;
+    }
+    c->in_payload = false;
+    FinishFrame(c, qp);
+    if (budget < c->h.len + 64) return kRxBudget;
+    budget -= c->h.len + 64;
+  }
+}
+
+// An inbound connection says which QP it is for.
+Verdict DispatchHello(Conn* c) {
+  WireHdr& h = c->h;
+  if (h.op != kOpHello) return kVClose;
+  uint32_t kind = h.qkey & 0xff;
+  if (kind == kKindUd) {
+    c->st_off += sizeof(WireHdr);
+    c->role = Role::kUdIn;
+    c->kind = kKindUd;
+    return kVDone;
+  }
+  Qp* qp = EngineLookupQp(h.dst_qpn);
+  auto reject = [&]() {
+    WireHdr n{};
+    n.op = kOpNak;
+    n.syndrome = kNakNoQp;
+    n.psn = 0xffffffff;
+    ssize_t r = send(c->fd, &n, sizeof n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    (void)r;
+    return kVClose;
+  };
+  if (!qp) return reject();
+  std::lock_guard<std::mutex> g(qp->mu);
+  uint32_t want = qp->ex.qp_base.qp_type == IBV_QPT_RC ? uint32_t(kKindRc)
+                  : (qp->ex.qp_base.qp_type == IBV_QPT_UC ? uint32_t(kKindUc) : 0u);
+  if (want != kind) return reject();
+  if (qp->st == QpState::kReset || qp->st == QpState::kInit ||
+      (qp->st != QpState::kErr && qp->attr.dest_qp_num != h.src_qpn)) {
+    // Not ready yet: hold the connection (the requester would retry).
+    SetWaiting(c, NowNs() + kPendingHelloNs);
+    return kVPark;
+  }
+  if (qp->st == QpState::kErr) return reject();
+  c->st_off += sizeof(WireHdr);
+  if (qp->in) {
+    Conn* old = qp->in;
+    old->qp.store(nullptr);
+    KillConn(old);
+  }
+  c->role = Role::kIn;
+  c->kind = kind;
+  c->peer_qpn = h.src_qpn;
+  c->peer_ip = h.rkey;
+  c->hello_opts = h.qkey;
+  c->qp.store(qp);
+  c->parked = false;
+  qp->in = c;
+  qp->resp_head = qp->resp_count = 0;
+  qp->goto_err_after_resp = false;
+  return kVDone;
+}
+
+// Handles readable/writable on a connection (progress thread).
+void HandleConn(Conn* c, uint32_t events) {
+  if (c->dead) return;
+  Qp* qp = c->qp.load();
+  if (c->role == Role::kPending || c->role == Role::kUdIn) {
+    RxStatus s = RxRun(c, nullptr);
+    if (s == kRxClosed) {
+      KillConn(c);
+      return;
+    }
+    if (s == kRxParked) {
+      SetEvents(c, 0);
+      return;
+    }
+    if (c->role == Role::kIn) {
+      // just attached: continue with its QP
+      qp = c->qp.load();
+      if (!qp) return;
+      std::lock_guard<std::mutex> g(qp->mu);
+      if (c->qp.load() != qp) return;
+      SetEvents(c, EPOLLIN);
+      RxStatus s2 = RxRun(c, qp);
+      if (s2 == kRxParked) {
+        c->parked = true;
+        SetWaiting(c, 0);
+      }
+      PumpIn(qp);
+      if (s2 == kRxClosed) {
+        if (qp->in == c) qp->in = nullptr;
+        c->qp.store(nullptr);
+        KillConn(c);
+      }
+    }
+    return;
+  }
+  if (!qp) return;  // detached: a close request is on its way
+  std::lock_guard<std::mutex> g(qp->mu);
+  if (c->qp.load() != qp || c->dead) return;
+  if (c->role == Role::kOut) {
+    if (!c->connected) {
+      int err = 0;
+      socklen_t l = sizeof err;
+      getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+      if (err || !(events & EPOLLOUT)) {
+        if (!err && !(events & (EPOLLERR | EPOLLHUP))) return;
+        qp->out = nullptr;
+        c->qp.store(nullptr);
+        KillConn(c);
+        qp->next_connect_ns = NowNs() + kReconnectNs;
+        return;
+      }
+      c->connected = true;
+      SetEvents(c, EPOLLIN);
+    }
+    RxStatus s = kRxAgain;
+    if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) s = RxRun(c, qp);
+    if (s == kRxClosed) {
+      qp->out = nullptr;
+      c->qp.store(nullptr);
+      KillConn(c);
+      if (qp->sq_done != qp->sq_head && qp->st == QpState::kRts) {
+        FailHead(qp, IBV_WC_RETRY_EXC_ERR);
+      }
+      return;
+    }
+    PumpOut(qp);
+    return;
+  }
+  if (c->role == Role::kIn) {
+    RxStatus s = kRxAgain;
+    if (c->parked && (events & (EPOLLERR | EPOLLHUP))) s = kRxClosed;
+    else if (!c->parked && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) s = RxRun(c, qp);
+    if (s == kRxParked) {
+      c->parked = true;
+      uint64_t dl = 0;
+      uint32_t rnr = (c->hello_opts >> 8) & 7;
+      if (c->h.op == kOpSend || c->h.op == kOpWrite) {
+        if (rnr != 7) {
+          // min_rnr_timer is ours; at least 1 ms per retry
+          uint64_t per = 1000000ull;
+          dl = NowNs() + per * (rnr + 1) * 10;
+        }
+      }
+      SetWaiting(c, dl);
+    }
+    PumpIn(qp);
+    if (s == kRxClosed && !c->dead) {
+      if (qp->in == c) qp->in = nullptr;
+      c->qp.store(nullptr);
+      KillConn(c);
+    }
+  }
+}
+
+// Retries waiting connections (progress thread): pending HELLOs whose QP may
+// now be ready and parked streams whose receive queue may now have WQEs.
+void RetryWaiting(uint64_t now) {
+  std::vector<Conn*> w;
+  w.swap(g_eng->waiting);
+  for (Conn* c : w) c->waiting = false;
+  for (Conn* c : w) {
+    if (c->dead) continue;
+    if (c->role == Role::kPending) {
+      uint64_t dl = c->deadline;
+      RxStatus s = RxRun(c, nullptr);
+      if (s == kRxClosed) {
+        KillConn(c);
+        continue;
+      }
+      if (s == kRxParked) {
+        if (now > dl) {
+          KillConn(c);
+          continue;
+        }
+        c->deadline = dl;
+        continue;
+      }
+      if (c->role == Role::kIn || c->role == Role::kUdIn) {
+        SetEvents(c, EPOLLIN);
+        HandleConn(c, EPOLLIN);
+      }
+      continue;
+    }
+    Qp* qp = c->qp.load();
+    if (!qp) continue;
+    std::lock_guard<std::mutex> g(qp->mu);
+    if (c->qp.load() != qp || c->dead) continue;
+    c->parked = false;
+    RxStatus s = RxRun(c, qp);
+    if (s == kRxParked) {
+      c->parked = true;
+      if (c->deadline && now > c->deadline && (c->h.op == kOpSend || c->h.op == kOpWrite)) {
+        // RNR retries exhausted: the requester fails, this stream drops the message.
+        c->parked = false;
+        QueueResp(qp, kOpNak, c->h.psn, kNakRnr);
+        c->st_off += sizeof(WireHdr);
+        uint64_t payload = c->h.len;
+        BeginDiscard(c, payload);
+        c->fin = kFinDrop;
+        c->in_payload = true;
+        SetWaiting(c, 0);
+        c->deadline = 0;
+      } else {
+        SetWaiting(c, c->deadline);
+      }
+    } else if (s == kRxClosed) {
+      if (qp->in == c) qp->in = nullptr;
+      c->qp.store(nullptr);
+      KillConn(c);
+      continue;
+    } else {
+      SetEvents(c, EPOLLIN);
+    }
+    PumpIn(qp);
+  }
+  // Conns re-added to waiting during this pass stay there.
+}
+
+void StartConnect(Qp* qp);
+
+// Periodic work: reconnects, retry windows.
+void Timers(uint64_t now) {
+  uint32_t n = g_eng->nlst * 256;
+  for (uint32_t i = 0; i < n; i++) {
+    Qp* qp = g_eng->qps[i].load();
+    if (!qp) continue;
+    std::lock_guard<std::mutex> g(qp->mu);
+    uint32_t t = qp->ex.qp_base.qp_type;
+    if ((t != IBV_QPT_RC && t != IBV_QPT_UC) || (qp->st != QpState::kRtr && qp->st != QpState::kRts)) continue;
+    if (!qp->out && qp->next_connect_ns && now >= qp->next_connect_ns) {
+      qp->next_connect_ns = 0;
+      StartConnect(qp);
+    }
+    if (qp->sq_done != qp->sq_head && qp->st == QpState::kRts && qp->attr.timeout &&
+        (!qp->out || !qp->out->connected)) {
+      if (!qp->first_unacked_ns) qp->first_unacked_ns = now;
+      uint64_t window = (4096ull << qp->attr.timeout) * (qp->attr.retry_cnt + 1ull);
+      if (window < 500000000ull) window = 500000000ull;
+      if (now - qp->first_unacked_ns > window) FailHead(qp, IBV_WC_RETRY_EXC_ERR);
+    }
+  }
+}
+
+void* ProgressMain(void*) {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, nullptr);
+  struct epoll_event evs[64];
+  uint64_t last_timer = NowNs();
+  for (;;) {
+    int timeout = (g_eng->nqps.load() || !g_eng->waiting.empty()) ? 10 : -1;
+    int n = epoll_wait(g_eng->ep, evs, 64, timeout);
+    if (n < 0 && errno != EINTR) continue;
+    bool woke = false;
+    for (int i = 0; i < n; i++) {
+      int tag = *static_cast<int*>(evs[i].data.ptr);
+      if (tag == kTagWake) {
+        uint64_t v;
+        ssize_t r = read(g_eng->wake, &v, sizeof v);
+        (void)r;
+        woke = true;
+      } else if (tag == kTagListener) {
+        Listener* l = static_cast<Listener*>(evs[i].data.ptr);
+        for (;;) {
+          int fd = accept4(l->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+          if (fd < 0) break;
+          Conn* c = NewConn(fd, Role::kPending);
+          if (!c) {
+            close(fd);
+            continue;
+          }
+          if (!AddConn(c, EPOLLIN)) {
+            close(fd);
+            delete c;
+          }
+        }
+      } else {
+        HandleConn(static_cast<Conn*>(evs[i].data.ptr), evs[i].events);
+      }
+    }
+    uint64_t now = NowNs();
+    bool kicked = g_eng->kicked.exchange(false);
+    if (kicked || woke || now - last_timer >= 10000000ull) {
+      if (!g_eng->waiting.empty()) RetryWaiting(now);
+    }
+    if (now - last_timer >= 10000000ull) {
+      last_timer = now;
+      Timers(now);
+    }
+    std::vector<Conn*> req;
+    uint64_t barrier;
+    {
+      std::lock_guard<std::mutex> g(g_eng->cmu);
+      req.swap(g_eng->close_req);
+      barrier = g_eng->barrier_req;
+    }
+    for (Conn* c : req) KillConn(c);
+    for (Conn* c : g_eng->to_free) {
+      if (c->waiting) {
+        for (size_t k = 0; k < g_eng->waiting.size(); k++)
+          if (g_eng->waiting[k] == c) {
+            g_eng->waiting.erase(g_eng->waiting.begin() + long(k));
+            break;
+          }
+      }
+      free(c->stage);
+      free(c->rw);
+      delete c;
+    }
+    g_eng->to_free.clear();
+    {
+      std::lock_guard<std::mutex> g(g_eng->cmu);
+      if (g_eng->barrier_done < barrier) {
+        g_eng->barrier_done = barrier;
+        pthread_cond_broadcast(&g_eng->ccv);
+      }
+    }
+  }
+  return nullptr;
+}
+
+void EngineInit() {
+  Engine* e = new (std::nothrow) Engine;
+  if (!e) return;
+  for (auto& q : e->qps) q.store(nullptr);
+  e->ep = epoll_create1(EPOLL_CLOEXEC);
+  e->wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (e->ep < 0 || e->wake < 0) return;
+  struct epoll_event ev;
+  ev.events = EPOLLIN;
+  ev.data.ptr = &e->wake_tag;
+  epoll_ctl(e->ep, EPOLL_CTL_ADD, e->wake, &ev);
+  g_eng = e;
+  pthread_attr_t a;
+  pthread_attr_init(&a);
+  pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+  pthread_t t;
+  if (pthread_create(&t, &a, ProgressMain, nullptr) != 0) {
+    g_eng = nullptr;
+    return;
+  }
+  pthread_setname_np(t, "softrdma");
+  g_eng_ok = true;
+}
+
+Listener* NewListener() {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return nullptr;
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(host().ip);
+  a.sin_port = 0;
+  if (bind(fd, reinterpret_cast<struct sockaddr*>(&a), sizeof a) != 0 || listen(fd, 128) != 0) {
+    SR_LOG("softrdma: cannot listen: %s", strerror(errno));
+    close(fd);
+    return nullptr;
+  }
+  socklen_t l = sizeof a;
+  getsockname(fd, reinterpret_cast<struct sockaddr*>(&a), &l);
+  Listener* li = new (std::nothrow) Listener;
+  if (!li) {
+    close(fd);
+    return nullptr;
+  }
+  li->fd = fd;
+  li->port = ntohs(a.sin_port);
+  struct epoll_event ev;
+  ev.events = EPOLLIN;
+  ev.data.ptr = li;
+  epoll_ctl(g_eng->ep, EPOLL_CTL_ADD, fd, &ev);
+  return li;
+}
+
+int ConnectTo(uint32_t ip, uint16_t port, bool blocking) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (blocking ? 0 : SOCK_NONBLOCK), 0);
+  if (fd < 0) return -1;
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(ip);
+  a.sin_port = htons(port);
+  if (blocking) {
+    struct timeval tv = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  }
+  int r = connect(fd, reinterpret_cast<struct sockaddr*>(&a), sizeof a);
+  if (r != 0 && !(errno == EINPROGRESS && !blocking)) {
+    close(fd);
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
+}
+
+void StartConnect(Qp* qp) {
+  if (qp->out || !qp->dest_ip) return;
+  int fd = ConnectTo(qp->dest_ip, QpnPort(qp->attr.dest_qp_num), false);
+  if (fd < 0) {
+    qp->next_connect_ns = NowNs() + kReconnectNs;
+    return;
+  }
+  Conn* c = NewConn(fd, Role::kOut);
+  if (!c) {
+    close(fd);
+    return;
+  }
+  c->kind = qp->ex.qp_base.qp_type == IBV_QPT_RC ? kKindRc : kKindUc;
+  c->qp.store(qp);
+  qp->out = c;
+  if (!AddConn(c, EPOLLOUT | EPOLLIN)) {
+    qp->out = nullptr;
+    close(fd);
+    free(c->stage);
+    free(c->rw);
+    delete c;
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ API ----
+bool EngineStart() {
+  pthread_once(&g_eng_once, EngineInit);
+  return g_eng_ok;
+}
+
+int EngineAllocQpn(Qp* qp, uint32_t* qpn) {
+  std::lock_guard<std::mutex> g(g_eng->mu);
+  for (uint32_t li = 0;; li++) {
+    if (li == g_eng->nlst) {
+      if (g_eng->nlst == kMaxListeners) return ENOMEM;
+      Listener* l = NewListener();
+      if (!l) return EAGAIN;
+      g_eng->lst[g_eng->nlst.load()] = l;
+      g_eng->nlst.store(g_eng->nlst.load() + 1);
+    }
+    Listener* l = g_eng->lst[li];
+    if (l->used == 255) continue;
+    for (uint32_t s = 1; s < 256; s++) {
+      if (g_eng->qps[li * 256 + s].load()) continue;
+      l->used++;
+      qp->slot = li * 256 + s;
+      *qpn = (uint32_t(l->port) << 8) | s;
+      g_eng->qps[qp->slot].store(qp);
+      g_eng->nqps++;
+      return 0;
+    }
+  }
+}
+
+void EngineFreeQpn(uint32_t qpn) {
+  Qp* qp = nullptr;
+  {
+    std::lock_guard<std::mutex> g(g_eng->mu);
+    for (uint32_t li = 0; li < g_eng->nlst; li++) {
+      if (g_eng->lst[li]->port != QpnPort(qpn)) continue;
+      uint32_t slot = li * 256 + (qpn & 0xff);
+      qp = g_eng->qps[slot].exchange(nullptr);
+      if (qp) {
+        g_eng->lst[li]->used--;
+        g_eng->nqps--;
+      }
+    }
+  }
+  // Barrier: the progress thread finishes its current pass and so drops
+  // every pointer to the QP.
+  std::unique_lock<std::mutex> g(g_eng->cmu);
+  uint64_t my = ++g_eng->barrier_req;
+  Wake();
+  while (g_eng->barrier_done < my) {
+    pthread_cond_wait(&g_eng->ccv, g.mutex()->native_handle());
+  }
+}
+
+Qp* EngineLookupQp(uint32_t qpn) {
+  uint16_t port = QpnPort(qpn);
+  uint32_t s = qpn & 0xff;
+  if (!s || !g_eng) return nullptr;
+  uint32_t n = g_eng->nlst;
+  for (uint32_t li = 0; li < n; li++) {
+    Listener* l = g_eng->lst[li];
+    if (l && l->port == port) return g_eng->qps[li * 256 + s].load();
+  }
+  return nullptr;
+}
+
+void EngineQpStateChanged(Qp* qp) {
+  uint32_t t = qp->ex.qp_base.qp_type;
+  if (t != IBV_QPT_RC && t != IBV_QPT_UC) return;
+  switch (qp->st) {
+    case QpState::kRtr:
+    case QpState::kRts:
+      if (!qp->out) StartConnect(qp);
+      // a HELLO for us may be waiting
+      g_eng->kicked = true;
+      Wake();
+      if (qp->st == QpState::kRts) PumpOut(qp);
+      break;
+    case QpState::kErr:
+    case QpState::kReset: {
+      Conn* o = qp->out;
+      Conn* i = qp->in;
+      qp->out = qp->in = nullptr;
+      RequestClose(o);
+      RequestClose(i);
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+void EngineTxLocked(Qp* qp) {
+  if (qp->st != QpState::kRts) return;
+  if (!qp->out) {
+    if (!qp->next_connect_ns) StartConnect(qp);
+    return;
+  }
+  PumpOut(qp);
+}
+
+void EngineKick(Qp* qp) {
+  if (qp->in && qp->in->parked) {
+    g_eng->kicked = true;
+    Wake();
+  }
+}
+
+void EngineKickSrq(Srq*) {
+  g_eng->kicked = true;
+  Wake();
+}
+
+int EngineUdSend(Qp* qp, SendWqe* w, const void* data, uint32_t len) {
+  if (!w->ud_ip) return 0;  // unroutable: a datagram may be lost
+  uint16_t port = QpnPort(w->ud_qpn);
+  UdOut* u = nullptr;
+  {
+    std::lock_guard<std::mutex> g(g_eng->umu);
+    for (UdOut* x : g_eng->ud)
+      if (x->ip == w->ud_ip && x->port == port) u = x;
+    if (!u) {
+      u = new (std::nothrow) UdOut;
+      if (!u) return ENOMEM;
+      u->ip = w->ud_ip;
+      u->port = port;
+      g_eng->ud.push_back(u);
+    }
+  }
+  std::lock_guard<std::mutex> g(u->mu);
+  WireHdr h{};
+  h.op = kOpUdSend;
+  h.len = len;
+  h.dst_qpn = w->ud_qpn;
+  h.src_qpn = qp->ex.qp_base.qp_num;
+  h.rkey = host().ip;
+  h.qkey = w->ud_qkey;
+  if (w->opcode == IBV_WR_SEND_WITH_IMM) {
+    h.flags |= kFImm;
+    h.imm = w->imm;
+  }
+  if (w->send_flags & IBV_SEND_SOLICITED) h.flags |= kFSolicited;
+  if (w->ud_grh) {
+    h.flags |= kFGrh;
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(w->ud_dgid.raw, mapped, 12) == 0) h.flags |= kFGidMapped;
+    memcpy(&h.raddr, &w->ud_dgid.raw[0], 8);
+    memcpy(&h.arg0, &w->ud_dgid.raw[8], 8);
+  }
+  for (int attempt = 0; attempt < 2; attempt++) {
+    if (u->fd < 0) {
+      u->fd = ConnectTo(u->ip, u->port, true);
+      if (u->fd < 0) return 0;  // nobody there: the datagram is lost
+      WireHdr hello{};
+      hello.op = kOpHello;
+      hello.qkey = kKindUd;
+      hello.rkey = host().ip;
+      if (send(u->fd, &hello, sizeof hello, MSG_NOSIGNAL) != ssize_t(sizeof hello)) {
+        close(u->fd);
+        u->fd = -1;
+        continue;
+      }
+    }
+    struct iovec v[2] = {{&h, sizeof h}, {const_cast<void*>(data), len}};
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = v;
+    m.msg_iovlen = len ? 2 : 1;
+    size_t total = sizeof h + len;
+    size_t done = 0;
+    bool ok = true;
+    while (done < total) {
+      ssize_t n = sendmsg(u->fd, &m, MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        ok = false;
+        break;
+      }
+      done += size_t(n);
+      size_t left = size_t(n);
+      while (left && m.msg_iovlen) {
+        if (left >= m.msg_iov[0].iov_len) {
+          left -= m.msg_iov[0].iov_len;
+          m.msg_iov++;
+          m.msg_iovlen--;
+        } else {
+          m.msg_iov[0].iov_base = static_cast<char*>(m.msg_iov[0].iov_base) + left;
+          m.msg_iov[0].iov_len -= left;
+          left = 0;
+        }
+      }
+    }
+    if (ok) return 0;
+    close(u->fd);
+    u->fd = -1;
+    if (done) return 0;  // partially sent: the stream is gone, the datagram lost
+  }
+  return 0;
+}
+
+}  // namespace softrdma
