@@ -14,6 +14,10 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -310,6 +314,24 @@ void BuildThreads(const ImageMeta& m, Prepared& p) {
   _exit(127);
 }
 
+// Fields of a /proc fdinfo text.
+uint64_t FdinfoHex(const std::string& t, const char* key) {
+  size_t p = t.find(key);
+  return p == std::string::npos ? 0 : strtoull(t.c_str() + p + strlen(key), nullptr, 16);
+}
+uint64_t FdinfoDec(const std::string& t, const char* key) {
+  size_t p = t.find(key);
+  return p == std::string::npos ? 0 : strtoull(t.c_str() + p + strlen(key), nullptr, 10);
+}
+void FdinfoPair(const std::string& t, const char* key, timespec* ts) {
+  size_t p = t.find(key);
+  long long a = 0, b = 0;
+  if (p != std::string::npos && sscanf(t.c_str() + p + strlen(key), " (%lld, %lld)", &a, &b) == 2) {
+    ts->tv_sec = a;
+    ts->tv_nsec = b;
+  }
+}
+
 int OpenImageFd(const FdRecord& f, const Prepared& p, const Shared& sh, int status_fd) {
   const ibdbg_fd_info& fi = f.info;
   int fd = -1;
@@ -362,6 +384,62 @@ int OpenImageFd(const FdRecord& f, const Prepared& p, const Shared& sh, int stat
                                  strerror(errno));
       break;
     }
+    case IBDBG_FD_EVENTFD: {
+      uint64_t count = FdinfoHex(f.data, "eventfd-count:");
+      // No CLOEXEC here: the restorer is exec'd next; it applies the image's flags.
+      int fl = ((fi.open_flags & O_NONBLOCK) ? EFD_NONBLOCK : 0) |
+               (FdinfoHex(f.data, "eventfd-semaphore:") ? EFD_SEMAPHORE : 0);
+      fd = eventfd(0, fl);
+      if (fd >= 0 && count && write(fd, &count, sizeof count) != sizeof count)
+        ChildFail(status_fd, "cannot refill an eventfd");
+      break;
+    }
+    case IBDBG_FD_TIMERFD: {
+      int clk = (int)FdinfoDec(f.data, "clockid:");
+      fd = timerfd_create(clk, ((fi.open_flags & O_NONBLOCK) ? TFD_NONBLOCK : 0));
+      struct itimerspec its = {};
+      FdinfoPair(f.data, "it_value:", &its.it_value);
+      FdinfoPair(f.data, "it_interval:", &its.it_interval);
+      // Remaining time as the kernel showed it, relative.  A periodic timer
+      // that expired unread shows no time left (the kernel re-arms it on
+      // read): it fires at once here and goes on; an expired one-shot stays
+      // disarmed.  Expirations not yet read count as one.
+      bool expired = !its.it_value.tv_sec && !its.it_value.tv_nsec;
+      if (expired && (its.it_interval.tv_sec || its.it_interval.tv_nsec || FdinfoDec(f.data, "ticks:")))
+        its.it_value.tv_nsec = 1;
+      if (fd >= 0 && (its.it_value.tv_sec || its.it_value.tv_nsec)) timerfd_settime(fd, 0, &its, nullptr);
+      break;
+    }
+    case IBDBG_FD_SIGNALFD: {
+      sigset_t mask;
+      sigemptyset(&mask);
+      uint64_t bits = FdinfoHex(f.data, "sigmask:");
+      for (int sig = 1; sig <= 64; sig++)
+        if (bits >> (sig - 1) & 1) sigaddset(&mask, sig);
+      fd = signalfd(-1, &mask, ((fi.open_flags & O_NONBLOCK) ? SFD_NONBLOCK : 0));
+      break;
+    }
+    case IBDBG_FD_EPOLL: {
+      fd = epoll_create1(0);
+      if (fd < 0) ChildFail(status_fd, "cannot create an epoll instance");
+      // "tfd: N events: HEX data: HEX" per watched descriptor, all made by now.
+      size_t pos = 0;
+      while ((pos = f.data.find("tfd:", pos)) != std::string::npos) {
+        int tfd = -1;
+        unsigned events = 0;
+        unsigned long long data = 0;
+        if (sscanf(f.data.c_str() + pos, "tfd: %d events: %x data: %llx", &tfd, &events, &data) == 3) {
+          epoll_event ev{};
+          ev.events = events;
+          ev.data.u64 = data;
+          if (epoll_ctl(fd, EPOLL_CTL_ADD, tfd, &ev) != 0)
+            ChildFail(status_fd, "cannot watch fd " + std::to_string(tfd) + " with epoll fd " + std::to_string(fi.fd) +
+                                     ": " + strerror(errno));
+        }
+        pos += 4;
+      }
+      break;
+    }
     default: {
       // A connection we cannot carry: the application sees it closed.
       int sp[2];
@@ -406,10 +484,13 @@ void SetupDescriptors(Prepared& p, const Shared& sh, const std::vector<std::uniq
   for (int i = 0; i < n; i++)
     if (tmp[i] >= p.close_from + n) close(tmp[i]);
   status_fd = TargetOf(p, p.status_w);
-  // 2. The image's descriptors, in ascending order (so no later one is clobbered).
+  // 2. The image's descriptors, in ascending order (so no later one is
+  //    clobbered); epoll instances last, once what they watch exists.
+  for (int pass = 0; pass < 2; pass++)
   for (const auto& f : p.m.fds) {
     const ibdbg_fd_info& fi = f.info;
     if (fi.fd < 0 || fi.fd >= p.close_from) continue;
+    if ((fi.kind == IBDBG_FD_EPOLL) != (pass == 1)) continue;
     if (fi.fd <= 2 && fi.kind != IBDBG_FD_FILE && fi.kind != IBDBG_FD_DEVNULL &&
         !(fi.kind == IBDBG_FD_PIPE && PipeComplete(all, fi.pipe_id)))
       continue;  // ours serves

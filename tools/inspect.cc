@@ -167,6 +167,10 @@ const char* FdKindName(uint32_t kind) {
     case IBDBG_FD_DEVNULL: return "device";
     case IBDBG_FD_SOCKET_LISTEN: return "socket-listen";
     case IBDBG_FD_OTHER: return "other";
+    case IBDBG_FD_EVENTFD: return "eventfd";
+    case IBDBG_FD_TIMERFD: return "timerfd";
+    case IBDBG_FD_SIGNALFD: return "signalfd";
+    case IBDBG_FD_EPOLL: return "epoll";
   }
   return "unknown";
 }

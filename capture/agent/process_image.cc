@@ -270,6 +270,14 @@ void WriteFds(pid_t pid, const ProcessMeta& meta, image::ImageWriter& w, WriteSt
         data = DrainPipe(pid, fd);
         if (!data.empty() && refills) refills->push_back({fd, data});
       }
+    } else if (link == "anon_inode:[eventfd]" || link == "anon_inode:[timerfd]" ||
+               link == "anon_inode:[signalfd]" || link == "anon_inode:[eventpoll]") {
+      fi->kind = link == "anon_inode:[eventfd]"    ? IBDBG_FD_EVENTFD
+                 : link == "anon_inode:[timerfd]"  ? IBDBG_FD_TIMERFD
+                 : link == "anon_inode:[signalfd]" ? IBDBG_FD_SIGNALFD
+                                                   : IBDBG_FD_EPOLL;
+      // The kernel's own description says all that is needed to remake it.
+      data = ReadSmallFile(base + "/fdinfo/" + std::to_string(fd));
     } else if (link.rfind("socket:[", 0) == 0) {
       DescribeSocket(pid, fi.get());
     } else if (link.rfind("/dev/pts/", 0) == 0 || link == "/dev/tty" || link == "/dev/console" ||

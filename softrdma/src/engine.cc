@@ -740,6 +740,8 @@ Verdict DispatchOut(Conn* c, Qp* qp) {
       CompleteUpTo(qp, h.psn);
       return kVDone;
     case kOpNak: {
+      SR_LOG("softrdma: qp 0x%x: NAK %u for psn 0x%x", qp->ex.qp_base.qp_num, h.syndrome, h.psn);
+      if (h.syndrome == kNakNoQp) return kVClose;  // no such QP there: like silence, see Timers
       SendWqe* w = FindPsn(qp, h.psn);
       if (w) {
         // everything before it succeeded
@@ -1038,6 +1040,17 @@ Verdict DispatchHello(Conn* c) {
   return kVDone;
 }
 
+// A responder stream stopped: no receive WQE (RNR) or too many outstanding
+// reads. With a finite rnr_retry the requester gives up after its RNR retries:
+// 10 ms per retry here (min_rnr_timer is not modelled finer than that).
+void OnParked(Conn* c) {
+  c->parked = true;
+  uint64_t dl = 0;
+  uint32_t rnr = (c->hello_opts >> 8) & 7;
+  if ((c->h.op == kOpSend || c->h.op == kOpWrite) && rnr != 7) dl = NowNs() + 10000000ull * (rnr + 1);
+  SetWaiting(c, dl);
+}
+
 // Handles readable/writable on a connection (progress thread).
 void HandleConn(Conn* c, uint32_t events) {
   if (c->dead) return;
@@ -1060,10 +1073,7 @@ void HandleConn(Conn* c, uint32_t events) {
       if (c->qp.load() != qp) return;
       SetEvents(c, EPOLLIN);
       RxStatus s2 = RxRun(c, qp);
-      if (s2 == kRxParked) {
-        c->parked = true;
-        SetWaiting(c, 0);
-      }
+      if (s2 == kRxParked) OnParked(c);
       PumpIn(qp);
       if (s2 == kRxClosed) {
         if (qp->in == c) qp->in = nullptr;
@@ -1099,7 +1109,12 @@ void HandleConn(Conn* c, uint32_t events) {
       c->qp.store(nullptr);
       KillConn(c);
       if (qp->sq_done != qp->sq_head && qp->st == QpState::kRts) {
-        FailHead(qp, IBV_WC_RETRY_EXC_ERR);
+        // The peer is gone with requests unanswered. A real requester would
+        // retry for timeout x retry_cnt and then fail: do the same (Timers).
+        SR_LOG("softrdma: qp 0x%x: connection to the peer closed with %u requests unanswered",
+               qp->ex.qp_base.qp_num, qp->sq_head - qp->sq_done);
+        qp->peer_lost = true;
+        qp->first_unacked_ns = NowNs();
       }
       return;
     }
@@ -1110,19 +1125,7 @@ void HandleConn(Conn* c, uint32_t events) {
     RxStatus s = kRxAgain;
     if (c->parked && (events & (EPOLLERR | EPOLLHUP))) s = kRxClosed;
     else if (!c->parked && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) s = RxRun(c, qp);
-    if (s == kRxParked) {
-      c->parked = true;
-      uint64_t dl = 0;
-      uint32_t rnr = (c->hello_opts >> 8) & 7;
-      if (c->h.op == kOpSend || c->h.op == kOpWrite) {
-        if (rnr != 7) {
-          // min_rnr_timer is ours; at least 1 ms per retry
-          uint64_t per = 1000000ull;
-          dl = NowNs() + per * (rnr + 1) * 10;
-        }
-      }
-      SetWaiting(c, dl);
-    }
+    if (s == kRxParked) OnParked(c);
     PumpIn(qp);
     if (s == kRxClosed && !c->dead) {
       if (qp->in == c) qp->in = nullptr;
@@ -1207,16 +1210,19 @@ void Timers(uint64_t now) {
     std::lock_guard<std::mutex> g(qp->mu);
     uint32_t t = qp->ex.qp_base.qp_type;
     if ((t != IBV_QPT_RC && t != IBV_QPT_UC) || (qp->st != QpState::kRtr && qp->st != QpState::kRts)) continue;
-    if (!qp->out && qp->next_connect_ns && now >= qp->next_connect_ns) {
+    if (!qp->out && qp->next_connect_ns && now >= qp->next_connect_ns && !qp->peer_lost) {
       qp->next_connect_ns = 0;
       StartConnect(qp);
     }
-    if (qp->sq_done != qp->sq_head && qp->st == QpState::kRts && qp->attr.timeout &&
+    if (qp->sq_done != qp->sq_head && qp->st == QpState::kRts && (qp->attr.timeout || qp->peer_lost) &&
         (!qp->out || !qp->out->connected)) {
       if (!qp->first_unacked_ns) qp->first_unacked_ns = now;
       uint64_t window = (4096ull << qp->attr.timeout) * (qp->attr.retry_cnt + 1ull);
       if (window < 500000000ull) window = 500000000ull;
-      if (now - qp->first_unacked_ns > window) FailHead(qp, IBV_WC_RETRY_EXC_ERR);
+      if (now - qp->first_unacked_ns > window) {
+        SR_LOG("softrdma: qp 0x%x: no connection to the peer within the retry window", qp->ex.qp_base.qp_num);
+        FailHead(qp, IBV_WC_RETRY_EXC_ERR);
+      }
     }
   }
 }
@@ -1472,7 +1478,8 @@ void EngineQpStateChanged(Qp* qp) {
   switch (qp->st) {
     case QpState::kRtr:
     case QpState::kRts:
-      if (!qp->out) StartConnect(qp);
+      // Requests only leave in RTS, and the HELLO carries RTS attributes.
+      if (!qp->out && qp->st == QpState::kRts) StartConnect(qp);
       // a HELLO for us may be waiting
       g_eng->kicked = true;
       Wake();
@@ -1495,7 +1502,7 @@ void EngineQpStateChanged(Qp* qp) {
 void EngineTxLocked(Qp* qp) {
   if (qp->st != QpState::kRts) return;
   if (!qp->out) {
-    if (!qp->next_connect_ns) StartConnect(qp);
+    if (!qp->next_connect_ns && !qp->peer_lost) StartConnect(qp);
     return;
   }
   PumpOut(qp);

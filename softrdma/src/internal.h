@@ -242,6 +242,7 @@ struct Qp {
   Conn* out = nullptr;
   Conn* in = nullptr;
   uint64_t next_connect_ns = 0;
+  bool peer_lost = false;  // the peer closed with requests outstanding
   // responder: ordered response queue (acks, read responses, atomic results)
   struct Resp {
     uint8_t op;

@@ -1206,6 +1206,7 @@ SR_EXPORT int ibv_modify_qp(struct ibv_qp* iq, struct ibv_qp_attr* a, int mask) 
     qp->resp_head = qp->resp_count = 0;
     qp->first_unacked_ns = 0;
     qp->next_connect_ns = 0;
+    qp->peer_lost = false;
     qp->goto_err_after_resp = false;
     return 0;
   }

@@ -33,7 +33,7 @@ pair() {  # name, then the program and its arguments (server and client alike)
   if [ $crc = 0 ] && [ $src = 0 ]; then
     pass=$((pass+1)); echo "ok   $name: $(grep -E 'iters|^ *[0-9]+ +[0-9]+ ' "$out/cli" | tail -1 | tr -s ' \t' ' ')"
   else
-    fail=$((fail+1)); echo "FAIL $name (client $crc, server $src)"; sed 's/^/  cli: /' "$out/cli" | tail -8; sed 's/^/  srv: /' "$out/srv" | tail -8
+    fail=$((fail+1)); echo "FAIL $name (client $crc, server $src)"; grep -v "address" "$out/cli" | sed 's/^/  cli: /' | tail -12; grep -v "address" "$out/srv" | sed 's/^/  srv: /' | tail -12
   fi
   rm -rf "$out"
 }

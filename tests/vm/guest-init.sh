@@ -30,6 +30,11 @@ fail() {
 mkdir -p "/lib/modules/$IBDBG_VM_KVER" || fail "mkdir /lib/modules/$IBDBG_VM_KVER"
 mount --bind "$IBDBG_VM_MODDIR" "/lib/modules/$IBDBG_VM_KVER" || fail "bind mount of the guest kernel's modules"
 echo /sbin/modprobe >/proc/sys/kernel/modprobe
+# What udev would add to a bare devtmpfs: bash's process substitution needs /dev/fd.
+ln -sfn /proc/self/fd /dev/fd
+ln -sf /proc/self/fd/0 /dev/stdin
+ln -sf /proc/self/fd/1 /dev/stdout
+ln -sf /proc/self/fd/2 /dev/stderr
 
 # Name, hosts file.
 echo "vm$N" >/proc/sys/kernel/hostname

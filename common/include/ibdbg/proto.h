@@ -135,7 +135,12 @@ enum ibdbg_fd_kind {
   IBDBG_FD_PIPE = 3,    /* pipe; ends matched by pipe_id; data in FDDATA */
   IBDBG_FD_DEVNULL = 4, /* character devices reopened by path */
   IBDBG_FD_SOCKET_LISTEN = 5,
-  IBDBG_FD_OTHER = 6,   /* not restorable: replay leaves /dev/null there */
+  IBDBG_FD_OTHER = 6,   /* not carried: replay gives a closed connection */
+  /* For these the data is the kernel's /proc fdinfo text of the descriptor. */
+  IBDBG_FD_EVENTFD = 7,
+  IBDBG_FD_TIMERFD = 8,
+  IBDBG_FD_SIGNALFD = 9,
+  IBDBG_FD_EPOLL = 10,  /* recreated after every other descriptor */
 };
 
 struct ibdbg_fd_info {

@@ -17,27 +17,94 @@ wait_listen() {
 	fail "nothing listens on guest $1 port $2"
 }
 
+# on_guest N CMD ARGS...: run CMD ARGS (argument vector, not a shell line) on guest N; directly
+# when N is this guest (a vm-host round trip costs a Python start-up under TCG).
+on_guest() {
+	local n=$1
+	shift
+	if [ "$n" = "${IBDBG_VM_GUEST:-}" ]; then
+		"$@"
+	else
+		vm-host -n "$n" "$(printf '%q ' "$@")"
+	fi
+}
+
+# serve GUEST LOG READY CMD ARGS...: start CMD ARGS on GUEST in the background (through one
+# vm-host call, its output to LOG) and return once the shell condition READY holds there (it is
+# tested on GUEST itself, every 50 ms, for up to 30 s) or CMD has exited; the caller then waits
+# for $SERVE_PID, whose status is CMD's, and reads LOG with served_log LOG.
+serve() {
+	local guest=$1 log=$2 ready=$3
+	shift 3
+	local mark=$SERVE_MARK
+	vm-host -n "$guest" "$(printf '%q ' "$@") & p=\$!; n=0
+		until $ready; do
+			kill -0 \$p 2>/dev/null && [ \$n -lt 600 ] || break
+			n=\$((n + 1)); sleep 0.05
+		done
+		echo $mark >&2; wait \$p" >"$log" 2>&1 &
+	SERVE_PID=$!
+	while ! grep -q "$mark" "$log"; do
+		kill -0 "$SERVE_PID" 2>/dev/null || break
+		sleep 0.05
+	done
+}
+SERVE_MARK="@@ibdbg-vm-ready-$$@@"
+# served_log LOG [PREFIX]: LOG of serve, without its marker line, each line prefixed.
+served_log() {
+	grep -vF "$SERVE_MARK" "$1" | sed "s/^/${2:-}/"
+}
+
+# tcp_listening PORT: the shell condition "something listens on TCP port PORT" (for serve).
+tcp_listening() {
+	echo "grep -Eq ':$(printf %04X "$1") [0-9A-F]+:0000 0A' /proc/net/tcp /proc/net/tcp6 2>/dev/null"
+}
+
 # rdma_pair SERVER CLIENT PORT TOOL ARGS...: run unmodified TOOL (an ibverbs example such as
-# ibv_rc_pingpong) as server on guest SERVER and as client on guest CLIENT, both through
-# vm-host, and check that both pass.
+# ibv_rc_pingpong, or a perftest program) as server on guest SERVER and as client on guest
+# CLIENT, each limited to $PAIR_TIMEOUT s (default 60), and check that both pass.  The
+# client's output goes to stdout, the server's follows, prefixed "server: ".
 rdma_pair() {
 	local server=$1 client=$2 port=$3 tool=$4
 	shift 4
-	local log
+	local log limit=${PAIR_TIMEOUT:-60}
 	log=$(mktemp)
 	echo "== $tool $*: server on guest $server, client on guest $client"
-	vm-host -n "$server" "$tool" -p "$port" "$@" >"$log" 2>&1 &
-	local spid=$!
-	wait_listen "$server" "$port"
-	if ! vm-host -n "$client" "$tool" -p "$port" "$@" "10.0.0.$server"; then
-		kill "$spid" 2>/dev/null
-		cat "$log"
+	serve "$server" "$log" "$(tcp_listening "$port")" timeout "$limit" "$tool" -p "$port" "$@"
+	if ! on_guest "$client" timeout "$limit" "$tool" -p "$port" "$@" "10.0.0.$server"; then
+		kill "$SERVE_PID" 2>/dev/null
+		served_log "$log" "  server: "
 		fail "$tool client on guest $client (server on guest $server)"
 	fi
-	if ! wait "$spid"; then
-		cat "$log"
+	if ! wait "$SERVE_PID"; then
+		served_log "$log" "  server: "
 		fail "$tool server on guest $server (client on guest $client)"
 	fi
-	sed 's/^/  server: /' "$log"
+	served_log "$log" "  server: "
 	rm -f "$log"
+}
+
+# step NAME COMMAND ARGS...: run COMMAND (a function of this file or a program) in a subshell,
+# so that its fail() ends only this step; report "PASS: NAME (N s)" or "FAIL: NAME" and keep
+# going.  finish SCRIPT: one line with the counts; exit 1 (naming the failed steps) if any failed.
+STEPS_PASSED=0
+STEPS_FAILED=()
+step() {
+	local name=$1 t0=$SECONDS
+	shift
+	if ("$@"); then
+		STEPS_PASSED=$((STEPS_PASSED + 1))
+		echo "PASS: $name ($((SECONDS - t0)) s)"
+	else
+		STEPS_FAILED+=("$name")
+		echo "FAIL: $name ($((SECONDS - t0)) s)" >&2
+	fi
+}
+finish() {
+	local total=$((STEPS_PASSED + ${#STEPS_FAILED[@]}))
+	if [ ${#STEPS_FAILED[@]} -gt 0 ]; then
+		echo "$1: ${#STEPS_FAILED[@]} of $total steps FAILED: ${STEPS_FAILED[*]}" >&2
+		exit 1
+	fi
+	echo "$1: all $total steps passed"
 }
