@@ -3,7 +3,8 @@
 # Idempotent; quiet when everything is there.
 set -eu
 pkgs=(build-essential cmake pkg-config libzstd-dev libxxhash-dev nlohmann-json3-dev libcli11-dev
-      libgtest-dev gdb util-linux procps iproute2 python3)
+      libgtest-dev gdb util-linux procps iproute2 python3
+      libibverbs-dev librdmacm-dev rdma-core ibverbs-utils perftest rdmacm-utils)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -22,6 +22,9 @@
 #include "job.h"
 #include "replay/launcher.h"
 #include "translate/translate.h"
+#ifdef IBDBG_HAVE_SOFTRDMA
+#include "launcher.h"
+#endif
 
 using namespace ibdbg;
 using namespace ibdbg::tools;
@@ -294,6 +297,13 @@ int main(int argc, char** argv) {
   status->add_option("--job", job_id, "Job id");
   status->add_option("--dir", dir, "Job directory");
 
+#ifdef IBDBG_HAVE_SOFTRDMA
+  std::string sr_mode = "roce";
+  auto* sr = app.add_subcommand("softrdma", "Run CMD with softrdma, the user-space RDMA device, as its only verbs device");
+  sr->add_option("--mode", sr_mode, "ib or roce (default roce)")->check(CLI::IsMember({"ib", "roce"}));
+  sr->add_option("cmd", cmd, "Command and arguments (after --)")->required();
+  sr->footer("Example: ibdbg softrdma --mode ib -- ibv_rc_pingpong -c");
+#endif
   auto* coord = app.add_subcommand("coordinator", "");  // internal: started by run/replay
   coord->group("");
   coord->add_option("--dir", dir)->required();
@@ -325,6 +335,9 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*coord) return RunCoordinator(dir, listen, true);
+#ifdef IBDBG_HAVE_SOFTRDMA
+    if (*sr) return softrdma::RunSoftRdma(sr_mode, cmd);
+#endif
   } catch (const std::exception& e) {
     fprintf(stderr, "ibdbg: %s\n", e.what());
     return 1;

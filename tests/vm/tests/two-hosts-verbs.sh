@@ -10,10 +10,10 @@ set -u
 [ "$(vm-host | wc -l)" -eq 2 ] || fail "expected 2 guests"
 
 # Ping-pongs.  The UD message must fit the active MTU (1024 on rxe over a 1500-byte link).
-step ibv_rc_pingpong rdma_pair 2 1 18515 ibv_rc_pingpong -d rxe0 -g 1 -c -n 300
-step ibv_uc_pingpong rdma_pair 2 1 18516 ibv_uc_pingpong -d rxe0 -g 1 -c -n 300
-step ibv_ud_pingpong rdma_pair 2 1 18517 ibv_ud_pingpong -d rxe0 -g 1 -c -n 300 -s 1024
-step ibv_srq_pingpong rdma_pair 2 1 18518 ibv_srq_pingpong -d rxe0 -g 1 -c -q 4 -n 100
+step ibv_rc_pingpong rdma_pair 2 1 18515 ibv_rc_pingpong -d rxe0 -g 1 -c -n 100
+step ibv_uc_pingpong rdma_pair 2 1 18516 ibv_uc_pingpong -d rxe0 -g 1 -c -n 100
+step ibv_ud_pingpong rdma_pair 2 1 18517 ibv_ud_pingpong -d rxe0 -g 1 -c -n 100 -s 1024
+step ibv_srq_pingpong rdma_pair 2 1 18518 ibv_srq_pingpong -d rxe0 -g 1 -c -q 4 -n 50
 
 # perftest: -x 1 is the RoCE v2 GID; -F: no CPU frequency check (a guest under TCG has none).
 # Each must print its result line (bytes, iterations, then figures).
@@ -24,10 +24,10 @@ perf() { # perf PORT PROGRAM ARGS...
 	grep -Eq '^[[:space:]]*[0-9]+[[:space:]]+[0-9]+[[:space:]]+[0-9.]+' <<<"$out" ||
 		fail "$2: no result line"
 }
-step ib_send_bw perf 18521 ib_send_bw -d rxe0 -x 1 -F -s 4096 -n 200
-step ib_write_bw perf 18522 ib_write_bw -d rxe0 -x 1 -F -s 4096 -n 200
-step ib_read_lat perf 18523 ib_read_lat -d rxe0 -x 1 -F -s 64 -n 200
-step ib_atomic_bw perf 18524 ib_atomic_bw -d rxe0 -x 1 -F -n 200
+step ib_send_bw perf 18521 ib_send_bw -d rxe0 -x 1 -F -s 4096 -n 100
+step ib_write_bw perf 18522 ib_write_bw -d rxe0 -x 1 -F -s 4096 -n 100
+step ib_read_lat perf 18523 ib_read_lat -d rxe0 -x 1 -F -s 64 -n 100
+step ib_atomic_bw perf 18524 ib_atomic_bw -d rxe0 -x 1 -F -n 100
 
 # rping: the server listens through rdma_cm (no TCP socket: wait for its LISTEN cm_id); -V
 # checks the data, and -v prints it on both sides, which must agree.
