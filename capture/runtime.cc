@@ -16,6 +16,8 @@
 // the recorded frame, so application threads never run this code again, and the
 // checkpoint thread finds ibdbg_restart_info filled in and reconnects.
 #include <dirent.h>
+#include <spawn.h>
+#include <stdarg.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -131,6 +133,9 @@ int g_sig;                         // the checkpoint signal
 int g_sock = -1;                   // connection to the agent
 int g_ckpt_tid;
 char g_agent[108];
+char g_preload[512];   // our own entry of LD_PRELOAD
+char g_job_dir[IBDBG_PATH_MAX];
+char g_job_id[64];
 volatile uint32_t g_capturing;     // handler ignores the signal unless set
 volatile uint32_t g_resume_gen;    // bumped to let stopped threads go
 volatile uint32_t g_nslots;
@@ -550,6 +555,18 @@ bool connect_agent() {
   return false;
 }
 
+// After a replay the agent has another name; children the application starts
+// through libc's own paths (system, popen) read it from environ.  Names have
+// a fixed length, so the value is overwritten in place, without allocating.
+void update_environ_agent() {
+  const char key[] = "IBDBG_AGENT=";
+  for (char** e = environ; e && *e; e++) {
+    if (memcmp(*e, key, sizeof key - 1) != 0) continue;
+    char* v = *e + sizeof key - 1;
+    if (slen(v) == slen(g_agent)) memcpy(v, g_agent, slen(g_agent));
+  }
+}
+
 void ckpt_capture() {
   const char* why = nullptr;
   for (uint32_t k = 0; k < g_nslots && k < IBDBG_MAX_THREADS; k++) g_slots[k].done = 0;
@@ -571,6 +588,7 @@ void ckpt_capture() {
     scopy(g_agent, g_restart_info.agent, sizeof g_agent);
     g_capturing = 0;
     g_npending = 0;  // the restorer queued them again
+    update_environ_agent();
     // The old control socket's number was left free by the launcher.
     g_sock = -1;
     if (g_restart_info.gdb_mode) {
@@ -648,6 +666,24 @@ __attribute__((constructor)) void ibdbg_capture_init() {
   const char* agent = getenv("IBDBG_AGENT");
   if (!agent || !*agent) return;  // preloaded outside ibdbg run: stay inert
   scopy(g_agent, agent, sizeof g_agent);
+  if (const char* pre = getenv("LD_PRELOAD")) {
+    // Our entry: the one naming this library.
+    const char* start = pre;
+    for (const char* c = pre;; c++) {
+      if (*c == ':' || *c == ' ' || !*c) {
+        size_t n = (size_t)(c - start);
+        const char name[] = "libibdbg_capture.so";
+        if (n >= sizeof name - 1 && n < sizeof g_preload && memcmp(c - (sizeof name - 1), name, sizeof name - 1) == 0) {
+          memcpy(g_preload, start, n);
+          g_preload[n] = 0;
+        }
+        if (!*c) break;
+        start = c + 1;
+      }
+    }
+  }
+  if (const char* jd = getenv("IBDBG_JOB_DIR")) scopy(g_job_dir, jd, sizeof g_job_dir);
+  if (const char* ji = getenv("IBDBG_JOB_ID")) scopy(g_job_id, ji, sizeof g_job_id);
   const char* s = getenv("IBDBG_SIGNAL");
   g_sig = s && *s ? atoi(s) : SIGRTMAX - 2;
   if (g_sig <= 0 || g_sig >= 65) g_sig = SIGRTMAX - 2;
@@ -818,4 +854,171 @@ EXPORT int pthread_sigmask(int how, const sigset_t* set, sigset_t* old) {
   if (!set) return real.pthread_sigmask(how, set, old);
   sigset_t s = without_ours(set);
   return real.pthread_sigmask(how, &s, old);
+}
+
+// ---- exec: the new program is captured too ----------------------------------------
+// A program may start another with an environment of its own making; ours goes
+// back into it (LD_PRELOAD, and the agent's current name, which a replay
+// changes).  Only the stack is used: a vfork child calls these too.
+namespace {
+
+bool has_prefix(const char* s, const char* p) {
+  while (*p)
+    if (*s++ != *p++) return false;
+  return true;
+}
+
+struct EnvFix {
+  char** envp;
+  char preload[1024 + 16];
+  char agent[160];
+  char jobdir[IBDBG_PATH_MAX + 32];
+  char jobid[96];
+};
+
+void build(char* dst, size_t cap, const char* a, const char* b, const char* c) {
+  size_t n = 0;
+  const char* parts[3] = {a, b, c};
+  for (int i = 0; i < 3; i++)
+    for (const char* p = parts[i]; p && *p && n + 1 < cap; p++) dst[n++] = *p;
+  dst[n] = 0;
+}
+
+// out has room for count(envp) + 5 entries.
+void fix_env(char* const* envp, EnvFix* f, char** out) {
+  size_t n = 0;
+  bool pre = false, jd = false, ji = false;
+  for (char* const* e = envp; e && *e; e++) {
+    if (has_prefix(*e, "IBDBG_AGENT=")) continue;
+    if (has_prefix(*e, "LD_PRELOAD=")) {
+      pre = true;
+      const char* v = *e + 11;
+      bool mine = false;
+      for (const char* c = v; *c && !mine; c++)
+        if (has_prefix(c, g_preload)) mine = true;
+      if (!mine) {
+        build(f->preload, sizeof f->preload, "LD_PRELOAD=", g_preload, *v ? ":" : "");
+        size_t l = slen(f->preload);
+        build(f->preload + l, sizeof f->preload - l, v, nullptr, nullptr);
+        out[n++] = f->preload;
+        continue;
+      }
+    }
+    if (has_prefix(*e, "IBDBG_JOB_DIR=")) jd = true;
+    if (has_prefix(*e, "IBDBG_JOB_ID=")) ji = true;
+    out[n++] = *e;
+  }
+  if (!pre) {
+    build(f->preload, sizeof f->preload, "LD_PRELOAD=", g_preload, nullptr);
+    out[n++] = f->preload;
+  }
+  build(f->agent, sizeof f->agent, "IBDBG_AGENT=", g_agent, nullptr);
+  out[n++] = f->agent;
+  if (!jd && g_job_dir[0]) build(f->jobdir, sizeof f->jobdir, "IBDBG_JOB_DIR=", g_job_dir, nullptr), out[n++] = f->jobdir;
+  if (!ji && g_job_id[0]) build(f->jobid, sizeof f->jobid, "IBDBG_JOB_ID=", g_job_id, nullptr), out[n++] = f->jobid;
+  out[n] = nullptr;
+}
+
+size_t env_count(char* const* envp) {
+  size_t n = 0;
+  while (envp && envp[n]) n++;
+  return n;
+}
+
+bool capturing_enabled() { return g_agent[0] && g_preload[0]; }
+
+template <typename F>
+int with_env(char* const* envp, F call) {
+  if (!capturing_enabled()) return call(envp);
+  EnvFix f;
+  char** out = (char**)__builtin_alloca((env_count(envp) + 6) * sizeof(char*));
+  fix_env(envp, &f, out);
+  return call(out);
+}
+
+using execve_fn = int (*)(const char*, char* const*, char* const*);
+using fexecve_fn = int (*)(int, char* const*, char* const*);
+using spawn_fn = int (*)(pid_t*, const char*, const posix_spawn_file_actions_t*, const posix_spawnattr_t*,
+                         char* const*, char* const*);
+
+template <typename T>
+T next_fn(const char* name) {
+  return (T)dlsym(RTLD_NEXT, name);
+}
+
+}  // namespace
+
+EXPORT int execve(const char* path, char* const argv[], char* const envp[]) {
+  static execve_fn real_fn;
+  if (!real_fn) real_fn = next_fn<execve_fn>("execve");
+  return with_env(envp, [&](char* const* e) { return real_fn(path, argv, e); });
+}
+
+EXPORT int execvpe(const char* file, char* const argv[], char* const envp[]) {
+  static execve_fn real_fn;
+  if (!real_fn) real_fn = next_fn<execve_fn>("execvpe");
+  return with_env(envp, [&](char* const* e) { return real_fn(file, argv, e); });
+}
+
+EXPORT int execv(const char* path, char* const argv[]) { return execve(path, argv, environ); }
+EXPORT int execvp(const char* file, char* const argv[]) { return execvpe(file, argv, environ); }
+
+EXPORT int fexecve(int fd, char* const argv[], char* const envp[]) {
+  static fexecve_fn real_fn;
+  if (!real_fn) real_fn = next_fn<fexecve_fn>("fexecve");
+  return with_env(envp, [&](char* const* e) { return real_fn(fd, argv, e); });
+}
+
+namespace {
+// argv of an execl-style call, on the stack.
+#define IBDBG_COLLECT_ARGS(first, ap, argv)                      \
+  size_t argc_ = 1;                                               \
+  {                                                               \
+    va_list cp;                                                   \
+    va_copy(cp, ap);                                              \
+    while (va_arg(cp, char*)) argc_++;                            \
+    va_end(cp);                                                   \
+  }                                                               \
+  char** argv = (char**)__builtin_alloca((argc_ + 1) * sizeof(char*)); \
+  argv[0] = (char*)(first);                                       \
+  for (size_t i_ = 1; i_ <= argc_; i_++) argv[i_] = va_arg(ap, char*);
+}  // namespace
+
+EXPORT int execl(const char* path, const char* arg, ...) {
+  va_list ap;
+  va_start(ap, arg);
+  IBDBG_COLLECT_ARGS(arg, ap, argv);
+  va_end(ap);
+  return execve(path, argv, environ);
+}
+
+EXPORT int execlp(const char* file, const char* arg, ...) {
+  va_list ap;
+  va_start(ap, arg);
+  IBDBG_COLLECT_ARGS(arg, ap, argv);
+  va_end(ap);
+  return execvpe(file, argv, environ);
+}
+
+EXPORT int execle(const char* path, const char* arg, ...) {
+  va_list ap;
+  va_start(ap, arg);
+  IBDBG_COLLECT_ARGS(arg, ap, argv);
+  char* const* envp = va_arg(ap, char* const*);
+  va_end(ap);
+  return execve(path, argv, envp);
+}
+
+EXPORT int posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_actions_t* fa,
+                       const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
+  static spawn_fn real_fn;
+  if (!real_fn) real_fn = next_fn<spawn_fn>("posix_spawn");
+  return with_env(envp, [&](char* const* e) { return real_fn(pid, path, fa, attr, argv, e); });
+}
+
+EXPORT int posix_spawnp(pid_t* pid, const char* file, const posix_spawn_file_actions_t* fa,
+                        const posix_spawnattr_t* attr, char* const argv[], char* const envp[]) {
+  static spawn_fn real_fn;
+  if (!real_fn) real_fn = next_fn<spawn_fn>("posix_spawnp");
+  return with_env(envp, [&](char* const* e) { return real_fn(pid, file, fa, attr, argv, e); });
 }

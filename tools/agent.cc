@@ -50,7 +50,13 @@ bool SendMsg(int fd, uint32_t type) {
 }  // namespace
 
 Agent::Agent(const JobDir& job) : job_(job) {
-  name_ = "@ibdbg-" + job.job_id + "-" + std::to_string(getpid()) + "-" + RandomHex(4);
+  // Fixed length, so that a replayed process can rewrite the name in its
+  // environment in place.
+  char pidhex[16];
+  snprintf(pidhex, sizeof pidhex, "%08x", (unsigned)getpid());
+  std::string id = job.job_id.substr(0, 8);
+  id.resize(8, '0');
+  name_ = "@ibdbg-" + id + "-" + pidhex + "-" + RandomHex(4);
   lfd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un a{};
   a.sun_family = AF_UNIX;

@@ -9,11 +9,13 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 
 # qemu-system-x86: the guests; busybox-static: the initramfs; rdma-core, ibverbs-providers
-# (librxe), ibverbs-utils (ibv_devinfo, ibv_*_pingpong), perftest, iproute2 (ip, rdma, ss):
-# software the guests run from the host's root; kmod (depmod, modprobe), python3 (ibdbg-vm,
-# vm-host), dpkg (dpkg-deb) and apt (apt-get download) for the tool itself.
+# (librxe), ibverbs-utils (ibv_devinfo, ibv_*_pingpong), perftest, iproute2 (ip, rdma, ss),
+# rdmacm-utils (rping), openmpi-bin, libopenmpi-dev (mpicc), ucx-utils (ucx_info,
+# ucx_perftest; brings libucx0): software the guests run from the host's root; kmod (depmod,
+# modprobe), python3 (ibdbg-vm, vm-host), dpkg (dpkg-deb) and apt (apt-get download) for the
+# tool itself.
 pkgs="qemu-system-x86 busybox-static rdma-core ibverbs-providers ibverbs-utils perftest iproute2
-kmod python3 dpkg apt"
+rdmacm-utils openmpi-bin libopenmpi-dev ucx-utils kmod python3 dpkg apt"
 
 missing=
 for p in $pkgs; do
