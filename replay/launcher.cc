@@ -14,6 +14,9 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
@@ -118,6 +121,7 @@ done:
 struct Shared {
   std::map<uint64_t, std::pair<int, int>> pipes;                 // pipe inode -> (read, write)
   std::map<std::pair<uint64_t, uint64_t>, int> shmem;             // (dev, inode) -> memfd
+  std::map<uint64_t, int> socks;                                  // socket inode -> its new connected end
 };
 
 // Everything one process needs after fork, prepared while we may still throw.
@@ -374,14 +378,23 @@ int OpenImageFd(const FdRecord& f, const Prepared& p, const Shared& sh, int stat
       fd = dup(src);
       break;
     }
+    case IBDBG_FD_SOCKET_CONN: {
+      auto it = sh.socks.find(fi.sock_id);
+      if (it != sh.socks.end()) {
+        fd = dup(TargetOf(p, it->second));
+        break;
+      }
+      // Its peer was outside the job: the application sees it closed.
+      int sp[2];
+      if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp) != 0) ChildFail(status_fd, "socketpair failed");
+      close(sp[1]);
+      fd = sp[0];
+      break;
+    }
     case IBDBG_FD_SOCKET_LISTEN: {
-      fd = socket(fi.sock_family, fi.sock_type, 0);
-      int one = 1;
-      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-      if (fd < 0 || bind(fd, (const sockaddr*)fi.sock_addr, fi.sock_addr_len) != 0 ||
-          listen(fd, fi.sock_backlog ? fi.sock_backlog : 128) != 0)
-        ChildFail(status_fd, "cannot listen again on the socket of fd " + std::to_string(fi.fd) + ": " +
-                                 strerror(errno));
+      auto it = sh.socks.find(fi.sock_id);
+      if (it == sh.socks.end()) ChildFail(status_fd, "internal: listening socket missing from the plan");
+      fd = dup(TargetOf(p, it->second));
       break;
     }
     case IBDBG_FD_EVENTFD: {
@@ -675,6 +688,115 @@ bool WriteAll(int fd, const void* d, size_t len) {
   return true;
 }
 
+bool SendAll(int fd, const std::string& data) {
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = send(fd, data.data() + off, data.size() - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    off += (size_t)n;
+  }
+  return true;
+}
+
+void SetSockOpts(int fd, const ibdbg_fd_info& fi) {
+  int one = 1;
+  if (fi.sock_opts & IBDBG_SOCKOPT_NODELAY) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (fi.sock_opts & IBDBG_SOCKOPT_KEEPALIVE) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+}
+
+// A TCP connection between the two captured addresses: a listener of our own
+// at one end's address accepts the other end, bound to its own address, so
+// that getsockname/getpeername say what they said.
+std::pair<int, int> ConnectTcp(const ibdbg_fd_info& a, const ibdbg_fd_info& b) {
+  int one = 1;
+  int lst = socket(a.sock_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int cl = socket(b.sock_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  setsockopt(lst, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  setsockopt(cl, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  auto addr = [](const ibdbg_fd_info& f) {
+    char host[64] = "?";
+    const sockaddr_in* in = (const sockaddr_in*)f.sock_addr;
+    if (f.sock_family == AF_INET) inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+    return std::string(host) + ":" + std::to_string(ntohs(in->sin_port));
+  };
+  if (bind(lst, (const sockaddr*)a.sock_addr, a.sock_addr_len) != 0 || listen(lst, 1) != 0)
+    Fail("cannot reconnect TCP " + addr(a) + ": " + strerror(errno) + " (is the captured job still running?)");
+  if (bind(cl, (const sockaddr*)b.sock_addr, b.sock_addr_len) != 0 ||
+      connect(cl, (const sockaddr*)a.sock_addr, a.sock_addr_len) != 0)
+    Fail("cannot reconnect TCP " + addr(b) + " -> " + addr(a) + ": " + strerror(errno));
+  int acc = accept4(lst, nullptr, nullptr, SOCK_CLOEXEC);
+  close(lst);
+  if (acc < 0) Fail(std::string("cannot reconnect TCP: ") + strerror(errno));
+  return {acc, cl};
+}
+
+void MakeConnections(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, std::vector<int>& ours) {
+  std::map<uint64_t, const FdRecord*> ends;
+  for (auto& p : all)
+    for (auto& f : p->m.fds)
+      if (f.info.kind == IBDBG_FD_SOCKET_CONN && f.info.sock_id) ends.emplace(f.info.sock_id, &f);
+  for (auto& [id, a] : ends) {
+    if (sh.socks.count(id)) continue;
+    const FdRecord* b = nullptr;
+    if (a->info.sock_family == AF_UNIX) {
+      auto it = ends.find(a->info.peer_id);
+      if (it != ends.end() && it->first != id) b = it->second;
+    } else {
+      for (auto& [id2, c] : ends)
+        if (id2 != id && c->info.sock_family == a->info.sock_family &&
+            c->info.sock_addr_len == a->info.peer_addr_len && c->info.peer_addr_len == a->info.sock_addr_len &&
+            memcmp(c->info.sock_addr, a->info.peer_addr, c->info.sock_addr_len) == 0 &&
+            memcmp(c->info.peer_addr, a->info.sock_addr, c->info.peer_addr_len) == 0)
+          b = c;
+    }
+    if (!b || sh.socks.count(b->info.sock_id)) continue;
+    std::pair<int, int> fds;
+    if (a->info.sock_family == AF_UNIX) {
+      // Unnamed again: a connected pair (names of path sockets are not kept).
+      int sp[2];
+      if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0) Fail("cannot create a socket pair");
+      fds = {sp[0], sp[1]};
+    } else {
+      fds = ConnectTcp(a->info, b->info);
+    }
+    SetSockOpts(fds.first, a->info);
+    SetSockOpts(fds.second, b->info);
+    // What each end had not read goes in from the other end.
+    if (!SendAll(fds.second, a->data) || !SendAll(fds.first, b->data))
+      Fail("a connection held more unread bytes than a new one takes");
+    sh.socks[id] = fds.first;
+    sh.socks[b->info.sock_id] = fds.second;
+    ours.push_back(fds.first);
+    ours.push_back(fds.second);
+  }
+  // Listening sockets, once each (a forked child shares its parent's), after
+  // the connections: those may use the same port.
+  for (auto& p : all)
+    for (auto& f : p->m.fds) {
+      const ibdbg_fd_info& fi = f.info;
+      if (fi.kind != IBDBG_FD_SOCKET_LISTEN || sh.socks.count(fi.sock_id)) continue;
+      int fd = socket(fi.sock_family, fi.sock_type | SOCK_CLOEXEC, 0);
+      int one = 1;
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      const sockaddr_un* un = (const sockaddr_un*)fi.sock_addr;
+      bool unix_path = fi.sock_family == AF_UNIX && fi.sock_addr_len > sizeof(sa_family_t) && un->sun_path[0];
+      int r = fd < 0 ? -1 : bind(fd, (const sockaddr*)fi.sock_addr, fi.sock_addr_len);
+      if (r != 0 && errno == EADDRINUSE && unix_path) {
+        // The captured process's socket file: stale unless someone answers on it.
+        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        bool live = connect(probe, (const sockaddr*)fi.sock_addr, fi.sock_addr_len) == 0;
+        close(probe);
+        if (!live) unlink(un->sun_path);
+        r = bind(fd, (const sockaddr*)fi.sock_addr, fi.sock_addr_len);
+      }
+      if (r != 0 || listen(fd, fi.sock_backlog ? fi.sock_backlog : 128) != 0)
+        Fail("cannot listen again on the socket of pid " + std::to_string(p->m.proc.pid) + " fd " +
+             std::to_string(fi.fd) + ": " + strerror(errno) + " (is the captured job still running?)");
+      sh.socks[fi.sock_id] = fd;
+      ours.push_back(fd);
+    }
+}
+
 }  // namespace
 
 Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOptions& opts) {
@@ -738,15 +860,22 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
         if (!ok) Fail("a pipe held more bytes at capture than a pipe here can (" + std::to_string(f.data.size()) + ")");
       }
     }
+  // Connections with both ends in the image come back connected, with the
+  // bytes each end had not read yet.
+  MakeConnections(all, sh, ours);
   for (auto& pp : all) {
     Prepared& p = *pp;
     BuildVmas(p, sh);
     BuildThreads(p.m, p);
-    for (auto& f : p.m.fds)
+    for (auto& f : p.m.fds) {
       if (f.info.kind == IBDBG_FD_PIPE) {
         AddLauncherFd(p, sh.pipes[f.info.pipe_id].first);
         AddLauncherFd(p, sh.pipes[f.info.pipe_id].second);
       }
+      if ((f.info.kind == IBDBG_FD_SOCKET_CONN || f.info.kind == IBDBG_FD_SOCKET_LISTEN) &&
+          sh.socks.count(f.info.sock_id))
+        AddLauncherFd(p, sh.socks[f.info.sock_id]);
+    }
     int maxfd = 2;
     for (auto& f : p.m.fds) maxfd = std::max(maxfd, f.info.fd);
     p.close_from = std::max(maxfd + 1, 64);

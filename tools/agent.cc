@@ -11,6 +11,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <dirent.h>
+#include <fstream>
+#include <iterator>
+#include <set>
 #include <cstring>
 #include <stdexcept>
 
@@ -112,6 +117,57 @@ void Agent::AcceptLib() {
   SendProcs();
 }
 
+namespace {
+std::string ReadLinkStr(const std::string& path) {
+  char buf[4096];
+  ssize_t n = readlink(path.c_str(), buf, sizeof buf - 1);
+  return n > 0 ? std::string(buf, (size_t)n) : std::string();
+}
+
+std::vector<pid_t> ChildrenOf(pid_t pid) {
+  std::vector<pid_t> out;
+  std::string base = "/proc/" + std::to_string(pid) + "/task";
+  if (DIR* d = opendir(base.c_str())) {
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] == '.') continue;
+      std::ifstream f(base + "/" + e->d_name + "/children");
+      pid_t c;
+      while (f >> c) out.push_back(c);
+    }
+    closedir(d);
+  }
+  return out;
+}
+
+char ProcState(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  size_t rp = all.rfind(')');
+  return rp != std::string::npos && rp + 2 < all.size() ? all[rp + 2] : '?';
+}
+}  // namespace
+
+// Our descendants that run application code but have no library connection.
+// ibdbg's own processes (a replay's launcher and init, the restorer) and
+// zombies do not count.
+std::vector<pid_t> Agent::UnregisteredDescendants() {
+  std::set<pid_t> known;
+  for (auto& [fd, l] : libs_) known.insert(l.pid);
+  std::string self = ReadLinkStr("/proc/self/exe");
+  std::string restorer_dir = self.substr(0, self.rfind('/'));
+  std::vector<pid_t> out, todo = ChildrenOf(getpid());
+  while (!todo.empty()) {
+    pid_t p = todo.back();
+    todo.pop_back();
+    for (pid_t c : ChildrenOf(p)) todo.push_back(c);
+    if (known.count(p) || ProcState(p) == 'Z') continue;
+    std::string exe = ReadLinkStr("/proc/" + std::to_string(p) + "/exe");
+    if (exe.empty() || exe == self || exe.find("/ibdbg-restore") != std::string::npos) continue;
+    out.push_back(p);
+  }
+  return out;
+}
+
 void Agent::DoCapture(const std::string& dir, const std::string& job_id, const json& options) {
   // Libraries that connected a moment ago belong in this capture.
   for (;;) {
@@ -121,10 +177,29 @@ void Agent::DoCapture(const std::string& dir, const std::string& job_id, const j
   }
   json procs = json::array();
   std::string err;
-  for (auto& [fd, l] : libs_) {
-    if (SendMsg(fd, IBDBG_MSG_SUSPEND)) l.suspended = true;
-  }
   std::map<int, capture::ProcessMeta> metas;
+  // Stop every library; then any process of ours that has not registered yet
+  // (a child forked or exec'd a moment ago) gets a moment to do so, since an
+  // image without it would be a torn tree.
+  std::set<int> asked;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  for (;;) {
+    for (auto& [fd, l] : libs_)
+      if (!asked.count(fd)) {
+        asked.insert(fd);
+        if (SendMsg(fd, IBDBG_MSG_SUSPEND)) l.suspended = true;
+      }
+    std::vector<pid_t> missing = UnregisteredDescendants();
+    if (missing.empty()) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      std::string exe = ReadLinkStr("/proc/" + std::to_string(missing[0]) + "/exe");
+      err = "process " + std::to_string(missing[0]) + " (" + exe +
+            ") is not under capture (statically linked, or the capture library was removed from its environment?)";
+      break;
+    }
+    pollfd lp = {lfd_, POLLIN, 0};
+    if (poll(&lp, 1, 20) == 1) AcceptLib();
+  }
   for (auto& [fd, l] : libs_) {
     if (!l.suspended) continue;
     ibdbg_msg_hdr h;

@@ -40,6 +40,7 @@ class Agent {
   void SendProcs();
   void DoCapture(const std::string& dir, const std::string& job_id, const json& options);
   void Resume(bool kill);
+  std::vector<pid_t> UnregisteredDescendants();
 
   JobDir job_;
   std::string name_;

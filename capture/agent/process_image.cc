@@ -2,6 +2,14 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/sockios.h>
+#include <linux/unix_diag.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -181,8 +189,41 @@ int PidfdGetfd(pid_t pid, int fd) {
   return r;
 }
 
-void DescribeSocket(pid_t pid, ibdbg_fd_info* fi) {
+// The inode of a unix socket's peer, from the kernel's socket diagnostics.
+uint64_t UnixPeerInode(uint64_t ino) {
+  int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  if (nl < 0) return 0;
+  struct {
+    nlmsghdr nlh;
+    unix_diag_req r;
+  } req{};
+  req.nlh.nlmsg_len = sizeof req;
+  req.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  req.nlh.nlmsg_flags = NLM_F_REQUEST;
+  req.r.sdiag_family = AF_UNIX;
+  req.r.udiag_states = ~0u;
+  req.r.udiag_ino = (uint32_t)ino;
+  req.r.udiag_show = UDIAG_SHOW_PEER;
+  req.r.udiag_cookie[0] = req.r.udiag_cookie[1] = ~0u;
+  uint64_t peer = 0;
+  if (send(nl, &req, sizeof req, 0) == (ssize_t)sizeof req) {
+    alignas(nlmsghdr) char buf[8192];
+    ssize_t n = recv(nl, buf, sizeof buf, 0);
+    for (nlmsghdr* h = (nlmsghdr*)buf; n > 0 && NLMSG_OK(h, (unsigned)n); h = NLMSG_NEXT(h, n)) {
+      if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY) break;
+      unix_diag_msg* m = (unix_diag_msg*)NLMSG_DATA(h);
+      int len = (int)(h->nlmsg_len - NLMSG_LENGTH(sizeof *m));
+      for (rtattr* a = (rtattr*)(m + 1); RTA_OK(a, len); a = RTA_NEXT(a, len))
+        if (a->rta_type == UNIX_DIAG_PEER) peer = *(uint32_t*)RTA_DATA(a);
+    }
+  }
+  close(nl);
+  return peer;
+}
+
+void DescribeSocket(pid_t pid, ibdbg_fd_info* fi, uint64_t ino, std::string* data) {
   fi->kind = IBDBG_FD_OTHER;
+  fi->sock_id = ino;
   int s = PidfdGetfd(pid, fi->fd);
   if (s < 0) return;
   int v = 0;
@@ -195,9 +236,34 @@ void DescribeSocket(pid_t pid, ibdbg_fd_info* fi) {
   getsockopt(s, SOL_SOCKET, SO_ACCEPTCONN, &listening, &l);
   socklen_t al = sizeof fi->sock_addr;
   if (getsockname(s, (sockaddr*)fi->sock_addr, &al) == 0) fi->sock_addr_len = al;
+  socklen_t pl = sizeof fi->peer_addr;
+  bool connected = getpeername(s, (sockaddr*)fi->peer_addr, &pl) == 0;
+  if (connected) fi->peer_addr_len = pl;
+  l = sizeof v;
+  if (getsockopt(s, SOL_SOCKET, SO_KEEPALIVE, &v, &l) == 0 && v) fi->sock_opts |= IBDBG_SOCKOPT_KEEPALIVE;
+  bool inet = fi->sock_family == AF_INET || fi->sock_family == AF_INET6;
+  l = sizeof v;
+  if (inet && getsockopt(s, IPPROTO_TCP, TCP_NODELAY, &v, &l) == 0 && v) fi->sock_opts |= IBDBG_SOCKOPT_NODELAY;
   if (listening) {
     fi->kind = IBDBG_FD_SOCKET_LISTEN;
     fi->sock_backlog = 128;
+  } else if (connected && fi->sock_type == SOCK_STREAM && (inet || fi->sock_family == AF_UNIX)) {
+    fi->kind = IBDBG_FD_SOCKET_CONN;
+    if (fi->sock_family == AF_UNIX) fi->peer_id = UnixPeerInode(ino);
+    // Bytes that reached this end but were not read: peeked, not taken.
+    int queued = 0;
+    if (ioctl(s, SIOCINQ, &queued) == 0 && queued > 0) {
+      data->resize((size_t)queued);
+      ssize_t n = recv(s, data->data(), data->size(), MSG_PEEK | MSG_DONTWAIT);
+      data->resize(n > 0 ? (size_t)n : 0);
+    }
+    // Bytes written but not yet at the peer would be lost: refuse rather.
+    int unsent = 0;
+    if (inet && ioctl(s, SIOCOUTQ, &unsent) == 0 && unsent > 0) {
+      close(s);
+      Fail("fd " + std::to_string(fi->fd) + ": a TCP connection has " + std::to_string(unsent) +
+           " bytes not yet delivered to its peer; try the capture again");
+    }
   }
   close(s);
 }
@@ -279,7 +345,7 @@ void WriteFds(pid_t pid, const ProcessMeta& meta, image::ImageWriter& w, WriteSt
       // The kernel's own description says all that is needed to remake it.
       data = ReadSmallFile(base + "/fdinfo/" + std::to_string(fd));
     } else if (link.rfind("socket:[", 0) == 0) {
-      DescribeSocket(pid, fi.get());
+      DescribeSocket(pid, fi.get(), have_stat ? sb.st_ino : 0, &data);
     } else if (link.rfind("/dev/pts/", 0) == 0 || link == "/dev/tty" || link == "/dev/console" ||
                (have_stat && S_ISCHR(sb.st_mode) && isatty(0) && link.rfind("/dev/tty", 0) == 0)) {
       fi->kind = IBDBG_FD_TTY;

@@ -57,7 +57,7 @@ p=$((p+1)); pair "ib_write_bw --use_old_post_send" ib_write_bw "${gx[@]}" -n 500
 # Sizes from 2 B to 1 MiB, one run each (`-a` also fits a line through the
 # timings and gives up when a loaded machine makes them noisy).
 for sz in 2 4096 1048576; do
-  p=$((p+1)); pair "ib_send_bw -s $sz" ib_send_bw "${gx[@]}" -s $sz -n 100 -p $p
+  p=$((p+1)); pair "ib_send_bw -s $sz" ib_send_bw "${gx[@]}" -s $sz -n 20 -p $p
 done
 echo "utils $mode: $pass passed, $fail failed"
 [ $fail = 0 ]

@@ -141,6 +141,9 @@ enum ibdbg_fd_kind {
   IBDBG_FD_TIMERFD = 8,
   IBDBG_FD_SIGNALFD = 9,
   IBDBG_FD_EPOLL = 10,  /* recreated after every other descriptor */
+  /* A connected stream socket (TCP, or unix); data = its receive queue.  Both
+   * ends in the image: reconnected; a peer outside: replay closes it. */
+  IBDBG_FD_SOCKET_CONN = 11,
 };
 
 struct ibdbg_fd_info {
@@ -157,8 +160,15 @@ struct ibdbg_fd_info {
   uint8_t sock_addr[128];
   uint32_t sock_addr_len;
   int32_t sock_backlog;
+  uint8_t peer_addr[128];
+  uint32_t peer_addr_len;
+  uint32_t sock_opts; /* IBDBG_SOCKOPT_* */
+  uint64_t sock_id;   /* inode of the socket */
+  uint64_t peer_id;   /* unix: inode of the peer socket */
   char path[IBDBG_PATH_MAX];
 };
+#define IBDBG_SOCKOPT_NODELAY 1u
+#define IBDBG_SOCKOPT_KEEPALIVE 2u
 
 /* ---- memory regions as the image records them ------------------------------ */
 enum ibdbg_image_vma_kind {

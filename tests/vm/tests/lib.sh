@@ -6,17 +6,6 @@ fail() {
 	exit 1
 }
 
-# wait_listen GUEST PORT: wait until something on guest GUEST listens on TCP port PORT.
-wait_listen() {
-	for _ in $(seq 100); do
-		if vm-host -n "$1" "ss -Hltn 'sport = :$2'" | grep -q ":$2"; then
-			return 0
-		fi
-		sleep 0.2
-	done
-	fail "nothing listens on guest $1 port $2"
-}
-
 # on_guest N CMD ARGS...: run CMD ARGS (argument vector, not a shell line) on guest N; directly
 # when N is this guest (a vm-host round trip costs a Python start-up under TCG).
 on_guest() {
@@ -53,6 +42,79 @@ SERVE_MARK="@@ibdbg-vm-ready-$$@@"
 # served_log LOG [PREFIX]: LOG of serve, without its marker line, each line prefixed.
 served_log() {
 	grep -vF "$SERVE_MARK" "$1" | sed "s/^/${2:-}/"
+}
+
+# A batch of servers on one guest, run by a single vm-host call, so that a server's start-up
+# (a Python round trip and the program's own initialisation, seconds under TCG) overlaps with
+# the client of the server before it:
+#   server_add NAME READY CMD ARGS...   add a server (READY: a shell condition, as for serve)
+#   servers_start GUEST                 run them on GUEST and return at once: the first is
+#                                       started, then each next one once the one before it is
+#                                       ready and the one before that has exited
+#   server_wait NAME                    wait until NAME is ready (or the batch has ended)
+#   server_done NAME [PREFIX]           wait until NAME has exited; print its output, prefixed;
+#                                       return its status (255 if the batch ended without it)
+#   server_kill NAME                    stop NAME (after its client failed)
+# The servers must exit in the order they were added (their clients run one after the other),
+# and each needs a time limit of its own that covers the waiting for its turn.
+SERVERS_START=()
+SERVERS_NAMES=()
+SERVERS_DIR=/tmp/ibdbg-vm-servers.$$
+server_add() {
+	local name=$1 ready=$2
+	shift 2
+	local out=$SERVERS_DIR/$name
+	SERVERS_NAMES+=("$name")
+	SERVERS_START+=("$(printf '%q ' "$@") >$out.log 2>&1 & echo \$! >$out.pid; n=0
+until $ready; do kill -0 \$(cat $out.pid) 2>/dev/null && [ \$n -lt 600 ] || break; n=\$((n + 1)); sleep 0.05; done
+echo '@@ready $name@@'
+")
+}
+servers_start() {
+	local guest=$1 k j script="mkdir -p $SERVERS_DIR
+"
+	local -a finish=()
+	for k in "${!SERVERS_NAMES[@]}"; do
+		finish[k]="wait \$(cat $SERVERS_DIR/${SERVERS_NAMES[k]}.pid); st=\$?
+sed 's/^/@@${SERVERS_NAMES[k]}| /' $SERVERS_DIR/${SERVERS_NAMES[k]}.log
+echo \"@@done ${SERVERS_NAMES[k]} \$st@@\"
+"
+	done
+	for k in "${!SERVERS_NAMES[@]}"; do
+		[ "$k" -ge 2 ] && script+=${finish[k - 2]}
+		script+=${SERVERS_START[k]}
+	done
+	for ((j = ${#SERVERS_NAMES[@]} - 2; j < ${#SERVERS_NAMES[@]}; j++)); do
+		[ "$j" -ge 0 ] && script+=${finish[j]}
+	done
+	SERVERS_GUEST=$guest
+	SERVERS_LOG=$(mktemp)
+	vm-host -n "$guest" "$script" >"$SERVERS_LOG" 2>&1 &
+	SERVERS_PID=$!
+}
+server_wait() {
+	until grep -q "^@@ready $1@@\$" "$SERVERS_LOG"; do
+		kill -0 "$SERVERS_PID" 2>/dev/null || return 1
+		sleep 0.05
+	done
+}
+server_done() {
+	local name=$1 prefix=${2:-} st
+	until grep -q "^@@done $name [0-9]*@@\$" "$SERVERS_LOG"; do
+		if ! kill -0 "$SERVERS_PID" 2>/dev/null; then
+			grep -q "^@@done $name [0-9]*@@\$" "$SERVERS_LOG" && break
+			echo "${prefix}(the servers' vm-host call ended without $name):" >&2
+			grep -v '^@@' "$SERVERS_LOG" | sed "s/^/$prefix/" >&2
+			return 255
+		fi
+		sleep 0.05
+	done
+	st=$(sed -n "s/^@@done $name \([0-9]*\)@@\$/\1/p" "$SERVERS_LOG")
+	sed -n "s/^@@$name| /$prefix/p" "$SERVERS_LOG"
+	return "$st"
+}
+server_kill() {
+	on_guest "$SERVERS_GUEST" sh -c "kill \$(cat $SERVERS_DIR/$1.pid)" 2>/dev/null
 }
 
 # tcp_listening PORT: the shell condition "something listens on TCP port PORT" (for serve).

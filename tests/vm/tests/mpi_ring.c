@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { ROUNDS = 100, BIG = 4 << 20 };
+enum { ROUNDS = 100, BIG = 2 << 20 };
 
 static unsigned char pattern(size_t i, int salt)
 {
