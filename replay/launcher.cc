@@ -39,6 +39,8 @@
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "ibdbg/image_file.h"
 #include "ibdbg/maps.h"
 #include "ibdbg/proto.h"
@@ -55,6 +57,7 @@ struct FdRecord {
 };
 
 struct ImageMeta {
+  std::vector<std::pair<pid_t, int>> zombies;  // children to collect: pid, wait status
   ibdbg_process_info proc{};
   std::vector<ibdbg_thread_info> threads;
   ibdbg_signal_state sig{};
@@ -104,6 +107,15 @@ void ReadMeta(image::ImageReader& r, ImageMeta& m, image::Record& first_pages, b
         m.fds.push_back(std::move(f));
         break;
       }
+      case image::RecordType::Json:
+        try {
+          auto j = nlohmann::json::parse(rec.data.begin(), rec.data.end());
+          if (j.contains("zombies"))
+            for (auto& z : j["zombies"]) m.zombies.push_back({z.at("pid").get<pid_t>(), z.at("status").get<int>()});
+        } catch (const std::exception&) {
+          Fail(r.path() + ": malformed JSON record");
+        }
+        break;
       case image::RecordType::Pages:
         first_pages = std::move(rec);
         *have_pages = true;
@@ -585,6 +597,18 @@ long CloneWithPid(pid_t want) {
   else if (pi.pgid == pi.pid) setpgid(0, 0);
   else if (group_in_image && !session_in_image) setpgid(0, pi.pgid);
   else if (group_in_image) setpgid(0, pi.pgid);
+  // Children that had exited uncollected exit again, with their pid and status.
+  for (auto& [zpid, status] : p.m.zombies) {
+    long r = CloneWithPid(zpid);
+    if (r == 0) {
+      if (WIFSIGNALED(status)) {
+        signal(WTERMSIG(status), SIG_DFL);
+        kill(getpid(), WTERMSIG(status));
+        kill(getpid(), SIGKILL);
+      }
+      _exit(WEXITSTATUS(status));
+    }
+  }
   for (int c : p.children) {
     long r = CloneWithPid(all[c]->m.proc.pid);
     if (r < 0) ChildFail(all[c]->status_w, "cannot recreate pid " + std::to_string(all[c]->m.proc.pid) + ": " +

@@ -374,6 +374,48 @@ void WriteFds(pid_t pid, const ProcessMeta& meta, image::ImageWriter& w, WriteSt
   }
 }
 
+// Children that exited and wait for their parent to collect them: their pids
+// and wait statuses, so that the replayed parent can still collect them.
+void WriteZombies(pid_t pid, image::ImageWriter& w) {
+  nlohmann::json z = nlohmann::json::array();
+  std::string base = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = opendir(base.c_str());
+  if (!d) return;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::string kids = ReadSmallFile(base + "/" + e->d_name + "/children");
+    for (char* c = kids.data(); *c;) {
+      char* end;
+      long kid = strtol(c, &end, 10);
+      if (end == c) break;
+      c = end;
+      std::string stat = ReadSmallFile("/proc/" + std::to_string(kid) + "/stat");
+      size_t rp = stat.rfind(')');
+      if (rp == std::string::npos || rp + 2 >= stat.size() || stat[rp + 2] != 'Z') continue;
+      // Field 52, exit_code: the wait status.
+      const char* f = stat.c_str() + rp + 2;
+      for (int field = 3; field < 52 && *f; f++)
+        if (*f == ' ') field++;
+      // The pid the parent knows: the innermost of its namespaces (a job may
+      // itself run in a replay's pid namespace).
+      long inner = kid;
+      std::string status = ReadSmallFile("/proc/" + std::to_string(kid) + "/status");
+      size_t ns = status.find("NSpid:");
+      if (ns != std::string::npos) {
+        const char* q = status.c_str() + ns + 6;
+        for (char* qe; *q && *q != '\n'; q = qe) {
+          long v = strtol(q, &qe, 10);
+          if (qe == q) break;
+          inner = v;
+        }
+      }
+      z.push_back({{"pid", inner}, {"status", atol(f)}});
+    }
+  }
+  closedir(d);
+  if (!z.empty()) w.AddRecord(image::RecordType::Json, 0, nlohmann::json{{"zombies", z}}.dump());
+}
+
 std::string Iso8601(int64_t ns) {
   time_t t = (time_t)(ns / 1000000000);
   struct tm tm;
@@ -453,6 +495,7 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
   w.AddRecord(image::RecordType::Signals, 0, &meta.sig, sizeof meta.sig);
 
   WriteFds(pid, meta, w, &st, refills);
+  WriteZombies(pid, w);
 
   std::vector<MapEntry> maps = ReadMaps(pid);
   std::vector<std::pair<const MapEntry*, uint32_t>> regions;
