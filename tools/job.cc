@@ -640,7 +640,8 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
     auto idle = now - idle_since;
     if ((had_agent && idle > std::chrono::seconds(2)) || (!had_agent && idle > std::chrono::seconds(60))) break;
   }
-  unlink((job.dir + "/coordinator.json").c_str());
+  // Only our own address: a coordinator started after us may have replaced it.
+  if (auto a = ReadCoordinatorAddr(job); a && a->pid == getpid()) unlink((job.dir + "/coordinator.json").c_str());
   Log("job " + job.job_id + " over, coordinator exits");
   return 0;
 }

@@ -10,8 +10,12 @@ int main(int argc, char **argv) {
   size_t n = mib << 17; /* 8-byte words */
   uint64_t *a = malloc(n * 8);
   if (!a) return 2;
+  /* BIGMEM_PATTERN=1: a short stream repeated (compresses well). */
+  const char *pat = getenv("BIGMEM_PATTERN");
+  int repeat = pat && *pat == '1';
   uint64_t x = 88172645463325252ull, sum = 0;
   for (size_t i = 0; i < n; i++) {
+    if (repeat && (i & 511) == 0) x = 88172645463325252ull;
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;
     a[i] = x;
     sum += x;
