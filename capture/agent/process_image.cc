@@ -254,7 +254,27 @@ void DescribeSocket(pid_t pid, ibdbg_fd_info* fi, uint64_t ino, std::string* dat
     int queued = 0;
     if (ioctl(s, SIOCINQ, &queued) == 0 && queued > 0) {
       data->resize((size_t)queued);
-      ssize_t n = recv(s, data->data(), data->size(), MSG_PEEK | MSG_DONTWAIT);
+      iovec iov = {data->data(), data->size()};
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 64)];
+      msghdr mh{};
+      mh.msg_iov = &iov;
+      mh.msg_iovlen = 1;
+      mh.msg_control = control;
+      mh.msg_controllen = sizeof control;
+      ssize_t n = recvmsg(s, &mh, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+      bool passed_fds = false;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&mh); n >= 0 && c; c = CMSG_NXTHDR(&mh, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+          passed_fds = true;
+          int* fds = (int*)CMSG_DATA(c);
+          for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); k++) close(fds[k]);
+        }
+      // A unix stream stops a peek at a message carrying descriptors.
+      if (passed_fds || (mh.msg_flags & MSG_CTRUNC) || (fi->sock_family == AF_UNIX && n >= 0 && n < queued)) {
+        close(s);
+        Fail("fd " + std::to_string(fi->fd) +
+             ": descriptors are in flight on a unix socket (SCM_RIGHTS); ibdbg cannot carry them yet");
+      }
       data->resize(n > 0 ? (size_t)n : 0);
     }
     // Bytes written but not yet at the peer would be lost: refuse rather.

@@ -10,9 +10,9 @@ for n in 1 2 3; do
 	want=$(printf 'vm%s\nlink_layer:\t\tEthernet\n1\n1' "$n")
 	[ "$got" = "$want" ] || fail "guest $n: got [$got], expected [$want]"
 done
-rdma_pair 3 1 18515 ibv_rc_pingpong -g 1 -n 200
-rdma_pair 3 2 18516 ibv_rc_pingpong -g 1 -n 200
-rdma_pair 2 1 18517 ibv_rc_pingpong -g 1 -n 200
-rdma_pair 3 1 18518 ibv_ud_pingpong -g 1 -n 200 -s 512
-rdma_pair 2 3 18519 ibv_ud_pingpong -g 1 -n 200 -s 512
+rdma_pair 3 1 18515 ibv_rc_pingpong -g 1 -n 100
+rdma_pair 3 2 18516 ibv_rc_pingpong -g 1 -n 100
+rdma_pair 2 1 18517 ibv_rc_pingpong -g 1 -n 100
+rdma_pair 3 1 18518 ibv_ud_pingpong -g 1 -n 100 -s 512
+rdma_pair 2 3 18519 ibv_ud_pingpong -g 1 -n 100 -s 512
 echo "three-hosts: all pairs passed"
