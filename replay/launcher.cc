@@ -754,6 +754,34 @@ std::pair<int, int> ConnectTcp(const ibdbg_fd_info& a, const ibdbg_fd_info& b) {
   return {acc, cl};
 }
 
+// A unix stream connection whose accepted end is named like `named`: returns
+// (accepted end, connecting end).
+std::pair<int, int> ConnectUnixNamed(const ibdbg_fd_info& named) {
+  const sockaddr_un* un = (const sockaddr_un*)named.sock_addr;
+  bool path = un->sun_path[0] != 0;
+  int lst = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int r = bind(lst, (const sockaddr*)named.sock_addr, named.sock_addr_len);
+  if (r != 0 && errno == EADDRINUSE && path) {
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool live = connect(probe, (const sockaddr*)named.sock_addr, named.sock_addr_len) == 0;
+    close(probe);
+    if (!live) unlink(un->sun_path);
+    r = bind(lst, (const sockaddr*)named.sock_addr, named.sock_addr_len);
+  }
+  if (r != 0 || listen(lst, 1) != 0)
+    Fail(std::string("cannot reconnect unix socket ") + (path ? un->sun_path : "(abstract)") + ": " + strerror(errno) +
+         " (is the captured job still running?)");
+  int cl = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (connect(cl, (const sockaddr*)named.sock_addr, named.sock_addr_len) != 0)
+    Fail(std::string("cannot reconnect unix socket: ") + strerror(errno));
+  int acc = accept4(lst, nullptr, nullptr, SOCK_CLOEXEC);
+  close(lst);
+  // The application's own listener (if any) binds the name again afterwards.
+  if (path) unlink(un->sun_path);
+  if (acc < 0) Fail(std::string("cannot reconnect unix socket: ") + strerror(errno));
+  return {acc, cl};
+}
+
 void MakeConnections(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, std::vector<int>& ours) {
   std::map<uint64_t, const FdRecord*> ends;
   for (auto& p : all)
@@ -776,10 +804,18 @@ void MakeConnections(const std::vector<std::unique_ptr<Prepared>>& all, Shared& 
     if (!b || sh.socks.count(b->info.sock_id)) continue;
     std::pair<int, int> fds;
     if (a->info.sock_family == AF_UNIX) {
-      // Unnamed again: a connected pair (names of path sockets are not kept).
-      int sp[2];
-      if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0) Fail("cannot create a socket pair");
-      fds = {sp[0], sp[1]};
+      // The end with a name (the accepted side of a named server) keeps it:
+      // connect through a listener of our own at that name.
+      const FdRecord* named = a->info.sock_addr_len > sizeof(sa_family_t) ? a
+                              : b->info.sock_addr_len > sizeof(sa_family_t) ? b : nullptr;
+      if (named) {
+        auto [n_fd, o_fd] = ConnectUnixNamed(named->info);
+        fds = named == a ? std::make_pair(n_fd, o_fd) : std::make_pair(o_fd, n_fd);
+      } else {
+        int sp[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0) Fail("cannot create a socket pair");
+        fds = {sp[0], sp[1]};
+      }
     } else {
       fds = ConnectTcp(a->info, b->info);
     }
