@@ -264,6 +264,10 @@ void Agent::DoCapture(const std::string& dir, const std::string& job_id, const j
 }
 
 void Agent::Resume(bool kill_them) {
+  if (kill_them) {
+    // The job stops whole: every process of it, registered or not.
+    for (pid_t p : UnregisteredDescendants()) ::kill(p, SIGKILL);
+  }
   for (auto& [fd, l] : libs_) {
     if (!l.suspended) continue;
     l.suspended = false;

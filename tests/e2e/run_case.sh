@@ -43,6 +43,11 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL($prog): $*"; for f in "$work"/out.* "$work"/*/coordinator.log; do [ -f "$f" ] && { echo "--- $f"; tail -30 "$f"; }; done; exit 1; }
 
+# Waits for a background job, at most $2 seconds.
+wait_bounded() {
+  for _ in $(seq $(( $2 * 20 ))); do kill -0 "$1" 2>/dev/null || { wait "$1"; return 0; }; sleep 0.05; done
+  return 1
+}
 wait_for() { # file pattern seconds
   for _ in $(seq $(( $3 * 20 ))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
   return 1
@@ -68,7 +73,8 @@ go=$work/go
 runner=$!
 wait_for "$work/out.0" READY 30 || fail "the program did not get ready"
 img=$(capture "$work/job0") || fail "capture failed"
-wait $runner
+wait_bounded $runner 30 || fail "the captured job did not stop"
+
 [ -d "$img" ] || fail "no image at '$img'"
 check_size "$img"
 "$ibdbg" inspect "$img" > "$work/inspect.txt" || fail "inspect failed"
@@ -78,13 +84,15 @@ for g in $(seq 1 "$generations"); do
   replayer=$!
   if [ "$g" -lt "$generations" ]; then
     img=$(capture "$work/job$g") || fail "capture of generation $g failed"
-    wait $replayer
+    wait_bounded $replayer 30 || fail "generation $g did not stop after its capture"
+
     check_size "$img"
   fi
 done
 touch "$go"
 chmod 666 "$go"
-wait $replayer
+wait_bounded $replayer 40 || fail "the replayed job did not finish"
+
 last=$work/out.$generations
 wait_for "$last" "PASS\|FAIL" 30 || fail "no verdict after replay"
 grep -q "^PASS" "$last" || fail "the replayed program reports failure"

@@ -147,8 +147,9 @@ rdma_pair() {
 }
 
 # step NAME COMMAND ARGS...: run COMMAND (a function of this file or a program) in a subshell,
-# so that its fail() ends only this step; report "PASS: NAME (N s)" or "FAIL: NAME" and keep
-# going.  finish SCRIPT: one line with the counts; exit 1 (naming the failed steps) if any failed.
+# so that its fail() ends only this step; report "PASS: NAME (N s, ...)" or "FAIL: NAME (...)"
+# with the step's time and the time since this guest booted, and keep going.
+# finish SCRIPT: one line with the counts; exit 1 (naming the failed steps) if any failed.
 STEPS_PASSED=0
 STEPS_FAILED=()
 step() {
@@ -156,10 +157,10 @@ step() {
 	shift
 	if ("$@"); then
 		STEPS_PASSED=$((STEPS_PASSED + 1))
-		echo "PASS: $name ($((SECONDS - t0)) s)"
+		echo "PASS: $name ($((SECONDS - t0)) s, guest up $(cut -d. -f1 /proc/uptime) s)"
 	else
 		STEPS_FAILED+=("$name")
-		echo "FAIL: $name ($((SECONDS - t0)) s)" >&2
+		echo "FAIL: $name ($((SECONDS - t0)) s, guest up $(cut -d. -f1 /proc/uptime) s)" >&2
 	fi
 }
 finish() {
