@@ -968,6 +968,7 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
     hdr->close_from = p.close_from;
     hdr->ncloexec = (uint32_t)p.cloexec.size();
     hdr->vdso_patch = p.vdso_patch;
+    if (const char* f = getenv("IBDBG_FP_LEGACY"); f && *f == '1') hdr->fp_legacy = 1;
     hdr->vdso_old = p.vdso_old;
     hdr->restart_info_addr = p.m.proc.restart_info_addr;
     hdr->restart_info.magic = IBDBG_RESTART_MAGIC;

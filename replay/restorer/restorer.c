@@ -17,6 +17,7 @@
 #include <asm/unistd.h>
 #include <linux/capability.h>
 #include <linux/elf.h>
+#include <asm/sigcontext.h>
 #include <linux/fcntl.h>
 #include <linux/futex.h>
 #include <linux/mman.h>
@@ -454,6 +455,29 @@ static void drop_caps(void) {
   S2(__NR_capset, &h, d);
 }
 
+/* ---- FPU state of another CPU ---------------------------------------------------------- */
+static uint64_t cpu_xfeatures(void) {
+  uint32_t a = 1, b, c, d;
+  __asm__ volatile("cpuid" : "+a"(a), "=b"(b), "=c"(c), "=d"(d));
+  if (!(c & (1u << 27))) return 0; /* no OSXSAVE: no extended state at all */
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return ((uint64_t)hi << 32) | lo;
+}
+
+/* rt_sigreturn refuses a frame whose extended state names features this CPU
+ * does not have.  Then (only then: it drops AVX and wider registers) the frame
+ * is made a legacy one, whose x87/SSE part every x86-64 restores. */
+static void fit_fpstate(uint64_t uc_addr, uint64_t have) {
+  /* ucontext: uc_flags, uc_link, uc_stack (24 bytes), then the sigcontext. */
+  struct sigcontext_64* sc = (struct sigcontext_64*)(uc_addr + 8 + 8 + 24);
+  if (!sc->fpstate) return;
+  struct _fpx_sw_bytes* sw = (struct _fpx_sw_bytes*)((char*)(uintptr_t)sc->fpstate + 464);
+  if (sw->magic1 != FP_XSTATE_MAGIC1) return;
+  if (!hdr.fp_legacy && (sw->xfeatures & ~have) == 0) return;
+  sw->magic1 = 0;
+}
+
 /* ---- threads ----------------------------------------------------------------------- */
 static void thread_setup(struct ibdbg_plan_thread* t) {
   /* New threads got their TLS from clone; the initial thread has none yet. */
@@ -554,6 +578,8 @@ void __attribute__((used, noreturn)) restorer_main(uint64_t* sp) {
   if (hdr.vdso_patch) patch_vdso();
   protect_regions();
   restore_process_state();
+  uint64_t have = cpu_xfeatures();
+  for (uint32_t i = 0; i < hdr.nthreads; i++) fit_fpstate(threads[i].uc_addr, have);
   create_threads();
 
   struct ibdbg_plan_thread* main_t = 0;

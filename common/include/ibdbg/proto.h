@@ -258,7 +258,10 @@ struct ibdbg_plan_hdr {
    * 1: it differs: the captured vdso's code is refilled at its address and
    *    each of its functions jumps to this kernel's vdso, placed nearby. */
   uint32_t vdso_patch;
-  uint32_t pad0;
+  /* 1: restore only the x87/SSE part of each thread's saved FPU state, as
+   * when the image names FPU features this CPU lacks (IBDBG_FP_LEGACY=1
+   * forces it, to test it on one machine). */
+  uint32_t fp_legacy;
   uint64_t vdso_old; /* with vdso_patch: where the captured vdso starts */
   uint64_t restart_info_addr;
   struct ibdbg_restart_info restart_info;
