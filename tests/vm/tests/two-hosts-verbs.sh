@@ -5,7 +5,8 @@
 #  - ibv_{rc,uc,ud,srq}_pingpong with their data check (-c), GID index 1 (RoCE v2);
 #  - perftest (Debian's 4.5): ib_send_bw, ib_write_bw, ib_read_lat, ib_atomic_bw;
 #  - rping -v -V (librdmacm: address resolution through rdma_cm, RDMA read and write).
-# All the servers are started at once, by one vm-host call (see server_add in lib.sh).
+# The servers run through one vm-host call, each started while the client of the one before it
+# runs (server_add in lib.sh).
 . "$(dirname "$0")/lib.sh"
 set -u
 [ "$(vm-host | wc -l)" -eq 2 ] || fail "expected 2 guests"
@@ -23,7 +24,7 @@ programs=(
 	"ib_read_lat 18523 ib_read_lat -d rxe0 -x 1 -F -s 64 -n 100"
 	"ib_atomic_bw 18524 ib_atomic_bw -d rxe0 -x 1 -F -n 100"
 )
-# Servers wait for their turn: their time limit covers the whole run.
+# A server may wait for its turn: its time limit covers the whole series.
 for p in "${programs[@]}"; do
 	read -r name port cmd <<<"$p"
 	# shellcheck disable=SC2086
