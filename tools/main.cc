@@ -112,6 +112,10 @@ int CmdRun(const std::string& dir, int interval, const std::string& listen, cons
     setenv("IBDBG_AGENT", agent.socket_name().c_str(), 1);
     setenv("IBDBG_JOB_DIR", job.dir.c_str(), 1);
     setenv("IBDBG_JOB_ID", job.job_id.c_str(), 1);
+    // Images that replay on other CPUs: with lazy binding, ld.so resolves
+    // symbols later through a trampoline that saves registers with the best
+    // instruction of the capturing CPU (XSAVEC), which another CPU may lack.
+    setenv("LD_BIND_NOW", "1", 0);
     signal(SIGINT, SIG_DFL);
     signal(SIGQUIT, SIG_DFL);
     std::vector<char*> argv;
