@@ -627,13 +627,43 @@ long CloneWithPid(pid_t want) {
   if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0)
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
   std::vector<long> started;
+  // A session made inside the job whose leader is gone (a daemon's double
+  // fork): a stand-in with the leader's pid makes it again, starts its
+  // members, and goes.  The job's outer session (the one the first process
+  // came with) stays the replaying terminal's.
+  pid_t outer_sid = all[roots[0]]->m.proc.sid;
+  std::map<pid_t, std::vector<int>> lost_sessions;
+  std::vector<int> plain;
   for (int r : roots) {
+    const ibdbg_process_info& pi = all[r]->m.proc;
+    bool in_image = false;
+    for (auto& q : all)
+      if (q->m.proc.pid == pi.sid) in_image = true;
+    if (pi.sid != pi.pid && pi.sid != outer_sid && pi.sid > 1 && !in_image) lost_sessions[pi.sid].push_back(r);
+    else plain.push_back(r);
+  }
+  for (auto& [sid, members] : lost_sessions) {
+    long helper = CloneWithPid(sid);
+    if (helper < 0) continue;  // its pid is taken: the members join init's session
+    if (helper == 0) {
+      setsid();
+      for (int r : members) {
+        long child = CloneWithPid(all[r]->m.proc.pid);
+        if (child < 0)
+          ChildFail(all[r]->status_w, "cannot recreate pid " + std::to_string(all[r]->m.proc.pid) + ": " + strerror(errno));
+        if (child == 0) SpawnNode(r, sh, all, restorer);
+      }
+      _exit(0);
+    }
+  }
+  for (int r : plain) {
     long child = CloneWithPid(all[r]->m.proc.pid);
     if (child < 0)
       ChildFail(all[r]->status_w, "cannot recreate pid " + std::to_string(all[r]->m.proc.pid) + ": " + strerror(errno));
     if (child == 0) SpawnNode(r, sh, all, restorer);
     started.push_back(child);
   }
+  if (started.empty()) started.push_back(-1);
   // Nothing of the launcher's stays open here.
   syscall(SYS_close_range, 3, ~0u, 0);
   int status = 0;
