@@ -22,33 +22,10 @@ ip -n "$a" link set "v$$a" up; ip -n "$b" link set "v$$b" up
 A=(ip netns exec "$a" "$run" --mode "$mode" --)
 B=(ip netns exec "$b" "$run" --mode "$mode" --)
 fail=0; pass=0
-pair_once() {  # dir, program and arguments
-  local out=$1; shift
-  timeout 60 "${A[@]}" "$@" > "$out/srv" 2>&1 &
-  local spid=$!
-  sleep 0.5
-  timeout 60 "${B[@]}" "$@" $net.1 > "$out/cli" 2>&1; crc=$?
-  wait $spid; src=$?
-  [ $crc = 0 ] && [ $src = 0 ]
-}
-# A loaded 2-core machine can starve a timing-bound run: a failure is shown
-# and the pair runs once more; a real defect fails both times.
-pair() {  # name, then the program and its arguments (server and client alike)
-  local name=$1; shift
-  local out; out=$(mktemp -d)
-  local crc src
-  if ! pair_once "$out" "$@"; then
-    echo "RETRY $name (client $crc, server $src)"; tail -3 "$out/cli" | sed 's/^/  cli: /'
-    sleep 1
-    pair_once "$out" "$@"
-  fi
-  if [ $crc = 0 ] && [ $src = 0 ]; then
-    pass=$((pass+1)); echo "ok   $name: $(grep -E 'iters|^ *[0-9]+ +[0-9]+ ' "$out/cli" | tail -1 | tr -s ' \t' ' ')"
-  else
-    fail=$((fail+1)); echo "FAIL $name (client $crc, server $src)"; grep -v "address" "$out/cli" | sed 's/^/  cli: /' | tail -12; grep -v "address" "$out/srv" | sed 's/^/  srv: /' | tail -12
-  fi
-  rm -rf "$out"
-}
+ok() { pass=$((pass+1)); echo "ok   $*"; }
+bad() { fail=$((fail+1)); echo "FAIL $*"; }
+PAIR_SRV=("${A[@]}"); PAIR_CLI=("${B[@]}"); PAIR_ADDR=$net.1; PAIR_WAIT=0.5
+. "$(dirname "$0")/pair.sh"
 p=19000
 pair "ibv_rc_pingpong -c" ibv_rc_pingpong "${g[@]}" -c -p $((p+1)) -n 500
 pair "ibv_rc_pingpong -c -e" ibv_rc_pingpong "${g[@]}" -c -e -p $((p+2)) -n 300

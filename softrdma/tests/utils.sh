@@ -24,35 +24,8 @@ miss=0
 for w in "${want[@]}"; do echo "$out" | grep -Eq "$w" || { echo "  missing: $w"; miss=1; }; done
 [ $miss = 0 ] && ok "ibv_devinfo -v" || { bad "ibv_devinfo -v"; echo "$out" | tail -30; }
 
-# One run of a server/client pair; 0 if both succeeded.
-pair_once() {  # dir, program and arguments
-  local d=$1; shift
-  timeout 60 "${R[@]}" "$@" > "$d/srv" 2>&1 &
-  local spid=$!
-  sleep 0.4
-  timeout 60 "${R[@]}" "$@" 127.0.0.1 > "$d/cli" 2>&1; crc=$?
-  wait $spid; src=$?
-  [ $crc = 0 ] && [ $src = 0 ]
-}
-# A loaded 2-core machine can starve a timing-bound run (perftest gives up on
-# its out-of-band socket): a failure is shown and the pair runs once more; a
-# real defect fails both times.
-pair() {  # name, program and arguments (server and client alike)
-  local name=$1; shift
-  local d; d=$(mktemp -d)
-  local crc src
-  if ! pair_once "$d" "$@"; then
-    echo "RETRY $name (client $crc, server $src)"; tail -3 "$d/cli" | sed 's/^/  cli: /'
-    sleep 1
-    pair_once "$d" "$@"
-  fi
-  if [ $crc = 0 ] && [ $src = 0 ]; then
-    ok "$name: $(grep -E 'iters|^ *[0-9]+ +[0-9]+ ' "$d/cli" | tail -1 | tr -s ' \t' ' ')"
-  else
-    bad "$name (client $crc, server $src)"; grep -v "address" "$d/cli" | sed 's/^/  cli: /' | tail -12; grep -v "address" "$d/srv" | sed 's/^/  srv: /' | tail -12
-  fi
-  rm -rf "$d"
-}
+PAIR_SRV=("${R[@]}"); PAIR_CLI=("${R[@]}"); PAIR_ADDR=127.0.0.1; PAIR_WAIT=0.4
+. "$(dirname "$0")/pair.sh"
 p=$base
 for prog in ibv_rc_pingpong ibv_uc_pingpong ibv_ud_pingpong ibv_srq_pingpong; do
   p=$((p+1)); pair "$prog -c" $prog "${g[@]}" -c -n 500 -p $p
