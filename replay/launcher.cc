@@ -784,21 +784,28 @@ std::pair<int, int> ConnectTcp(const ibdbg_fd_info& a, const ibdbg_fd_info& b) {
   return {acc, cl};
 }
 
+// Binds fd to the captured address.  A unix path still occupied by the
+// captured process's socket file is reclaimed: it is stale unless someone
+// answers on it.
+int BindReclaiming(int fd, const ibdbg_fd_info& fi) {
+  int r = bind(fd, (const sockaddr*)fi.sock_addr, fi.sock_addr_len);
+  const sockaddr_un* un = (const sockaddr_un*)fi.sock_addr;
+  bool unix_path = fi.sock_family == AF_UNIX && fi.sock_addr_len > sizeof(sa_family_t) && un->sun_path[0];
+  if (r == 0 || errno != EADDRINUSE || !unix_path) return r;
+  int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  bool live = connect(probe, (const sockaddr*)fi.sock_addr, fi.sock_addr_len) == 0;
+  close(probe);
+  if (!live) unlink(un->sun_path);
+  return bind(fd, (const sockaddr*)fi.sock_addr, fi.sock_addr_len);
+}
+
 // A unix stream connection whose accepted end is named like `named`: returns
 // (accepted end, connecting end).
 std::pair<int, int> ConnectUnixNamed(const ibdbg_fd_info& named) {
   const sockaddr_un* un = (const sockaddr_un*)named.sock_addr;
   bool path = un->sun_path[0] != 0;
   int lst = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  int r = bind(lst, (const sockaddr*)named.sock_addr, named.sock_addr_len);
-  if (r != 0 && errno == EADDRINUSE && path) {
-    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    bool live = connect(probe, (const sockaddr*)named.sock_addr, named.sock_addr_len) == 0;
-    close(probe);
-    if (!live) unlink(un->sun_path);
-    r = bind(lst, (const sockaddr*)named.sock_addr, named.sock_addr_len);
-  }
-  if (r != 0 || listen(lst, 1) != 0)
+  if (BindReclaiming(lst, named) != 0 || listen(lst, 1) != 0)
     Fail(std::string("cannot reconnect unix socket ") + (path ? un->sun_path : "(abstract)") + ": " + strerror(errno) +
          " (is the captured job still running?)");
   int cl = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -868,18 +875,7 @@ void MakeConnections(const std::vector<std::unique_ptr<Prepared>>& all, Shared& 
       int fd = socket(fi.sock_family, fi.sock_type | SOCK_CLOEXEC, 0);
       int one = 1;
       setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-      const sockaddr_un* un = (const sockaddr_un*)fi.sock_addr;
-      bool unix_path = fi.sock_family == AF_UNIX && fi.sock_addr_len > sizeof(sa_family_t) && un->sun_path[0];
-      int r = fd < 0 ? -1 : bind(fd, (const sockaddr*)fi.sock_addr, fi.sock_addr_len);
-      if (r != 0 && errno == EADDRINUSE && unix_path) {
-        // The captured process's socket file: stale unless someone answers on it.
-        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        bool live = connect(probe, (const sockaddr*)fi.sock_addr, fi.sock_addr_len) == 0;
-        close(probe);
-        if (!live) unlink(un->sun_path);
-        r = bind(fd, (const sockaddr*)fi.sock_addr, fi.sock_addr_len);
-      }
-      if (r != 0 || listen(fd, fi.sock_backlog ? fi.sock_backlog : 128) != 0)
+      if (fd < 0 || BindReclaiming(fd, fi) != 0 || listen(fd, fi.sock_backlog ? fi.sock_backlog : 128) != 0)
         Fail("cannot listen again on the socket of pid " + std::to_string(p->m.proc.pid) + " fd " +
              std::to_string(fi.fd) + ": " + strerror(errno) + " (is the captured job still running?)");
       sh.socks[fi.sock_id] = fd;
