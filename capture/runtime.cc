@@ -518,7 +518,10 @@ void release_threads() {
   futex_wake(&g_resume_gen);
 }
 
-bool connect_agent() {
+// tries: attempts 20 ms apart.  Start-up makes one (an agent that is not
+// there must not delay every program the job starts); the checkpoint thread
+// keeps trying.
+bool connect_agent(int tries) {
   int fd = (int)sys(SYS_socket, AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return false;
   struct sockaddr_un a;
@@ -530,7 +533,7 @@ bool connect_agent() {
   memcpy(a.sun_path, g_agent, len);
   if (a.sun_path[0] == '@') a.sun_path[0] = 0;
   socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
-  for (int tries = 0; tries < 50; tries++) {
+  for (int attempt = 0; attempt < tries; attempt++) {
     if (sys(SYS_connect, fd, (long)&a, alen) == 0) {
       // Keep the descriptor out of the application's way.
       long hi = sys(SYS_fcntl, fd, F_DUPFD_CLOEXEC, 900);
@@ -548,6 +551,7 @@ bool connect_agent() {
       ibdbg_msg_hdr h = {IBDBG_MSG_HELLO, sizeof hello};
       return write_all(g_sock, &h, sizeof h) && write_all(g_sock, &hello, sizeof hello);
     }
+    if (attempt + 1 == tries) break;
     struct timespec ts = {0, 20000000};
     sys(SYS_nanosleep, (long)&ts, 0);
   }
@@ -591,10 +595,7 @@ void ckpt_capture() {
     update_environ_agent();
     // The old control socket's number was left free by the launcher.
     g_sock = -1;
-    if (g_restart_info.gdb_mode) {
-      // nothing special: gdb has the threads
-    }
-    connect_agent();
+    connect_agent(50);
     return;
   }
   release_threads();
@@ -607,7 +608,7 @@ void* ckpt_main(void*) {
   real.pthread_sigmask(SIG_SETMASK, &all, nullptr);
   sys(SYS_prctl, PR_SET_NAME, (long)"ibdbg-ckpt");
   g_ckpt_tid = raw_gettid();
-  if (g_sock < 0 && !connect_agent()) return nullptr;
+  if (g_sock < 0 && !connect_agent(50)) return nullptr;
   for (;;) {
     ibdbg_msg_hdr h;
     if (!read_all(g_sock, &h, sizeof h)) {
@@ -657,7 +658,7 @@ void after_fork_child() {
   g_capturing = 0;
   g_ckpt_tid = 0;
   if (!g_agent[0]) return;
-  connect_agent();
+  connect_agent(1);
   start_ckpt_thread();
 }
 
@@ -696,7 +697,7 @@ __attribute__((constructor)) void ibdbg_capture_init() {
   pthread_atfork(nullptr, nullptr, after_fork_child);
   // Registered before main() runs: a capture requested as soon as the program
   // shows signs of life must find it.
-  connect_agent();
+  connect_agent(1);
   start_ckpt_thread();
 }
 
