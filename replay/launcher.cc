@@ -758,30 +758,83 @@ void SetSockOpts(int fd, const ibdbg_fd_info& fi) {
   if (fi.sock_opts & IBDBG_SOCKOPT_KEEPALIVE) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
 }
 
-// A TCP connection between the two captured addresses: a listener of our own
-// at one end's address accepts the other end, bound to its own address, so
-// that getsockname/getpeername say what they said.
-std::pair<int, int> ConnectTcp(const ibdbg_fd_info& a, const ibdbg_fd_info& b) {
+std::string InetAddrString(const void* sa) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  const sockaddr* s = (const sockaddr*)sa;
+  int port = 0;
+  if (s->sa_family == AF_INET) {
+    inet_ntop(AF_INET, &((const sockaddr_in*)sa)->sin_addr, host, sizeof host);
+    port = ntohs(((const sockaddr_in*)sa)->sin_port);
+  } else if (s->sa_family == AF_INET6) {
+    inet_ntop(AF_INET6, &((const sockaddr_in6*)sa)->sin6_addr, host, sizeof host);
+    port = ntohs(((const sockaddr_in6*)sa)->sin6_port);
+    return "[" + std::string(host) + "]:" + std::to_string(port);
+  }
+  return std::string(host) + ":" + std::to_string(port);
+}
+
+// Connects two fresh TCP sockets through a listener of ours at `laddr` and
+// the client bound to `caddr` (nullptr: any).  Returns false with errno set.
+bool TcpPairAt(int family, const sockaddr* laddr, socklen_t llen, const sockaddr* caddr, socklen_t clen,
+               std::pair<int, int>* out) {
   int one = 1;
-  int lst = socket(a.sock_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  int cl = socket(b.sock_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int lst = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int cl = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   setsockopt(lst, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   setsockopt(cl, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  auto addr = [](const ibdbg_fd_info& f) {
-    char host[64] = "?";
-    const sockaddr_in* in = (const sockaddr_in*)f.sock_addr;
-    if (f.sock_family == AF_INET) inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-    return std::string(host) + ":" + std::to_string(ntohs(in->sin_port));
+  sockaddr_storage bound{};
+  socklen_t blen = sizeof bound;
+  bool ok = lst >= 0 && cl >= 0 && bind(lst, laddr, llen) == 0 && listen(lst, 1) == 0 &&
+            getsockname(lst, (sockaddr*)&bound, &blen) == 0 && (!caddr || bind(cl, caddr, clen) == 0) &&
+            connect(cl, (const sockaddr*)&bound, blen) == 0;
+  int acc = ok ? accept4(lst, nullptr, nullptr, SOCK_CLOEXEC) : -1;
+  int saved = errno;
+  if (lst >= 0) close(lst);
+  if (acc < 0) {
+    if (cl >= 0) close(cl);
+    errno = saved;
+    return false;
+  }
+  *out = {acc, cl};
+  return true;
+}
+
+// A TCP connection between two ends of the image: at the captured addresses
+// when they are free, so that getsockname/getpeername say what they said.
+// They are not when the captured job still runs, or its connections linger
+// in TIME_WAIT; then the pair is made on fresh ports (of the same addresses
+// when this host has them, else of loopback): the application keeps its
+// stream, only the port numbers it could ask for differ.
+std::pair<int, int> ConnectTcp(const ibdbg_fd_info& a, const ibdbg_fd_info& b) {
+  std::pair<int, int> fds;
+  if (TcpPairAt(a.sock_family, (const sockaddr*)a.sock_addr, a.sock_addr_len, (const sockaddr*)b.sock_addr,
+                b.sock_addr_len, &fds))
+    return fds;
+  int first = errno;
+  sockaddr_storage la{}, ca{};
+  memcpy(&la, a.sock_addr, a.sock_addr_len);
+  memcpy(&ca, b.sock_addr, b.sock_addr_len);
+  auto clear_port = [](sockaddr_storage& s) {
+    if (s.ss_family == AF_INET) ((sockaddr_in*)&s)->sin_port = 0;
+    else ((sockaddr_in6*)&s)->sin6_port = 0;
   };
-  if (bind(lst, (const sockaddr*)a.sock_addr, a.sock_addr_len) != 0 || listen(lst, 1) != 0)
-    Fail("cannot reconnect TCP " + addr(a) + ": " + strerror(errno) + " (is the captured job still running?)");
-  if (bind(cl, (const sockaddr*)b.sock_addr, b.sock_addr_len) != 0 ||
-      connect(cl, (const sockaddr*)a.sock_addr, a.sock_addr_len) != 0)
-    Fail("cannot reconnect TCP " + addr(b) + " -> " + addr(a) + ": " + strerror(errno));
-  int acc = accept4(lst, nullptr, nullptr, SOCK_CLOEXEC);
-  close(lst);
-  if (acc < 0) Fail(std::string("cannot reconnect TCP: ") + strerror(errno));
-  return {acc, cl};
+  clear_port(la);
+  clear_port(ca);
+  bool ok = TcpPairAt(a.sock_family, (sockaddr*)&la, a.sock_addr_len, (sockaddr*)&ca, b.sock_addr_len, &fds);
+  if (!ok) {
+    // Addresses of another host: loopback carries the stream as well.
+    sockaddr_storage lo{};
+    lo.ss_family = (sa_family_t)a.sock_family;
+    if (a.sock_family == AF_INET) ((sockaddr_in*)&lo)->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    else ((sockaddr_in6*)&lo)->sin6_addr = in6addr_loopback;
+    ok = TcpPairAt(a.sock_family, (sockaddr*)&lo, a.sock_addr_len, nullptr, 0, &fds);
+  }
+  if (!ok)
+    Fail("cannot reconnect TCP " + InetAddrString(b.sock_addr) + " -> " + InetAddrString(a.sock_addr) + ": " +
+         strerror(errno));
+  fprintf(stderr, "ibdbg: TCP %s -> %s reconnected on other ports (%s)\n", InetAddrString(b.sock_addr).c_str(),
+          InetAddrString(a.sock_addr).c_str(), strerror(first));
+  return fds;
 }
 
 // Binds fd to the captured address.  A unix path still occupied by the
@@ -875,6 +928,9 @@ void MakeConnections(const std::vector<std::unique_ptr<Prepared>>& all, Shared& 
       int fd = socket(fi.sock_family, fi.sock_type | SOCK_CLOEXEC, 0);
       int one = 1;
       setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      // Before bind: an IPv6 listener that takes IPv4 too would clash with
+      // an IPv4 listener of the same port.
+      if (fi.sock_opts & IBDBG_SOCKOPT_V6ONLY) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
       if (fd < 0 || BindReclaiming(fd, fi) != 0 || listen(fd, fi.sock_backlog ? fi.sock_backlog : 128) != 0)
         Fail("cannot listen again on the socket of pid " + std::to_string(p->m.proc.pid) + " fd " +
              std::to_string(fi.fd) + ": " + strerror(errno) + " (is the captured job still running?)");

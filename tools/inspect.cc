@@ -1,6 +1,10 @@
 #include "inspect.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -159,6 +163,28 @@ const char* VmaKindName(uint32_t kind) {
   return "unknown";
 }
 
+// "127.0.0.1:80", "[::1]:80", "/path", "@abstract", "unnamed".
+std::string SockAddrString(const void* addr, uint32_t len) {
+  const sockaddr* sa = (const sockaddr*)addr;
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (sa->sa_family == AF_INET && len >= sizeof(sockaddr_in)) {
+    inet_ntop(AF_INET, &((const sockaddr_in*)addr)->sin_addr, host, sizeof host);
+    return std::string(host) + ":" + std::to_string(ntohs(((const sockaddr_in*)addr)->sin_port));
+  }
+  if (sa->sa_family == AF_INET6 && len >= sizeof(sockaddr_in6)) {
+    inet_ntop(AF_INET6, &((const sockaddr_in6*)addr)->sin6_addr, host, sizeof host);
+    return "[" + std::string(host) + "]:" + std::to_string(ntohs(((const sockaddr_in6*)addr)->sin6_port));
+  }
+  if (sa->sa_family == AF_UNIX) {
+    const sockaddr_un* un = (const sockaddr_un*)addr;
+    size_t n = len > offsetof(sockaddr_un, sun_path) ? len - offsetof(sockaddr_un, sun_path) : 0;
+    if (n == 0) return "unnamed";
+    if (un->sun_path[0] == 0) return "@" + std::string(un->sun_path + 1, n - 1);
+    return std::string(un->sun_path, strnlen(un->sun_path, n));
+  }
+  return "family " + std::to_string(sa->sa_family);
+}
+
 const char* FdKindName(uint32_t kind) {
   switch (kind) {
     case IBDBG_FD_FILE: return "file";
@@ -288,6 +314,8 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
           e["socket_type"] = f.sock_type;
           e["socket_backlog"] = f.sock_backlog;
         }
+        if (f.sock_addr_len) e["socket_address"] = SockAddrString(f.sock_addr, f.sock_addr_len);
+        if (f.peer_addr_len) e["socket_peer"] = SockAddrString(f.peer_addr, f.peer_addr_len);
         fds.push_back(std::move(e));
         break;
       }
@@ -604,6 +632,8 @@ std::string RenderText(const ojson& doc) {
       if (!f["path"].get<std::string>().empty()) l += "  " + S(f["path"]);
       if (f["deleted"].get<bool>()) l += " (deleted)";
       if (f.contains("pipe_id")) l += "  pipe " + S(f["pipe_id"]);
+      if (f.contains("socket_address")) l += "  " + S(f["socket_address"]);
+      if (f.contains("socket_peer")) l += " -> " + S(f["socket_peer"]);
       if (f.contains("socket_backlog")) l += "  backlog " + S(f["socket_backlog"]);
       uint64_t data = f["data_bytes"].get<uint64_t>();
       if (data) l += "  " + HumanBytes(data) + " stored";

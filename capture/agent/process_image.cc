@@ -244,6 +244,9 @@ void DescribeSocket(pid_t pid, ibdbg_fd_info* fi, uint64_t ino, std::string* dat
   bool inet = fi->sock_family == AF_INET || fi->sock_family == AF_INET6;
   l = sizeof v;
   if (inet && getsockopt(s, IPPROTO_TCP, TCP_NODELAY, &v, &l) == 0 && v) fi->sock_opts |= IBDBG_SOCKOPT_NODELAY;
+  l = sizeof v;
+  if (fi->sock_family == AF_INET6 && getsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &v, &l) == 0 && v)
+    fi->sock_opts |= IBDBG_SOCKOPT_V6ONLY;
   if (listening) {
     fi->kind = IBDBG_FD_SOCKET_LISTEN;
     fi->sock_backlog = 128;
