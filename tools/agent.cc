@@ -200,12 +200,20 @@ void Agent::DoCapture(const std::string& dir, const std::string& job_id, const j
     pollfd lp = {lfd_, POLLIN, 0};
     if (poll(&lp, 1, 20) == 1) AcceptLib();
   }
+  std::vector<int> exited;
   for (auto& [fd, l] : libs_) {
     if (!l.suspended) continue;
     ibdbg_msg_hdr h;
     if (!ReadFull(fd, &h, sizeof h, 60000)) {
-      err = "process " + std::to_string(l.pid) + " did not stop in time";
       l.suspended = false;
+      // A process that ended while the others stopped is no part of the
+      // image: its parent's image holds it as a zombie, if it is one yet.
+      char st = ProcState(l.pid);
+      if (st == 'Z' || st == 'X' || st == '?') {
+        exited.push_back(fd);
+        continue;
+      }
+      err = "process " + std::to_string(l.pid) + " did not stop in time";
       continue;
     }
     std::vector<uint8_t> blob(h.len);
@@ -224,6 +232,12 @@ void Agent::DoCapture(const std::string& dir, const std::string& job_id, const j
       err = "process " + std::to_string(l.pid) + ": " + e.what();
     }
   }
+  for (int fd : exited) {
+    close(fd);
+    libs_.erase(fd);
+    metas.erase(fd);
+  }
+  if (!exited.empty()) SendProcs();
   struct utsname un {};
   uname(&un);
   if (err.empty()) {
