@@ -136,6 +136,8 @@ char g_agent[108];
 char g_preload[512];   // our own entry of LD_PRELOAD
 char g_job_dir[IBDBG_PATH_MAX];
 char g_job_id[64];
+char g_rsh[256];                   // basename of the job's remote shell (ssh)
+char g_ibdbg_exe[IBDBG_PATH_MAX];  // ibdbg itself, run on the remote host
 volatile uint32_t g_capturing;     // handler ignores the signal unless set
 volatile uint32_t g_resume_gen;    // bumped to let stopped threads go
 volatile uint32_t g_nslots;
@@ -685,6 +687,13 @@ __attribute__((constructor)) void ibdbg_capture_init() {
   }
   if (const char* jd = getenv("IBDBG_JOB_DIR")) scopy(g_job_dir, jd, sizeof g_job_dir);
   if (const char* ji = getenv("IBDBG_JOB_ID")) scopy(g_job_id, ji, sizeof g_job_id);
+  if (const char* r = getenv("IBDBG_REMOTE_SHELL")) {
+    const char* base = r;
+    for (const char* c = r; *c; c++)
+      if (*c == '/') base = c + 1;
+    scopy(g_rsh, base, sizeof g_rsh);
+  }
+  if (const char* e = getenv("IBDBG_EXE")) scopy(g_ibdbg_exe, e, sizeof g_ibdbg_exe);
   const char* s = getenv("IBDBG_SIGNAL");
   g_sig = s && *s ? atoi(s) : SIGRTMAX - 2;
   if (g_sig <= 0 || g_sig >= 65) g_sig = SIGRTMAX - 2;
@@ -937,6 +946,130 @@ int with_env(char* const* envp, F call) {
   return call(out);
 }
 
+// ---- remote shells: what a job starts on other hosts is captured too ----------------
+// A job reaches other hosts through its remote shell (ssh, or what `ibdbg run
+// --remote-shell` names); used as one uses ssh, it runs a command line on the
+// remote host.  That line is wrapped so that an agent of this job runs it
+// there: `ibdbg run --dir JOB --via HOST:PID -- sh -c 'LINE'`.  HOST:PID
+// names this process, so that a replay can put the remote part's launcher in
+// its place.  Only the stack is used (a vfork child calls this too).
+
+// ssh's options that take an argument.
+bool ssh_opt_with_arg(char c) {
+  for (const char* p = "BbcDEeFIiJLlmOoPpQRSWw"; *p; p++)
+    if (*p == c) return true;
+  return false;
+}
+
+size_t quoted_len(const char* s) {
+  size_t n = 2;
+  for (; *s; s++) n += *s == '\'' ? 4 : 1;
+  return n;
+}
+
+char* put_quoted(char* d, const char* s) {
+  *d++ = '\'';
+  for (; *s; s++) {
+    if (*s == '\'') {
+      memcpy(d, "'\\''", 4);
+      d += 4;
+    } else {
+      *d++ = *s;
+    }
+  }
+  *d++ = '\'';
+  return d;
+}
+
+void utoa(unsigned long v, char* out) {
+  char tmp[24];
+  int n = 0;
+  do tmp[n++] = (char)('0' + v % 10), v /= 10;
+  while (v);
+  while (n) *out++ = tmp[--n];
+  *out = 0;
+}
+
+char* put(char* d, const char* s) {
+  while (*s) *d++ = *s++;
+  return d;
+}
+
+bool is_remote_shell(const char* path) {
+  if (!capturing_enabled() || !g_rsh[0] || !g_ibdbg_exe[0] || !g_job_dir[0] || !path) return false;
+  const char* base = path;
+  for (const char* c = path; *c; c++)
+    if (*c == '/') base = c + 1;
+  return strcmp(base, g_rsh) == 0;
+}
+
+// The index of the first word of the remote command, or 0 when there is none
+// (an interactive login is left alone).
+size_t remote_command_index(char* const argv[]) {
+  size_t i = 1;
+  while (argv[i] && argv[i][0] == '-') {
+    if (argv[i][1] == '-' && !argv[i][2]) {
+      i++;
+      break;
+    }
+    size_t l = slen(argv[i]);
+    i += (l == 2 && ssh_opt_with_arg(argv[i][1]) && argv[i + 1]) ? 2 : 1;
+  }
+  if (!argv[i] || !argv[i + 1]) return 0;  // argv[i] is the host
+  return i + 1;
+}
+
+// Fills `line` (room: wrapped_len) with the wrapped command.
+size_t wrapped_len(char* const argv[], size_t first) {
+  size_t n = 256 + quoted_len(g_ibdbg_exe) + quoted_len(g_job_dir) + 2;
+  for (size_t i = first; argv[i]; i++) n += slen(argv[i]) + 1;
+  return n * 4 + 16;  // quoting twice at worst
+}
+
+void wrap_line(char* const argv[], size_t first, char* line, char* scratch) {
+  // LINE: the words joined by spaces, as ssh sends them.
+  char* s = scratch;
+  for (size_t i = first; argv[i]; i++) {
+    if (i > first) *s++ = ' ';
+    s = put(s, argv[i]);
+  }
+  *s = 0;
+  struct {
+    char f[6][65];
+  } un;
+  char host[80] = "?";
+  if (sys(SYS_uname, (long)&un) == 0) scopy(host, un.f[1], sizeof host);
+  char via[120];
+  char pid[24];
+  utoa((unsigned long)sys(SYS_getpid), pid);
+  build(via, sizeof via, host, ":", pid);
+  char* d = line;
+  d = put(d, "env -u LD_PRELOAD -u IBDBG_AGENT ");
+  d = put_quoted(d, g_ibdbg_exe);
+  d = put(d, " run --dir ");
+  d = put_quoted(d, g_job_dir);
+  d = put(d, " --via ");
+  d = put_quoted(d, via);
+  d = put(d, " -- sh -c ");
+  d = put_quoted(d, scratch);
+  *d = 0;
+}
+
+template <typename F>
+int with_remote_wrap(const char* path, char* const argv[], F call) {
+  size_t first = is_remote_shell(path) ? remote_command_index(argv) : 0;
+  if (!first) return call(argv);
+  size_t cap = wrapped_len(argv, first);
+  char* line = (char*)__builtin_alloca(cap);
+  char* scratch = (char*)__builtin_alloca(cap);
+  wrap_line(argv, first, line, scratch);
+  char** out = (char**)__builtin_alloca((first + 2) * sizeof(char*));
+  for (size_t i = 0; i < first; i++) out[i] = argv[i];
+  out[first] = line;
+  out[first + 1] = nullptr;
+  return call(out);
+}
+
 using execve_fn = int (*)(const char*, char* const*, char* const*);
 using fexecve_fn = int (*)(int, char* const*, char* const*);
 using spawn_fn = int (*)(pid_t*, const char*, const posix_spawn_file_actions_t*, const posix_spawnattr_t*,
@@ -952,13 +1085,17 @@ T next_fn(const char* name) {
 EXPORT int execve(const char* path, char* const argv[], char* const envp[]) {
   static execve_fn real_fn;
   if (!real_fn) real_fn = next_fn<execve_fn>("execve");
-  return with_env(envp, [&](char* const* e) { return real_fn(path, argv, e); });
+  return with_remote_wrap(path, argv, [&](char* const* a) {
+    return with_env(envp, [&](char* const* e) { return real_fn(path, a, e); });
+  });
 }
 
 EXPORT int execvpe(const char* file, char* const argv[], char* const envp[]) {
   static execve_fn real_fn;
   if (!real_fn) real_fn = next_fn<execve_fn>("execvpe");
-  return with_env(envp, [&](char* const* e) { return real_fn(file, argv, e); });
+  return with_remote_wrap(file, argv, [&](char* const* a) {
+    return with_env(envp, [&](char* const* e) { return real_fn(file, a, e); });
+  });
 }
 
 EXPORT int execv(const char* path, char* const argv[]) { return execve(path, argv, environ); }

@@ -54,7 +54,7 @@ bool SendMsg(int fd, uint32_t type) {
 
 }  // namespace
 
-Agent::Agent(const JobDir& job) : job_(job) {
+Agent::Agent(const JobDir& job, const std::string& via) : job_(job), via_(via) {
   // Fixed length, so that a replayed process can rewrite the name in its
   // environment in place.
   char pidhex[16];
@@ -139,6 +139,16 @@ std::vector<pid_t> ChildrenOf(pid_t pid) {
   return out;
 }
 
+// `ibdbg run` (or a replay's part): an agent of its own.
+bool IsAgentProcess(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/cmdline");
+  std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  size_t z = all.find('\0');
+  if (z == std::string::npos) return false;
+  std::string arg1 = all.substr(z + 1, all.find('\0', z + 1) - z - 1);
+  return arg1 == "run";
+}
+
 char ProcState(pid_t pid) {
   std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
   std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
@@ -159,25 +169,27 @@ std::vector<pid_t> Agent::UnregisteredDescendants() {
   while (!todo.empty()) {
     pid_t p = todo.back();
     todo.pop_back();
+    std::string exe = ReadLinkStr("/proc/" + std::to_string(p) + "/exe");
+    // Another agent of the job (a part started through the remote shell)
+    // answers for its own processes.
+    if (exe == self && IsAgentProcess(p)) continue;
     for (pid_t c : ChildrenOf(p)) todo.push_back(c);
     if (known.count(p) || ProcState(p) == 'Z') continue;
-    std::string exe = ReadLinkStr("/proc/" + std::to_string(p) + "/exe");
     if (exe.empty() || exe == self || exe.find("/ibdbg-restore") != std::string::npos) continue;
     out.push_back(p);
   }
   return out;
 }
 
-void Agent::DoCapture(const std::string& dir, const std::string& job_id, const json& options) {
+void Agent::DoSuspend() {
   // Libraries that connected a moment ago belong in this capture.
   for (;;) {
     pollfd lp = {lfd_, POLLIN, 0};
     if (poll(&lp, 1, 0) != 1) break;
     AcceptLib();
   }
-  json procs = json::array();
   std::string err;
-  std::map<int, capture::ProcessMeta> metas;
+  metas_.clear();
   // Stop every library; then any process of ours that has not registered yet
   // (a child forked or exec'd a moment ago) gets a moment to do so, since an
   // image without it would be a torn tree.
@@ -227,7 +239,7 @@ void Agent::DoCapture(const std::string& dir, const std::string& job_id, const j
       continue;
     }
     try {
-      metas[fd] = capture::ParseBlob(blob);
+      metas_[fd] = capture::ParseBlob(blob);
     } catch (const std::exception& e) {
       err = "process " + std::to_string(l.pid) + ": " + e.what();
     }
@@ -235,46 +247,67 @@ void Agent::DoCapture(const std::string& dir, const std::string& job_id, const j
   for (int fd : exited) {
     close(fd);
     libs_.erase(fd);
-    metas.erase(fd);
+    metas_.erase(fd);
   }
   if (!exited.empty()) SendProcs();
-  struct utsname un {};
-  uname(&un);
+  // Bytes on their way to other processes of the job (on other hosts too)
+  // reach their receive queues while everyone stands still.
   if (err.empty()) {
-    for (auto& [fd, l] : libs_) {
-      std::string file = "proc-" + std::to_string(l.pid) + ".img";
-      std::string path = dir + "/" + file;
-      int out = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-      if (out < 0) {
-        err = "cannot create " + path + ": " + strerror(errno);
-        break;
-      }
-      try {
-        capture::WriteOptions wo;
-        wo.job_id = job_id;
-        wo.ibdbg_version = IBDBG_VERSION;
-        wo.zstd_level = options.value("zstd_level", wo.zstd_level);
-        wo.threads = options.value("zstd_threads", wo.threads);
-        l.refills.clear();
-        auto st = capture::WriteProcessImage(l.pid, metas[fd], out, wo, &l.refills);
-        procs.push_back({{"pid", metas[fd].proc.pid},
-                         {"host", metas[fd].proc.hostname},
-                         {"exe", metas[fd].proc.exe},
-                         {"image", file},
-                         {"bytes", st.file_bytes},
-                         {"memory_bytes", st.memory_bytes},
-                         {"threads", metas[fd].threads.size()}});
-      } catch (const std::exception& e) {
-        err = "process " + std::to_string(l.pid) + ": " + e.what();
-      }
-      close(out);
-      if (!err.empty()) break;
-    }
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    for (auto& [fd, l] : libs_)
+      if (l.suspended && err.empty()) err = capture::WaitTcpSent(l.pid, until);
   }
   if (err.empty())
-    coord_.Send({{"op", "captured"}, {"ok", true}, {"procs", procs}, {"kernel", un.release}});
+    coord_.Send({{"op", "suspended"}, {"ok", true}});
   else
+    coord_.Send({{"op", "suspended"}, {"ok", false}, {"error", err}});
+}
+
+void Agent::DoWrite(const std::string& dir, const std::string& job_id, const json& options) {
+  json procs = json::array();
+  std::string err;
+  struct utsname un {};
+  uname(&un);
+  for (auto& [fd, l] : libs_) {
+    if (!l.suspended || !metas_.count(fd)) continue;
+    // Parts on other hosts have pids of their own: their files say whose.
+    std::string file = (via_.empty() ? "proc-" : "proc-" + std::string(un.nodename) + "-") +
+                       std::to_string(metas_[fd].proc.pid) + ".img";
+    std::string path = dir + "/" + file;
+    int out = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (out < 0) {
+      err = "cannot create " + path + ": " + strerror(errno);
+      break;
+    }
+    try {
+      capture::WriteOptions wo;
+      wo.job_id = job_id;
+      wo.ibdbg_version = IBDBG_VERSION;
+      wo.zstd_level = options.value("zstd_level", wo.zstd_level);
+      wo.threads = options.value("zstd_threads", wo.threads);
+      l.refills.clear();
+      auto st = capture::WriteProcessImage(l.pid, metas_[fd], out, wo, &l.refills);
+      procs.push_back({{"pid", metas_[fd].proc.pid},
+                       {"host", metas_[fd].proc.hostname},
+                       {"exe", metas_[fd].proc.exe},
+                       {"image", file},
+                       {"bytes", st.file_bytes},
+                       {"memory_bytes", st.memory_bytes},
+                       {"threads", metas_[fd].threads.size()}});
+    } catch (const std::exception& e) {
+      err = "process " + std::to_string(l.pid) + ": " + e.what();
+    }
+    close(out);
+    if (!err.empty()) break;
+  }
+  metas_.clear();
+  if (err.empty()) {
+    json reply = {{"op", "captured"}, {"ok", true}, {"procs", procs}, {"kernel", un.release}, {"host", un.nodename}};
+    if (!via_.empty()) reply["via"] = via_;
+    coord_.Send(reply);
+  } else {
     coord_.Send({{"op", "captured"}, {"ok", false}, {"error", err}});
+  }
 }
 
 namespace {
@@ -345,8 +378,10 @@ int Agent::Loop() {
       }
       while (auto m = coord_.Pop()) {
         std::string op = m->value("op", "");
-        if (op == "capture")
-          DoCapture(m->value("dir", ""), m->value("job_id", job_.job_id), m->value("options", json::object()));
+        if (op == "suspend")
+          DoSuspend();
+        else if (op == "write")
+          DoWrite(m->value("dir", ""), m->value("job_id", job_.job_id), m->value("options", json::object()));
         else if (op == "resume") Resume(false);
         else if (op == "kill") Resume(true);
       }

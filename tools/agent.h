@@ -18,7 +18,9 @@ namespace ibdbg::tools {
 
 class Agent {
  public:
-  explicit Agent(const JobDir& job);
+  // `via`: "HOST:PID" of the process that started this agent through the
+  // job's remote shell on another host ("" for the first agent of a job).
+  Agent(const JobDir& job, const std::string& via);
   ~Agent();
   // "@ibdbg-<job>-<pid>-<rand>": what IBDBG_AGENT / the restart info carry.
   const std::string& socket_name() const { return name_; }
@@ -38,12 +40,18 @@ class Agent {
   };
   void AcceptLib();
   void SendProcs();
-  void DoCapture(const std::string& dir, const std::string& job_id, const json& options);
+  // A capture in two steps, each ending in a barrier at the coordinator:
+  // every process of the job stops (and its TCP sends drain), then every
+  // agent writes.
+  void DoSuspend();
+  void DoWrite(const std::string& dir, const std::string& job_id, const json& options);
   void Resume(bool kill);
   std::vector<pid_t> UnregisteredDescendants();
 
   JobDir job_;
+  std::string via_;
   std::string name_;
+  std::map<int, capture::ProcessMeta> metas_;  // of the capture under way
   int lfd_ = -1;
   LineConn coord_;
   std::map<int, Lib> libs_;

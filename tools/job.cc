@@ -353,6 +353,8 @@ struct Capture {
   bool stop = false;
   json options = json::object();  // compression settings for the agents
   std::vector<int> waiting;  // agent fds
+  std::vector<int> agents;   // every agent asked
+  bool writing = false;      // past the barrier: every process stopped
   json procs = json::array();
   json hosts = json::array();
   std::chrono::steady_clock::time_point deadline;
@@ -467,6 +469,7 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
           mp.threads = pr.value("threads", 0);
           mf.processes.push_back(mp);
         }
+        mf.hosts = cap->hosts;
         int fd = cap->dir->CreateFile(image::kManifestName);
         try {
           image::WriteManifestFd(fd, mf, cap->dir->temp_path() + "/" + image::kManifestName);
@@ -519,8 +522,9 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
     // Every agent is asked: one may have processes it has not reported yet.
     for (auto& [fd, p] : peers)
       if (p.role == "agent") {
-        p.conn.Send({{"op", "capture"}, {"dir", cap->dir->temp_path()}, {"job_id", job.job_id}, {"options", options}});
+        p.conn.Send({{"op", "suspend"}});
         cap->waiting.push_back(fd);
+        cap->agents.push_back(fd);
       }
     return std::nullopt;
   };
@@ -576,7 +580,29 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
           interval_s = m->value("seconds", 0);
           next_interval = interval_s > 0 ? now + std::chrono::seconds(interval_s)
                                          : std::chrono::steady_clock::time_point::max();
-        } else if (op == "captured" && cap) {
+        } else if (op == "suspended" && cap && !cap->writing) {
+          auto it = std::find(cap->waiting.begin(), cap->waiting.end(), fd);
+          if (it != cap->waiting.end()) {
+            cap->waiting.erase(it);
+            if (!m->value("ok", false)) cap->error = m->value("error", std::string("an agent failed"));
+            if (cap->waiting.empty()) {
+              if (!cap->error.empty()) {
+                finish_capture(false);
+              } else {
+                // The barrier: the whole job stands still; now it is written.
+                cap->writing = true;
+                for (int afd : cap->agents)
+                  if (peers.count(afd)) {
+                    peers[afd].conn.Send({{"op", "write"},
+                                          {"dir", cap->dir->temp_path()},
+                                          {"job_id", job.job_id},
+                                          {"options", cap->options}});
+                    cap->waiting.push_back(afd);
+                  }
+              }
+            }
+          }
+        } else if (op == "captured" && cap && cap->writing) {
           auto it = std::find(cap->waiting.begin(), cap->waiting.end(), fd);
           if (it != cap->waiting.end()) {
             cap->waiting.erase(it);
@@ -584,7 +610,9 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
               cap->error = m->value("error", std::string("an agent failed"));
             } else {
               for (auto& pr : m->value("procs", json::array())) cap->procs.push_back(pr);
-              cap->hosts.push_back({{"name", p.host}, {"kernel", m->value("kernel", "")}});
+              json h = {{"name", m->value("host", p.host)}, {"kernel", m->value("kernel", "")}};
+              if (m->contains("via")) h["via"] = m->value("via", "");
+              cap->hosts.push_back(h);
             }
             if (cap->waiting.empty()) {
               if (cap->error.empty() && cap->procs.empty()) cap->error = "the job has no running processes";

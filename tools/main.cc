@@ -89,12 +89,21 @@ JobDir NewOrNamedJob(const std::string& dir) {
   return OpenOrCreateJob(IbdbgHome() + "/jobs/" + id, id);
 }
 
-int CmdRun(const std::string& dir, int interval, const std::string& listen, const std::vector<std::string>& cmd) {
+int CmdRun(const std::string& dir, int interval, const std::string& listen, const std::string& remote_shell,
+           const std::string& via, const std::vector<std::string>& cmd) {
   if (cmd.empty()) throw std::runtime_error("nothing to run: ibdbg run [--dir DIR] -- CMD ARGS...");
   std::string lib = CaptureLibrary();
-  JobDir job = NewOrNamedJob(dir);
-  EnsureCoordinator(job, SelfExe(), listen);
-  Agent agent(job);
+  JobDir job;
+  if (via.empty()) {
+    job = NewOrNamedJob(dir);
+    EnsureCoordinator(job, SelfExe(), listen);
+  } else {
+    // A part of a job on another host, started through the job's remote
+    // shell: its coordinator runs there already.
+    if (dir.empty()) throw std::runtime_error("--via needs --dir");
+    job = LoadJob(dir);
+  }
+  Agent agent(job, via);
   if (interval > 0) {
     LineConn c = ConnectCoordinator(job, "client");
     c.Send({{"op", "interval"}, {"seconds", interval}});
@@ -112,6 +121,10 @@ int CmdRun(const std::string& dir, int interval, const std::string& listen, cons
     setenv("IBDBG_AGENT", agent.socket_name().c_str(), 1);
     setenv("IBDBG_JOB_DIR", job.dir.c_str(), 1);
     setenv("IBDBG_JOB_ID", job.job_id.c_str(), 1);
+    // What the job runs through its remote shell runs under an agent of ours
+    // on the other host (see capture/README.md).
+    setenv("IBDBG_REMOTE_SHELL", remote_shell.c_str(), 1);
+    setenv("IBDBG_EXE", SelfExe().c_str(), 1);
     // Images that replay on other CPUs: with lazy binding, ld.so resolves
     // symbols later through a trampoline that saves registers with the best
     // instruction of the capturing CPU (XSAVEC), which another CPU may lack.
@@ -191,7 +204,7 @@ int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const 
   std::string script = with_gdb ? GdbScript() : "";
   JobDir job = NewOrNamedJob(dir);
   EnsureCoordinator(job, SelfExe());
-  Agent agent(job);
+  Agent agent(job, "");
   replay::ReplayOptions ro;
   ro.restorer = restorer;
   ro.agent = agent.socket_name();
@@ -259,13 +272,19 @@ int main(int argc, char** argv) {
   std::string dir, job_id, image, out;
   int interval = 0, level = -1, zthreads = -1;
   bool stop = false, json_out = false, gdb = false, dry_run = false;
-  std::string gdb_batch, listen = "127.0.0.1";
+  std::string gdb_batch, listen = "127.0.0.1", remote_shell = "ssh", via;
   std::vector<std::string> cmd, map_paths;
 
   auto* run = app.add_subcommand("run", "Run CMD capturable (the capture library is preloaded); exits with its status");
   run->add_option("--dir", dir, "Job directory (a second run with the same DIR joins the job)");
   run->add_option("--interval", interval, "Capture every SECONDS")->check(CLI::PositiveNumber);
-  run->add_option("--listen", listen, "Address the job's coordinator listens on (default 127.0.0.1)");
+  run->add_option("--listen", listen,
+                  "Address the job's coordinator listens on (default 127.0.0.1; an address other hosts reach for jobs "
+                  "that span hosts)");
+  run->add_option("--remote-shell", remote_shell,
+                  "The program the job uses to run commands on other hosts, as one uses ssh (default ssh): what it "
+                  "starts there is captured too");
+  run->add_option("--via", via, "")->group("");  // internal: HOST:PID that started this part of the job
   run->add_option("cmd", cmd, "Command and arguments (after --)")->required();
   run->footer("Example: ibdbg run --dir /tmp/job -- ./solver input.dat");
 
@@ -320,7 +339,7 @@ int main(int argc, char** argv) {
   }
   signal(SIGPIPE, SIG_IGN);
   try {
-    if (*run) return CmdRun(dir, interval, listen, cmd);
+    if (*run) return CmdRun(dir, interval, listen, remote_shell, via, cmd);
     if (*capture) return CmdCapture(job_id, dir, stop, level, zthreads);
     if (*status) return CmdStatus(job_id, dir);
     if (*replay) return CmdReplay(image, dir, gdb, gdb_batch);

@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,10 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
                              std::vector<PipeRefill>* refills);
 
 // Puts drained pipe data back (best effort).
+// Waits (until `until`) for the process's TCP connections to have no byte
+// unacknowledged by their peers; "" when none is left, else why not.
+std::string WaitTcpSent(pid_t pid, std::chrono::steady_clock::time_point until);
+
 void RefillPipes(pid_t pid, const std::vector<PipeRefill>& refills);
 
 }  // namespace ibdbg::capture

@@ -193,6 +193,16 @@ Manifest ParseManifest(const std::string& text, const std::string& where) {
     pf.String("checksum", true);
     m.parent = *p;
   }
+  if (const json* h = f.Find("hosts")) {
+    if (!h->is_array()) f.Bad("hosts", "must be an array");
+    for (size_t i = 0; i < h->size(); ++i) {
+      Fields hf((*h)[i], where, "hosts[" + std::to_string(i) + "].");
+      if (!(*h)[i].is_object()) hf.Bad("", "must be an object");
+      hf.String("name", true);
+      hf.String("via", false);
+    }
+    m.hosts = *h;
+  }
   const json& procs = f.Need("processes");
   if (!procs.is_array()) f.Bad("processes", "must be an array");
   for (size_t i = 0; i < procs.size(); ++i) {
@@ -234,6 +244,7 @@ std::string ManifestToJson(const Manifest& m) {
   j["created_ns"] = m.created_ns;
   if (!m.captured.empty()) j["captured"] = m.captured;
   if (!m.parent.is_null()) j["parent"] = ordered_json::parse(m.parent.dump(-1, ' ', false, json::error_handler_t::replace));
+  if (!m.hosts.empty()) j["hosts"] = ordered_json::parse(m.hosts.dump(-1, ' ', false, json::error_handler_t::replace));
   ordered_json procs = ordered_json::array();
   for (const ManifestProcess& p : m.processes) {
     ordered_json e;

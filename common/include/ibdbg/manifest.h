@@ -35,6 +35,11 @@ struct Manifest {
   // `created` and may be left empty, a translated image inherits it.
   std::string captured;
   std::vector<ManifestProcess> processes;
+  // One entry per agent of the capture: {"name": host name, "kernel": ...,
+  // "via": "HOST:PID"} where "via" names the process on another host that
+  // started this host's part through the job's remote shell.  May be empty
+  // (older images).
+  nlohmann::json hosts = nlohmann::json::array();
   // Translated images: {"image": absolute path of the input,
   // "checksum": "xxh3:<16 hex>" (ImageChecksum of the input),
   // "options": {...}}. null for captures.

@@ -169,7 +169,7 @@ struct ibdbg_fd_info {
 };
 #define IBDBG_SOCKOPT_NODELAY 1u
 #define IBDBG_SOCKOPT_KEEPALIVE 2u
-#define IBDBG_SOCKOPT_V6ONLY 4u /* an IPv6 socket that does not take IPv4 */
+#define IBDBG_SOCKOPT_V6ONLY 128u /* an IPv6 socket that does not take IPv4 */
 
 /* ---- memory regions as the image records them ------------------------------ */
 enum ibdbg_image_vma_kind {
