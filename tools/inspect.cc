@@ -1,6 +1,7 @@
 #include "inspect.h"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -171,6 +172,8 @@ const char* FdKindName(uint32_t kind) {
     case IBDBG_FD_TIMERFD: return "timerfd";
     case IBDBG_FD_SIGNALFD: return "signalfd";
     case IBDBG_FD_EPOLL: return "epoll";
+    case IBDBG_FD_SOCKET_CONN: return "socket-conn";
+    case IBDBG_FD_SOCKET_DGRAM: return "socket-dgram";
   }
   return "unknown";
 }
@@ -288,6 +291,21 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
           e["socket_type"] = f.sock_type;
           e["socket_backlog"] = f.sock_backlog;
         }
+        if (f.kind == IBDBG_FD_SOCKET_DGRAM || (f.kind == IBDBG_FD_SOCKET_CONN && f.sock_type == SOCK_SEQPACKET)) {
+          // Queued messages: a header, the sender's address, the payload, each.
+          uint64_t n = 0, off = sizeof f;
+          while (off + sizeof(ibdbg_sock_msg) <= data.size()) {
+            ibdbg_sock_msg m;
+            memcpy(&m, data.data() + off, sizeof m);
+            off += sizeof m + (uint64_t)m.addr_len + m.len;
+            n++;
+          }
+          e["messages"] = n;
+        }
+        if (f.sock_opts & (IBDBG_SOCKOPT_SHUT_RD | IBDBG_SOCKOPT_SHUT_WR))
+          e["shutdown"] = (f.sock_opts & IBDBG_SOCKOPT_SHUT_RD) && (f.sock_opts & IBDBG_SOCKOPT_SHUT_WR) ? "rdwr"
+                          : (f.sock_opts & IBDBG_SOCKOPT_SHUT_RD)                                        ? "rd"
+                                                                                                         : "wr";
         fds.push_back(std::move(e));
         break;
       }
@@ -605,6 +623,8 @@ std::string RenderText(const ojson& doc) {
       if (f["deleted"].get<bool>()) l += " (deleted)";
       if (f.contains("pipe_id")) l += "  pipe " + S(f["pipe_id"]);
       if (f.contains("socket_backlog")) l += "  backlog " + S(f["socket_backlog"]);
+      if (f.contains("messages") && f["messages"].get<uint64_t>()) l += "  " + S(f["messages"]) + " messages queued";
+      if (f.contains("shutdown")) l += "  shut " + f["shutdown"].get<std::string>();
       uint64_t data = f["data_bytes"].get<uint64_t>();
       if (data) l += "  " + HumanBytes(data) + " stored";
       line(l);
