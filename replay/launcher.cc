@@ -1180,9 +1180,13 @@ void MakeOutsideEnds(const std::vector<std::unique_ptr<Prepared>>& all, Shared& 
         poll(&pf, 1, 1000);
         shutdown(keep, SHUT_WR);
       }
-      fprintf(stderr, "ibdbg replay: pid %d fd %d: %s connection to %s was outside the job: it is closed now\n",
-              (int)p->m.proc.pid, fi.fd, inet ? "TCP" : fi.sock_type == SOCK_SEQPACKET ? "unix seqpacket" : "unix stream",
-              AddrText(fi.peer_addr, fi.peer_addr_len).c_str());
+      const char* what = inet ? "TCP" : fi.sock_type == SOCK_SEQPACKET ? "unix seqpacket" : "unix stream";
+      if (inet && !fi.peer_addr_len)
+        fprintf(stderr, "ibdbg replay: pid %d fd %d: %s connection had ended before the capture: it is closed now\n",
+                (int)p->m.proc.pid, fi.fd, what);
+      else
+        fprintf(stderr, "ibdbg replay: pid %d fd %d: %s connection to %s was outside the job: it is closed now\n",
+                (int)p->m.proc.pid, fi.fd, what, AddrText(fi.peer_addr, fi.peer_addr_len).c_str());
       sh.socks[fi.sock_id] = keep;
       ours.push_back(keep);
     }

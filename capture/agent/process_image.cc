@@ -307,6 +307,17 @@ bool TcpSentFin(int s) {
   }
 }
 
+// A TCP socket that was connected and is closed now (both FINs, or a reset;
+// as a replayed connection to a peer outside the job is): unlike a new one,
+// reading it gives its last bytes or end of file, not ENOTCONN.
+bool TcpEnded(int s) {
+  tcp_info ti{};
+  socklen_t l = sizeof ti;
+  char c;
+  return getsockopt(s, IPPROTO_TCP, TCP_INFO, &ti, &l) == 0 && ti.tcpi_state == TCP_CLOSE &&
+         recv(s, &c, 1, MSG_PEEK | MSG_DONTWAIT) >= 0;
+}
+
 void DescribeSocket(pid_t pid, ibdbg_fd_info* fi, uint64_t ino, std::string* data) {
   fi->kind = IBDBG_FD_OTHER;
   fi->sock_id = ino;
@@ -345,7 +356,10 @@ void DescribeSocket(pid_t pid, ibdbg_fd_info* fi, uint64_t ino, std::string* dat
     if (fi->sock_family == AF_UNIX) fi->peer_id = UnixPeerInode(ino, &shut);
     fi->sock_opts |= UnixShutOpts(shut);
     PeekMessages(s, fi->fd, data, shut & 1);
-  } else if (connected && fi->sock_type == SOCK_STREAM && (inet || fi->sock_family == AF_UNIX)) {
+  } else if ((connected || (inet && TcpEnded(s))) && fi->sock_type == SOCK_STREAM &&
+             (inet || fi->sock_family == AF_UNIX)) {
+    // (A TCP connection that has ended keeps what it had not read; without
+    // a peer address it replays as a closed connection, as it is.)
     fi->kind = IBDBG_FD_SOCKET_CONN;
     uint8_t shut = 0;
     if (fi->sock_family == AF_UNIX) fi->peer_id = UnixPeerInode(ino, &shut);
