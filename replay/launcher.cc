@@ -1036,6 +1036,10 @@ void MakeDgrams(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, s
     }
     d.fd = own(socket(fi.sock_family, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     if (d.fd < 0) Fail("cannot create the datagram socket of " + where(d) + ": " + strerror(errno));
+    int one = 1;
+    if (fi.sock_opts & IBDBG_SOCKOPT_REUSEADDR) setsockopt(d.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (fi.sock_opts & IBDBG_SOCKOPT_REUSEPORT) setsockopt(d.fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (fi.sock_opts & IBDBG_SOCKOPT_BROADCAST) setsockopt(d.fd, SOL_SOCKET, SO_BROADCAST, &one, sizeof one);
     if (HasName(fi) && BindDgram(d.fd, fi) != 0)
       Fail("cannot bind the datagram socket of " + where(d) + " to " + AddrText(fi.sock_addr, fi.sock_addr_len) +
            ": " + strerror(errno) + " (is the captured job still running?)");

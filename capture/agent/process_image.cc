@@ -229,7 +229,7 @@ uint64_t UnixPeerInode(uint64_t ino, uint8_t* shutdown = nullptr) {
 // shares with the process: put back afterwards) walks the queue.  On a
 // socket shut for reading (or whose seqpacket peer is gone) an empty read is
 // the end of the queue, not an empty message.
-void PeekMessages(int s, int fd, std::string* data, bool rcv_shut) {
+void PeekMessages(int s, int fd, std::string* data, bool rcv_shut, bool seqpacket) {
   auto refuse = [&](const std::string& why) {
     close(s);
     Fail("fd " + std::to_string(fd) + ": " + why);
@@ -270,10 +270,11 @@ void PeekMessages(int s, int fd, std::string* data, bool rcv_shut) {
     data->append((const char*)&from, h.addr_len);
     data->append(buf.data(), (size_t)n);
     if (!walk) {
-      // Without a peek offset only the first message can be seen: more would be lost.
+      // Without a peek offset only the first message can be seen: more would
+      // be lost.  Only a seqpacket socket tells how much is queued in all.
       int queued = 0;
-      if (ioctl(s, SIOCINQ, &queued) != 0 || queued != n)
-        refuse("more than one message is queued on a socket this kernel cannot peek past (no SO_PEEK_OFF)");
+      if (!seqpacket || ioctl(s, SIOCINQ, &queued) != 0 || queued != n)
+        refuse("messages are queued on a socket this kernel cannot peek past the first of (no SO_PEEK_OFF)");
       break;
     }
     if (count > (1 << 20)) refuse("endless message queue");
@@ -349,13 +350,19 @@ void DescribeSocket(pid_t pid, ibdbg_fd_info* fi, uint64_t ino, std::string* dat
     uint8_t shut = 0;
     fi->peer_id = UnixPeerInode(ino, &shut);
     fi->sock_opts |= UnixShutOpts(shut);
-    PeekMessages(s, fi->fd, data, shut & 1);
+    PeekMessages(s, fi->fd, data, shut & 1, true);
   } else if (fi->sock_type == SOCK_DGRAM && (fi->sock_family == AF_UNIX || IsUdp(s, inet))) {
     fi->kind = IBDBG_FD_SOCKET_DGRAM;
     uint8_t shut = 0;
     if (fi->sock_family == AF_UNIX) fi->peer_id = UnixPeerInode(ino, &shut);
     fi->sock_opts |= UnixShutOpts(shut);
-    PeekMessages(s, fi->fd, data, shut & 1);
+    l = sizeof v;
+    if (getsockopt(s, SOL_SOCKET, SO_REUSEADDR, &v, &l) == 0 && v) fi->sock_opts |= IBDBG_SOCKOPT_REUSEADDR;
+    l = sizeof v;
+    if (getsockopt(s, SOL_SOCKET, SO_REUSEPORT, &v, &l) == 0 && v) fi->sock_opts |= IBDBG_SOCKOPT_REUSEPORT;
+    l = sizeof v;
+    if (getsockopt(s, SOL_SOCKET, SO_BROADCAST, &v, &l) == 0 && v) fi->sock_opts |= IBDBG_SOCKOPT_BROADCAST;
+    PeekMessages(s, fi->fd, data, shut & 1, false);
   } else if ((connected || (inet && TcpEnded(s))) && fi->sock_type == SOCK_STREAM &&
              (inet || fi->sock_family == AF_UNIX)) {
     // (A TCP connection that has ended keeps what it had not read; without

@@ -184,6 +184,10 @@ struct ibdbg_fd_info {
 /* The socket's own shutdown state (a half-closed connection). */
 #define IBDBG_SOCKOPT_SHUT_RD 4u
 #define IBDBG_SOCKOPT_SHUT_WR 8u
+/* Datagram sockets: set before binding again. */
+#define IBDBG_SOCKOPT_REUSEADDR 16u
+#define IBDBG_SOCKOPT_REUSEPORT 32u
+#define IBDBG_SOCKOPT_BROADCAST 64u
 
 /* ---- memory regions as the image records them ------------------------------ */
 enum ibdbg_image_vma_kind {

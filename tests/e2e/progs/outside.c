@@ -60,11 +60,11 @@ int main(int argc, char **argv) {
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   if (connect(t, (struct sockaddr *)&a, sizeof a)) return printf("FAIL: connect to the outside TCP peer\n"), 1;
   struct sockaddr_un ua = {.sun_family = AF_UNIX};
-  snprintf(ua.sun_path, sizeof ua.sun_path, "%s/outside.sock", dir);
+  snprintf(ua.sun_path, sizeof ua.sun_path, "%.80s/outside.sock", dir);
   int u = socket(AF_UNIX, SOCK_STREAM, 0);
   if (connect(u, (struct sockaddr *)&ua, sizeof ua)) return printf("FAIL: connect to the outside unix peer\n"), 1;
   struct sockaddr_un da = {.sun_family = AF_UNIX};
-  snprintf(da.sun_path, sizeof da.sun_path, "%s/outside.dgram", dir);
+  snprintf(da.sun_path, sizeof da.sun_path, "%.80s/outside.dgram", dir);
   int d = socket(AF_UNIX, SOCK_DGRAM, 0);
   if (connect(d, (struct sockaddr *)&da, sizeof da)) return printf("FAIL: connect to the outside datagram peer\n"), 1;
   send(d, "hi", 2, 0);

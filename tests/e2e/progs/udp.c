@@ -2,8 +2,8 @@
  * the parent's socket u1 holds datagrams from the child's connected socket u2
  * and from the parent's own unconnected u3, interleaved; u2 holds datagrams
  * from u1.  After replay they come in order, whole, with their source
- * addresses; the bound addresses and u2's peer are the same; new datagrams go
- * both ways. */
+ * addresses; the bound addresses, u2's peer and u3's SO_BROADCAST are the
+ * same; new datagrams go both ways. */
 #include "zdtm.h"
 
 #include <arpa/inet.h>
@@ -12,8 +12,9 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 
-static int udp_bound(struct sockaddr_in *a) {
+static int udp_bound(struct sockaddr_in *a, int broadcast) {
   int s = socket(AF_INET, SOCK_DGRAM, 0);
+  setsockopt(s, SOL_SOCKET, SO_BROADCAST, &broadcast, sizeof broadcast);
   memset(a, 0, sizeof *a);
   a->sin_family = AF_INET;
   a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -44,14 +45,14 @@ static int dgram_is(int fd, const char *want, in_port_t from_port) {
 int main(int argc, char **argv) {
   zdtm_init(argc, argv);
   struct sockaddr_in a1, a2, a3;
-  int u1 = udp_bound(&a1), u3 = udp_bound(&a3);
+  int u1 = udp_bound(&a1, 0), u3 = udp_bound(&a3, 1);
   int ready[2];
   if (u1 < 0 || u3 < 0 || socketpair(AF_UNIX, SOCK_STREAM, 0, ready)) return printf("FAIL: bind\n"), 1;
   pid_t c = fork();
   if (c == 0) {
     close(ready[0]);
     ready[0] = ready[1];
-    int u2 = udp_bound(&a2);
+    int u2 = udp_bound(&a2, 0);
     if (u2 < 0 || connect(u2, (struct sockaddr *)&a1, sizeof a1)) _exit(3);
     if (write(ready[1], &a2, sizeof a2) != sizeof a2) _exit(3);
     send(u2, "c-1", 3, 0);
@@ -96,6 +97,9 @@ int main(int argc, char **argv) {
              "u1's address changed");
   ml = sizeof me;
   ZDTM_CHECK(getsockname(u3, (struct sockaddr *)&me, &ml) == 0 && me.sin_port == a3.sin_port, "u3's address changed");
+  int bc = 0;
+  socklen_t bl = sizeof bc;
+  ZDTM_CHECK(getsockopt(u3, SOL_SOCKET, SO_BROADCAST, &bc, &bl) == 0 && bc == 1, "u3 lost SO_BROADCAST");
   ZDTM_CHECK(dgram_is(u1, "c-after", a2.sin_port), "no new datagram from the child");
   sendto(u1, "p-after", 7, 0, (struct sockaddr *)&a2, sizeof a2);
   int st;
