@@ -1111,6 +1111,8 @@ void MakeDgrams(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, s
   }
   for (auto& [id, d] : socks) {
     const ibdbg_fd_info& fi = d.rec->info;
+    if (!d.pair && fi.sock_family == AF_UNIX && fi.peer_addr_len <= sizeof(sa_family_t) && socks.count(fi.peer_id))
+      Fail(where(d) + ": a unix datagram socket connected to an unnamed one that is not its pair cannot be connected again");
     if (!d.pair && fi.peer_addr_len > sizeof(sa_family_t)) {
       bool outside = fi.sock_family == AF_UNIX && !socks.count(fi.peer_id);
       if (outside) {

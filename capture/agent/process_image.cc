@@ -230,15 +230,17 @@ uint64_t UnixPeerInode(uint64_t ino, uint8_t* shutdown = nullptr) {
 // socket shut for reading (or whose seqpacket peer is gone) an empty read is
 // the end of the queue, not an empty message.
 void PeekMessages(int s, int fd, std::string* data, bool rcv_shut, bool seqpacket) {
-  auto refuse = [&](const std::string& why) {
-    close(s);
-    Fail("fd " + std::to_string(fd) + ": " + why);
-  };
   int old_off = -1;
   socklen_t l = sizeof old_off;
   getsockopt(s, SOL_SOCKET, SO_PEEK_OFF, &old_off, &l);
   int zero = 0;
   bool walk = setsockopt(s, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero) == 0;
+  // A refused capture leaves the job running: as it was.
+  auto refuse = [&](const std::string& why) {
+    if (walk) setsockopt(s, SOL_SOCKET, SO_PEEK_OFF, &old_off, sizeof old_off);
+    close(s);
+    Fail("fd " + std::to_string(fd) + ": " + why);
+  };
   std::vector<char> buf(1 << 20);
   for (int count = 0;; count++) {
     iovec iov = {buf.data(), buf.size()};
@@ -363,8 +365,8 @@ void DescribeSocket(pid_t pid, ibdbg_fd_info* fi, uint64_t ino, std::string* dat
     l = sizeof v;
     if (getsockopt(s, SOL_SOCKET, SO_BROADCAST, &v, &l) == 0 && v) fi->sock_opts |= IBDBG_SOCKOPT_BROADCAST;
     PeekMessages(s, fi->fd, data, shut & 1, false);
-  } else if ((connected || (inet && TcpEnded(s))) && fi->sock_type == SOCK_STREAM &&
-             (inet || fi->sock_family == AF_UNIX)) {
+  } else if (fi->sock_type == SOCK_STREAM && (inet || fi->sock_family == AF_UNIX) &&
+             (connected || (inet && TcpEnded(s)))) {
     // (A TCP connection that has ended keeps what it had not read; without
     // a peer address it replays as a closed connection, as it is.)
     fi->kind = IBDBG_FD_SOCKET_CONN;
