@@ -1065,7 +1065,12 @@ void MakeDgrams(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, s
       if (sfd < 0) {
         // A sender outside the image, or gone: a stand-in with its address.
         tmp = socket(fi.sock_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        if (from_len && bind(tmp, (const sockaddr*)from, from_len) != 0) {
+        auto sender = std::make_unique<ibdbg_fd_info>();
+        memset(sender.get(), 0, sizeof *sender);
+        sender->sock_family = fi.sock_family;
+        memcpy(sender->sock_addr, from, std::min<size_t>(from_len, sizeof sender->sock_addr));
+        sender->sock_addr_len = from_len;
+        if (from_len && BindDgram(tmp, *sender) != 0) {
           if (fi.sock_family != AF_UNIX) {
             fprintf(stderr, "ibdbg replay: %s: a datagram queued from %s cannot be sent again from that address (%s); dropped\n",
                     where(d).c_str(), AddrText(from, from_len).c_str(), strerror(errno));

@@ -1,6 +1,7 @@
 # A peer outside the job for the "outside" case: a TCP listener on loopback,
 # a unix stream listener and a unix datagram socket in WORK, each greeting
-# whoever connects and holding the connection open.  Writes WORK/outside.port
+# whoever connects (the datagram one answers a named sender) and holding the
+# connection open.  Writes WORK/outside.port
 # once ready; runs until killed.
 import os
 import select
@@ -27,7 +28,9 @@ while True:
     ready, _, _ = select.select([tcp, unix, dgram], [], [])
     for s in ready:
         if s is dgram:
-            s.recv(65536)
+            _, addr = s.recvfrom(65536)
+            if addr:
+                s.sendto(b"reply-from-outside", addr)
             continue
         c, _ = s.accept()
         c.sendall(b"hello-from-outside")

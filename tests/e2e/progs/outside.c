@@ -1,8 +1,9 @@
 /* Connections to peers outside the job (run_case.sh --outside starts them):
- * TCP to a loopback listener, unix stream to a listener on a path, and a unix
- * datagram socket connected to one.  Each peer's greeting is unread at
- * capture.  After replay the application reads the greeting, then end of
- * file, promptly; writes fail; no connection reaches another peer. */
+ * TCP to a loopback listener, unix stream to a listener on a path, and a
+ * named unix datagram socket connected to one.  Each peer's greeting (the
+ * datagram peer's reply) is unread at capture.  After replay the application
+ * reads it, then end of file, promptly; writes fail; no connection reaches
+ * another peer. */
 #include "zdtm.h"
 
 #include <arpa/inet.h>
@@ -65,10 +66,16 @@ int main(int argc, char **argv) {
   if (connect(u, (struct sockaddr *)&ua, sizeof ua)) return printf("FAIL: connect to the outside unix peer\n"), 1;
   struct sockaddr_un da = {.sun_family = AF_UNIX};
   snprintf(da.sun_path, sizeof da.sun_path, "%.80s/outside.dgram", dir);
+  struct sockaddr_un ia = {.sun_family = AF_UNIX};
+  snprintf(ia.sun_path, sizeof ia.sun_path, "%.80s/inside.dgram", dir);
   int d = socket(AF_UNIX, SOCK_DGRAM, 0);
-  if (connect(d, (struct sockaddr *)&da, sizeof da)) return printf("FAIL: connect to the outside datagram peer\n"), 1;
+  if (bind(d, (struct sockaddr *)&ia, sizeof ia) || connect(d, (struct sockaddr *)&da, sizeof da))
+    return printf("FAIL: connect to the outside datagram peer\n"), 1;
   send(d, "hi", 2, 0);
-  if (!greeted(t) || !greeted(u)) return printf("FAIL: the outside peers did not greet\n"), 1;
+  char reply[32] = {0};
+  for (int i = 0; i < 500 && recv(d, reply, sizeof reply, MSG_PEEK | MSG_DONTWAIT) <= 0; i++) usleep(10 * 1000);
+  if (!greeted(t) || !greeted(u) || strcmp(reply, "reply-from-outside") != 0)
+    return printf("FAIL: the outside peers did not greet\n"), 1;
   zdtm_ready();
   zdtm_wait_go();
 
@@ -82,7 +89,9 @@ int main(int argc, char **argv) {
              "TCP: connected to another peer (port %d)", ntohs(p.sin_port));
   ZDTM_CHECK(send(d, "x", 1, MSG_DONTWAIT) < 0, "datagram: sending to the outside works");
   struct pollfd pf = {d, POLLIN, 0};
-  char b[8];
+  char b[32] = {0};
+  ZDTM_CHECK(recv(d, b, sizeof b, MSG_DONTWAIT) == 18 && strcmp(b, "reply-from-outside") == 0,
+             "datagram: the queued reply from the outside is lost");
   ZDTM_CHECK(poll(&pf, 1, 3000) == 1 && recv(d, b, sizeof b, 0) == 0, "datagram: reading hangs");
   return zdtm_verdict();
 }
