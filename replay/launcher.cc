@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <dirent.h>
 #include <fstream>
@@ -401,6 +402,12 @@ int OpenImageFd(const FdRecord& f, const Prepared& p, const Shared& sh, int stat
       if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp) != 0) ChildFail(status_fd, "socketpair failed");
       close(sp[1]);
       fd = sp[0];
+      break;
+    }
+    case IBDBG_FD_SOCKET_DGRAM: {
+      auto it = sh.socks.find(fi.sock_id);
+      if (it == sh.socks.end()) ChildFail(status_fd, "internal: datagram socket missing from the plan");
+      fd = dup(TargetOf(p, it->second));
       break;
     }
     case IBDBG_FD_SOCKET_LISTEN: {
@@ -857,11 +864,11 @@ int BindReclaiming(int fd, const ibdbg_fd_info& fi) {
 std::pair<int, int> ConnectUnixNamed(const ibdbg_fd_info& named) {
   const sockaddr_un* un = (const sockaddr_un*)named.sock_addr;
   bool path = un->sun_path[0] != 0;
-  int lst = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int lst = socket(AF_UNIX, named.sock_type | SOCK_CLOEXEC, 0);
   if (BindReclaiming(lst, named) != 0 || listen(lst, 1) != 0)
     Fail(std::string("cannot reconnect unix socket ") + (path ? un->sun_path : "(abstract)") + ": " + strerror(errno) +
          " (is the captured job still running?)");
-  int cl = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int cl = socket(AF_UNIX, named.sock_type | SOCK_CLOEXEC, 0);
   if (connect(cl, (const sockaddr*)named.sock_addr, named.sock_addr_len) != 0)
     Fail(std::string("cannot reconnect unix socket: ") + strerror(errno));
   int acc = accept4(lst, nullptr, nullptr, SOCK_CLOEXEC);
@@ -870,6 +877,64 @@ std::pair<int, int> ConnectUnixNamed(const ibdbg_fd_info& named) {
   if (path) unlink(un->sun_path);
   if (acc < 0) Fail(std::string("cannot reconnect unix socket: ") + strerror(errno));
   return {acc, cl};
+}
+
+// Each queued message of a message socket's record, in order.
+template <typename F>
+bool ForEachMessage(const std::string& data, F f) {
+  size_t off = 0;
+  while (off < data.size()) {
+    ibdbg_sock_msg h;
+    if (data.size() - off < sizeof h) return false;
+    memcpy(&h, data.data() + off, sizeof h);
+    off += sizeof h;
+    if (h.addr_len > sizeof(sockaddr_storage) || data.size() - off < (uint64_t)h.addr_len + h.len) return false;
+    if (!f((const uint8_t*)data.data() + off, h.addr_len, data.data() + off + h.addr_len, h.len)) return false;
+    off += h.addr_len + h.len;
+  }
+  return true;
+}
+
+// What one end of a connection had not read, sent again from the other end
+// `fd`: a byte stream, or messages with their boundaries.
+bool SendQueued(int fd, const ibdbg_fd_info& reader, const std::string& data) {
+  if (reader.sock_type != SOCK_SEQPACKET) return SendAll(fd, data);
+  return ForEachMessage(data, [&](const uint8_t*, uint32_t, const char* msg, uint32_t len) {
+    return send(fd, msg, len, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)len;
+  });
+}
+
+void ApplyShutdown(int fd, const ibdbg_fd_info& fi) {
+  bool rd = fi.sock_opts & IBDBG_SOCKOPT_SHUT_RD, wr = fi.sock_opts & IBDBG_SOCKOPT_SHUT_WR;
+  if (rd || wr) shutdown(fd, rd && wr ? SHUT_RDWR : rd ? SHUT_RD : SHUT_WR);
+}
+
+// A socket address for messages: 1.2.3.4:5, [::1]:5, a unix path, @abstract.
+std::string AddrText(const uint8_t* a, uint32_t len) {
+  if (len < sizeof(sa_family_t)) return "(unnamed)";
+  sa_family_t fam;
+  memcpy(&fam, a, sizeof fam);
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (fam == AF_INET && len >= sizeof(sockaddr_in)) {
+    sockaddr_in in;
+    memcpy(&in, a, sizeof in);
+    inet_ntop(AF_INET, &in.sin_addr, host, sizeof host);
+    return std::string(host) + ":" + std::to_string(ntohs(in.sin_port));
+  }
+  if (fam == AF_INET6 && len >= sizeof(sockaddr_in6)) {
+    sockaddr_in6 in;
+    memcpy(&in, a, sizeof in);
+    inet_ntop(AF_INET6, &in.sin6_addr, host, sizeof host);
+    return "[" + std::string(host) + "]:" + std::to_string(ntohs(in.sin6_port));
+  }
+  if (fam == AF_UNIX) {
+    const char* p = (const char*)a + sizeof(sa_family_t);
+    size_t n = len - sizeof(sa_family_t);
+    if (n == 0) return "(unnamed)";
+    if (p[0]) return std::string(p, strnlen(p, n));
+    return "@" + std::string(p + 1, n - 1);
+  }
+  return "(address of family " + std::to_string(fam) + ")";
 }
 
 void MakeConnections(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, std::vector<int>& ours) {
@@ -903,7 +968,7 @@ void MakeConnections(const std::vector<std::unique_ptr<Prepared>>& all, Shared& 
         fds = named == a ? std::make_pair(n_fd, o_fd) : std::make_pair(o_fd, n_fd);
       } else {
         int sp[2];
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0) Fail("cannot create a socket pair");
+        if (socketpair(AF_UNIX, a->info.sock_type | SOCK_CLOEXEC, 0, sp) != 0) Fail("cannot create a socket pair");
         fds = {sp[0], sp[1]};
       }
     } else {
@@ -912,8 +977,11 @@ void MakeConnections(const std::vector<std::unique_ptr<Prepared>>& all, Shared& 
     SetSockOpts(fds.first, a->info);
     SetSockOpts(fds.second, b->info);
     // What each end had not read goes in from the other end.
-    if (!SendAll(fds.second, a->data) || !SendAll(fds.first, b->data))
+    if (!SendQueued(fds.second, a->info, a->data) || !SendQueued(fds.first, b->info, b->data))
       Fail("a connection held more unread bytes than a new one takes");
+    // Half-closed connections close the same halves, after the bytes in flight.
+    ApplyShutdown(fds.first, a->info);
+    ApplyShutdown(fds.second, b->info);
     sh.socks[id] = fds.first;
     sh.socks[b->info.sock_id] = fds.second;
     ours.push_back(fds.first);
@@ -936,6 +1004,258 @@ void MakeConnections(const std::vector<std::unique_ptr<Prepared>>& all, Shared& 
              std::to_string(fi.fd) + ": " + strerror(errno) + " (is the captured job still running?)");
       sh.socks[fi.sock_id] = fd;
       ours.push_back(fd);
+    }
+}
+
+// A unix datagram name held by a socket file nobody answers on any more (the
+// captured process's) is taken back; a live one is not.
+int BindDgram(int fd, const ibdbg_fd_info& fi) {
+  int r = bind(fd, (const sockaddr*)fi.sock_addr, fi.sock_addr_len);
+  const sockaddr_un* un = (const sockaddr_un*)fi.sock_addr;
+  if (r == 0 || errno != EADDRINUSE || fi.sock_family != AF_UNIX || !un->sun_path[0]) return r;
+  int probe = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  bool stale = connect(probe, (const sockaddr*)fi.sock_addr, fi.sock_addr_len) != 0 && errno == ECONNREFUSED;
+  close(probe);
+  if (!stale) {
+    errno = EADDRINUSE;
+    return -1;
+  }
+  unlink(un->sun_path);
+  return bind(fd, (const sockaddr*)fi.sock_addr, fi.sock_addr_len);
+}
+
+bool HasName(const ibdbg_fd_info& fi) {
+  if (fi.sock_family == AF_UNIX) return fi.sock_addr_len > sizeof(sa_family_t);
+  if (fi.sock_family == AF_INET) return ((const sockaddr_in*)fi.sock_addr)->sin_port != 0;
+  if (fi.sock_family == AF_INET6) return ((const sockaddr_in6*)fi.sock_addr)->sin6_port != 0;
+  return false;
+}
+
+// Whether a UDP socket bound to `bound` sends from `from` (same port, and the
+// same address unless it is bound to every address).
+bool InetSendsFrom(const ibdbg_fd_info& s, const uint8_t* from, uint32_t len) {
+  if (s.sock_family == AF_INET && len >= sizeof(sockaddr_in)) {
+    sockaddr_in a, b;
+    memcpy(&a, s.sock_addr, sizeof a);
+    memcpy(&b, from, sizeof b);
+    return b.sin_family == AF_INET && a.sin_port == b.sin_port &&
+           (a.sin_addr.s_addr == htonl(INADDR_ANY) || a.sin_addr.s_addr == b.sin_addr.s_addr);
+  }
+  if (s.sock_family == AF_INET6 && len >= sizeof(sockaddr_in6)) {
+    sockaddr_in6 a, b;
+    memcpy(&a, s.sock_addr, sizeof a);
+    memcpy(&b, from, sizeof b);
+    return b.sin6_family == AF_INET6 && a.sin6_port == b.sin6_port &&
+           (IN6_IS_ADDR_UNSPECIFIED(&a.sin6_addr) || memcmp(&a.sin6_addr, &b.sin6_addr, sizeof a.sin6_addr) == 0);
+  }
+  return false;
+}
+
+// Unix datagram and UDP sockets.  All are made and bound first; then every
+// queued message is sent again, in order, from its sender's address (the
+// sender itself when it is in the image); only then do the connected ones
+// connect, as a connected socket takes messages from its peer alone.
+void MakeDgrams(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, std::vector<int>& ours) {
+  struct D {
+    const FdRecord* rec;
+    pid_t pid;
+    int fd = -1;
+    D* pair = nullptr;  // an unnamed unix pair: the other end
+  };
+  std::map<uint64_t, D> socks;
+  for (auto& p : all)
+    for (auto& f : p->m.fds)
+      if (f.info.kind == IBDBG_FD_SOCKET_DGRAM && f.info.sock_id && !sh.socks.count(f.info.sock_id))
+        socks.emplace(f.info.sock_id, D{&f, p->m.proc.pid});
+  auto where = [](const D& d) {
+    return "pid " + std::to_string(d.pid) + " fd " + std::to_string(d.rec->info.fd);
+  };
+  auto own = [&](int fd) {
+    if (fd >= 0) ours.push_back(fd);
+    return fd;
+  };
+  for (auto& [id, d] : socks) {
+    if (d.fd >= 0) continue;
+    const ibdbg_fd_info& fi = d.rec->info;
+    if (fi.sock_family == AF_UNIX && fi.peer_id && !HasName(fi)) {
+      auto it = socks.find(fi.peer_id);
+      if (it != socks.end() && it->first != id && it->second.rec->info.peer_id == id &&
+          !HasName(it->second.rec->info)) {
+        int sp[2];
+        if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sp) != 0) Fail("cannot create a socket pair");
+        d.fd = own(sp[0]);
+        it->second.fd = own(sp[1]);
+        d.pair = &it->second;
+        it->second.pair = &d;
+        continue;
+      }
+    }
+    d.fd = own(socket(fi.sock_family, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    if (d.fd < 0) Fail("cannot create the datagram socket of " + where(d) + ": " + strerror(errno));
+    int one = 1;
+    if (fi.sock_opts & IBDBG_SOCKOPT_REUSEADDR) setsockopt(d.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (fi.sock_opts & IBDBG_SOCKOPT_REUSEPORT) setsockopt(d.fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (fi.sock_opts & IBDBG_SOCKOPT_BROADCAST) setsockopt(d.fd, SOL_SOCKET, SO_BROADCAST, &one, sizeof one);
+    if (HasName(fi) && BindDgram(d.fd, fi) != 0)
+      Fail("cannot bind the datagram socket of " + where(d) + " to " + AddrText(fi.sock_addr, fi.sock_addr_len) +
+           ": " + strerror(errno) + " (is the captured job still running?)");
+  }
+  for (auto& [id, d] : socks) {
+    const ibdbg_fd_info& fi = d.rec->info;
+    if (d.rec->data.empty()) continue;
+    if (!d.pair && !HasName(fi))
+      Fail(where(d) + ": messages are queued on an unnamed datagram socket that no sender can reach again");
+    bool ok = ForEachMessage(d.rec->data, [&](const uint8_t* from, uint32_t from_len, const char* msg, uint32_t len) {
+      int sfd = -1, tmp = -1;
+      if (d.pair) {
+        sfd = d.pair->fd;
+      } else if (from_len) {
+        for (auto& [id2, e] : socks) {
+          const ibdbg_fd_info& s = e.rec->info;
+          bool same = s.sock_family == AF_UNIX
+                          ? s.sock_addr_len == from_len && memcmp(s.sock_addr, from, from_len) == 0
+                          : HasName(s) && InetSendsFrom(s, from, from_len);
+          if (same) sfd = e.fd;
+        }
+      }
+      if (sfd < 0) {
+        // A sender outside the image, or gone: a stand-in with its address.
+        tmp = socket(fi.sock_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        auto sender = std::make_unique<ibdbg_fd_info>();
+        memset(sender.get(), 0, sizeof *sender);
+        sender->sock_family = fi.sock_family;
+        memcpy(sender->sock_addr, from, std::min<size_t>(from_len, sizeof sender->sock_addr));
+        sender->sock_addr_len = from_len;
+        if (from_len && BindDgram(tmp, *sender) != 0) {
+          if (fi.sock_family != AF_UNIX) {
+            fprintf(stderr, "ibdbg replay: %s: a datagram queued from %s cannot be sent again from that address (%s); dropped\n",
+                    where(d).c_str(), AddrText(from, from_len).c_str(), strerror(errno));
+            close(tmp);
+            return true;
+          }
+          fprintf(stderr, "ibdbg replay: %s: a message queued from %s comes from an unnamed socket now (%s)\n",
+                  where(d).c_str(), AddrText(from, from_len).c_str(), strerror(errno));
+          from_len = 0;
+        }
+        sfd = tmp;
+      }
+      // Where to: its bound address; for one bound to every address, the
+      // sender's own (a local one), so the source stays what it was.
+      sockaddr_storage to{};
+      memcpy(&to, fi.sock_addr, std::min<size_t>(fi.sock_addr_len, sizeof to));
+      if (fi.sock_family == AF_INET) {
+        sockaddr_in* in = (sockaddr_in*)&to;
+        if (in->sin_addr.s_addr == htonl(INADDR_ANY))
+          in->sin_addr.s_addr = from_len >= sizeof(sockaddr_in) && ((const sockaddr_in*)from)->sin_addr.s_addr
+                                    ? ((const sockaddr_in*)from)->sin_addr.s_addr
+                                    : htonl(INADDR_LOOPBACK);
+      } else if (fi.sock_family == AF_INET6) {
+        sockaddr_in6* in = (sockaddr_in6*)&to;
+        if (IN6_IS_ADDR_UNSPECIFIED(&in->sin6_addr))
+          in->sin6_addr = from_len >= sizeof(sockaddr_in6) && !IN6_IS_ADDR_UNSPECIFIED(&((const sockaddr_in6*)from)->sin6_addr)
+                              ? ((const sockaddr_in6*)from)->sin6_addr
+                              : in6addr_loopback;
+      }
+      ssize_t n = d.pair ? send(sfd, msg, len, MSG_DONTWAIT | MSG_NOSIGNAL)
+                         : sendto(sfd, msg, len, MSG_DONTWAIT | MSG_NOSIGNAL, (const sockaddr*)&to, fi.sock_addr_len);
+      int err = errno;
+      if (tmp >= 0) {
+        close(tmp);
+        const sockaddr_un* un = (const sockaddr_un*)from;
+        if (fi.sock_family == AF_UNIX && from_len > sizeof(sa_family_t) && un->sun_path[0]) unlink(un->sun_path);
+      }
+      if (n != (ssize_t)len)
+        Fail(where(d) + ": cannot queue a message again (" + std::string(n < 0 ? strerror(err) : "short send") + ")");
+      return true;
+    });
+    if (!ok) Fail(where(d) + ": corrupted message queue in the image");
+  }
+  for (auto& [id, d] : socks) {
+    const ibdbg_fd_info& fi = d.rec->info;
+    if (!d.pair && fi.sock_family == AF_UNIX && fi.peer_addr_len <= sizeof(sa_family_t) && socks.count(fi.peer_id))
+      Fail(where(d) + ": a unix datagram socket connected to an unnamed one that is not its pair cannot be connected again");
+    if (!d.pair && fi.peer_addr_len > sizeof(sa_family_t)) {
+      bool outside = fi.sock_family == AF_UNIX && !socks.count(fi.peer_id);
+      if (outside) {
+        // Its peer (a system daemon, say) is not part of the replay.
+        fprintf(stderr, "ibdbg replay: %s: unix datagram socket connected to %s outside the job: it is closed now\n",
+                where(d).c_str(), AddrText(fi.peer_addr, fi.peer_addr_len).c_str());
+        shutdown(d.fd, SHUT_RDWR);
+      } else if (connect(d.fd, (const sockaddr*)fi.peer_addr, fi.peer_addr_len) != 0) {
+        Fail("cannot connect the datagram socket of " + where(d) + " to " +
+             AddrText(fi.peer_addr, fi.peer_addr_len) + " again: " + strerror(errno));
+      }
+    }
+    ApplyShutdown(d.fd, fi);
+    sh.socks[id] = d.fd;
+  }
+}
+
+// A TCP connection over loopback whose far end is gone (for a connection
+// whose peer was outside the job): returns the near end and the far one.
+std::pair<int, int> LoopbackPair(int family) {
+  int lst = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_storage a{};
+  socklen_t al;
+  if (family == AF_INET6) {
+    sockaddr_in6* in = (sockaddr_in6*)&a;
+    in->sin6_family = AF_INET6;
+    in->sin6_addr = in6addr_loopback;
+    al = sizeof *in;
+  } else {
+    sockaddr_in* in = (sockaddr_in*)&a;
+    in->sin_family = AF_INET;
+    in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    al = sizeof *in;
+  }
+  int cl = -1, acc = -1;
+  if (lst >= 0 && bind(lst, (sockaddr*)&a, al) == 0 && listen(lst, 1) == 0 && getsockname(lst, (sockaddr*)&a, &al) == 0) {
+    cl = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (cl >= 0 && connect(cl, (sockaddr*)&a, al) == 0) acc = accept4(lst, nullptr, nullptr, SOCK_CLOEXEC);
+  }
+  if (lst >= 0) close(lst);
+  if (acc < 0) {
+    if (cl >= 0) close(cl);
+    return {-1, -1};
+  }
+  return {cl, acc};
+}
+
+// Connections whose other end was not in the image: the application reads
+// what had reached it, then end of file; writing fails (EPIPE).  Never a hang,
+// never another peer.  One line each on stderr says so.
+void MakeOutsideEnds(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, std::vector<int>& ours) {
+  for (auto& p : all)
+    for (auto& f : p->m.fds) {
+      const ibdbg_fd_info& fi = f.info;
+      if (fi.kind != IBDBG_FD_SOCKET_CONN || !fi.sock_id || sh.socks.count(fi.sock_id)) continue;
+      bool inet = fi.sock_family == AF_INET || fi.sock_family == AF_INET6;
+      // TCP stays TCP (a loopback connection its peer has closed); unix keeps its type.
+      auto [keep, far] = inet ? LoopbackPair(fi.sock_family) : std::make_pair(-1, -1);
+      if (keep < 0) {
+        int sp[2];
+        int type = fi.sock_family == AF_UNIX ? fi.sock_type : SOCK_STREAM;
+        if (socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sp) != 0) Fail("cannot create a socket pair");
+        keep = sp[0];
+        far = sp[1];
+      }
+      if (!SendQueued(far, fi, f.data)) Fail("a connection held more unread bytes than a new one takes");
+      close(far);
+      if (inet) {
+        // Its FIN arrives at once over loopback; ours makes writes fail at once.
+        pollfd pf = {keep, POLLRDHUP, 0};
+        poll(&pf, 1, 1000);
+        shutdown(keep, SHUT_WR);
+      }
+      const char* what = inet ? "TCP" : fi.sock_type == SOCK_SEQPACKET ? "unix seqpacket" : "unix stream";
+      if (inet && !fi.peer_addr_len)
+        fprintf(stderr, "ibdbg replay: pid %d fd %d: %s connection had ended before the capture: it is closed now\n",
+                (int)p->m.proc.pid, fi.fd, what);
+      else
+        fprintf(stderr, "ibdbg replay: pid %d fd %d: %s connection to %s was outside the job: it is closed now\n",
+                (int)p->m.proc.pid, fi.fd, what, AddrText(fi.peer_addr, fi.peer_addr_len).c_str());
+      sh.socks[fi.sock_id] = keep;
+      ours.push_back(keep);
     }
 }
 
@@ -1005,6 +1325,8 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
   // Connections with both ends in the image come back connected, with the
   // bytes each end had not read yet.
   MakeConnections(all, sh, ours);
+  MakeDgrams(all, sh, ours);
+  MakeOutsideEnds(all, sh, ours);
   for (auto& pp : all) {
     Prepared& p = *pp;
     BuildVmas(p, sh);
@@ -1014,7 +1336,8 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
         AddLauncherFd(p, sh.pipes[f.info.pipe_id].first);
         AddLauncherFd(p, sh.pipes[f.info.pipe_id].second);
       }
-      if ((f.info.kind == IBDBG_FD_SOCKET_CONN || f.info.kind == IBDBG_FD_SOCKET_LISTEN) &&
+      if ((f.info.kind == IBDBG_FD_SOCKET_CONN || f.info.kind == IBDBG_FD_SOCKET_LISTEN ||
+           f.info.kind == IBDBG_FD_SOCKET_DGRAM) &&
           sh.socks.count(f.info.sock_id))
         AddLauncherFd(p, sh.socks[f.info.sock_id]);
     }

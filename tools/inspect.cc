@@ -197,6 +197,8 @@ const char* FdKindName(uint32_t kind) {
     case IBDBG_FD_TIMERFD: return "timerfd";
     case IBDBG_FD_SIGNALFD: return "signalfd";
     case IBDBG_FD_EPOLL: return "epoll";
+    case IBDBG_FD_SOCKET_CONN: return "socket-conn";
+    case IBDBG_FD_SOCKET_DGRAM: return "socket-dgram";
   }
   return "unknown";
 }
@@ -316,6 +318,21 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
         }
         if (f.sock_addr_len) e["socket_address"] = SockAddrString(f.sock_addr, f.sock_addr_len);
         if (f.peer_addr_len) e["socket_peer"] = SockAddrString(f.peer_addr, f.peer_addr_len);
+        if (f.kind == IBDBG_FD_SOCKET_DGRAM || (f.kind == IBDBG_FD_SOCKET_CONN && f.sock_type == SOCK_SEQPACKET)) {
+          // Queued messages: a header, the sender's address, the payload, each.
+          uint64_t n = 0, off = sizeof f;
+          while (off + sizeof(ibdbg_sock_msg) <= data.size()) {
+            ibdbg_sock_msg m;
+            memcpy(&m, data.data() + off, sizeof m);
+            off += sizeof m + (uint64_t)m.addr_len + m.len;
+            n++;
+          }
+          e["messages"] = n;
+        }
+        if (f.sock_opts & (IBDBG_SOCKOPT_SHUT_RD | IBDBG_SOCKOPT_SHUT_WR))
+          e["shutdown"] = (f.sock_opts & IBDBG_SOCKOPT_SHUT_RD) && (f.sock_opts & IBDBG_SOCKOPT_SHUT_WR) ? "rdwr"
+                          : (f.sock_opts & IBDBG_SOCKOPT_SHUT_RD)                                        ? "rd"
+                                                                                                         : "wr";
         fds.push_back(std::move(e));
         break;
       }
@@ -635,6 +652,8 @@ std::string RenderText(const ojson& doc) {
       if (f.contains("socket_address")) l += "  " + S(f["socket_address"]);
       if (f.contains("socket_peer")) l += " -> " + S(f["socket_peer"]);
       if (f.contains("socket_backlog")) l += "  backlog " + S(f["socket_backlog"]);
+      if (f.contains("messages") && f["messages"].get<uint64_t>()) l += "  " + S(f["messages"]) + " messages queued";
+      if (f.contains("shutdown")) l += "  shut " + f["shutdown"].get<std::string>();
       uint64_t data = f["data_bytes"].get<uint64_t>();
       if (data) l += "  " + HumanBytes(data) + " stored";
       line(l);

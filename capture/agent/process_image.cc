@@ -189,8 +189,9 @@ int PidfdGetfd(pid_t pid, int fd) {
   return r;
 }
 
-// The inode of a unix socket's peer, from the kernel's socket diagnostics.
-uint64_t UnixPeerInode(uint64_t ino) {
+// The inode of a unix socket's peer, from the kernel's socket diagnostics;
+// with `shutdown`, also the socket's own shutdown bits (RCV 1, SEND 2).
+uint64_t UnixPeerInode(uint64_t ino, uint8_t* shutdown = nullptr) {
   int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
   if (nl < 0) return 0;
   struct {
@@ -215,10 +216,109 @@ uint64_t UnixPeerInode(uint64_t ino) {
       int len = (int)(h->nlmsg_len - NLMSG_LENGTH(sizeof *m));
       for (rtattr* a = (rtattr*)(m + 1); RTA_OK(a, len); a = RTA_NEXT(a, len))
         if (a->rta_type == UNIX_DIAG_PEER) peer = *(uint32_t*)RTA_DATA(a);
+        else if (a->rta_type == UNIX_DIAG_SHUTDOWN && shutdown) *shutdown = *(uint8_t*)RTA_DATA(a);
     }
   }
   close(nl);
   return peer;
+}
+
+// Every message queued on a message socket, oldest first, with its sender's
+// address, as ibdbg_sock_msg records, without taking any: MSG_PEEK alone only
+// ever shows the first, so a peek offset (SO_PEEK_OFF, which this socket
+// shares with the process: put back afterwards) walks the queue.  On a
+// socket shut for reading (or whose seqpacket peer is gone) an empty read is
+// the end of the queue, not an empty message.
+void PeekMessages(int s, int fd, std::string* data, bool rcv_shut, bool seqpacket) {
+  int old_off = -1;
+  socklen_t l = sizeof old_off;
+  getsockopt(s, SOL_SOCKET, SO_PEEK_OFF, &old_off, &l);
+  int zero = 0;
+  bool walk = setsockopt(s, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero) == 0;
+  // A refused capture leaves the job running: as it was.
+  auto refuse = [&](const std::string& why) {
+    if (walk) setsockopt(s, SOL_SOCKET, SO_PEEK_OFF, &old_off, sizeof old_off);
+    close(s);
+    Fail("fd " + std::to_string(fd) + ": " + why);
+  };
+  std::vector<char> buf(1 << 20);
+  for (int count = 0;; count++) {
+    iovec iov = {buf.data(), buf.size()};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 64)];
+    sockaddr_storage from{};
+    msghdr mh{};
+    mh.msg_name = &from;
+    mh.msg_namelen = sizeof from;
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = control;
+    mh.msg_controllen = sizeof control;
+    ssize_t n = recvmsg(s, &mh, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno != EAGAIN && count < 16) continue;  // a pending error report (ICMP) goes first
+    if (n < 0 || (n == 0 && rcv_shut)) break;
+    bool passed_fds = false;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+        passed_fds = true;
+        int* fds = (int*)CMSG_DATA(c);
+        for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); k++) close(fds[k]);
+      }
+    if (passed_fds || (mh.msg_flags & MSG_CTRUNC))
+      refuse("descriptors are in flight on a unix socket (SCM_RIGHTS); ibdbg cannot carry them yet");
+    if (mh.msg_flags & MSG_TRUNC) refuse("a queued message is larger than 1 MiB");
+    ibdbg_sock_msg h{(uint32_t)n, mh.msg_namelen > sizeof(sa_family_t) ? (uint32_t)mh.msg_namelen : 0u};
+    data->append((const char*)&h, sizeof h);
+    data->append((const char*)&from, h.addr_len);
+    data->append(buf.data(), (size_t)n);
+    if (!walk) {
+      // Without a peek offset only the first message can be seen: more would
+      // be lost.  Only a seqpacket socket tells how much is queued in all.
+      int queued = 0;
+      if (!seqpacket || ioctl(s, SIOCINQ, &queued) != 0 || queued != n)
+        refuse("messages are queued on a socket this kernel cannot peek past the first of (no SO_PEEK_OFF)");
+      break;
+    }
+    if (count > (1 << 20)) refuse("endless message queue");
+  }
+  if (walk) setsockopt(s, SOL_SOCKET, SO_PEEK_OFF, &old_off, sizeof old_off);
+}
+
+uint32_t UnixShutOpts(uint8_t shut) {
+  return ((shut & 1) ? IBDBG_SOCKOPT_SHUT_RD : 0) | ((shut & 2) ? IBDBG_SOCKOPT_SHUT_WR : 0);
+}
+
+bool IsUdp(int s, bool inet) {
+  int proto = 0;
+  socklen_t l = sizeof proto;
+  return inet && getsockopt(s, SOL_SOCKET, SO_PROTOCOL, &proto, &l) == 0 && proto == IPPROTO_UDP;
+}
+
+// Whether this end of a TCP connection has sent its FIN (shutdown(SHUT_WR)
+// or close of a shared copy), from the connection's state.
+bool TcpSentFin(int s) {
+  tcp_info ti{};
+  socklen_t l = sizeof ti;
+  if (getsockopt(s, IPPROTO_TCP, TCP_INFO, &ti, &l) != 0) return false;
+  switch (ti.tcpi_state) {
+    case TCP_FIN_WAIT1:
+    case TCP_FIN_WAIT2:
+    case TCP_CLOSING:
+    case TCP_LAST_ACK:
+    case TCP_TIME_WAIT: return true;
+    default: return false;
+  }
+}
+
+// A TCP socket that was connected and is closed now (both FINs, or a reset;
+// as a replayed connection to a peer outside the job is): unlike a new one,
+// reading it gives its last bytes or end of file, not ENOTCONN.
+bool TcpEnded(int s) {
+  tcp_info ti{};
+  socklen_t l = sizeof ti;
+  char c;
+  return getsockopt(s, IPPROTO_TCP, TCP_INFO, &ti, &l) == 0 && ti.tcpi_state == TCP_CLOSE &&
+         recv(s, &c, 1, MSG_PEEK | MSG_DONTWAIT) >= 0;
 }
 
 void DescribeSocket(pid_t pid, ibdbg_fd_info* fi, uint64_t ino, std::string* data) {
@@ -250,9 +350,33 @@ void DescribeSocket(pid_t pid, ibdbg_fd_info* fi, uint64_t ino, std::string* dat
   if (listening) {
     fi->kind = IBDBG_FD_SOCKET_LISTEN;
     fi->sock_backlog = 128;
-  } else if (connected && fi->sock_type == SOCK_STREAM && (inet || fi->sock_family == AF_UNIX)) {
+  } else if (connected && fi->sock_family == AF_UNIX && fi->sock_type == SOCK_SEQPACKET) {
     fi->kind = IBDBG_FD_SOCKET_CONN;
-    if (fi->sock_family == AF_UNIX) fi->peer_id = UnixPeerInode(ino);
+    uint8_t shut = 0;
+    fi->peer_id = UnixPeerInode(ino, &shut);
+    fi->sock_opts |= UnixShutOpts(shut);
+    PeekMessages(s, fi->fd, data, shut & 1, true);
+  } else if (fi->sock_type == SOCK_DGRAM && (fi->sock_family == AF_UNIX || IsUdp(s, inet))) {
+    fi->kind = IBDBG_FD_SOCKET_DGRAM;
+    uint8_t shut = 0;
+    if (fi->sock_family == AF_UNIX) fi->peer_id = UnixPeerInode(ino, &shut);
+    fi->sock_opts |= UnixShutOpts(shut);
+    l = sizeof v;
+    if (getsockopt(s, SOL_SOCKET, SO_REUSEADDR, &v, &l) == 0 && v) fi->sock_opts |= IBDBG_SOCKOPT_REUSEADDR;
+    l = sizeof v;
+    if (getsockopt(s, SOL_SOCKET, SO_REUSEPORT, &v, &l) == 0 && v) fi->sock_opts |= IBDBG_SOCKOPT_REUSEPORT;
+    l = sizeof v;
+    if (getsockopt(s, SOL_SOCKET, SO_BROADCAST, &v, &l) == 0 && v) fi->sock_opts |= IBDBG_SOCKOPT_BROADCAST;
+    PeekMessages(s, fi->fd, data, shut & 1, false);
+  } else if (fi->sock_type == SOCK_STREAM && (inet || fi->sock_family == AF_UNIX) &&
+             (connected || (inet && TcpEnded(s)))) {
+    // (A TCP connection that has ended keeps what it had not read; without
+    // a peer address it replays as a closed connection, as it is.)
+    fi->kind = IBDBG_FD_SOCKET_CONN;
+    uint8_t shut = 0;
+    if (fi->sock_family == AF_UNIX) fi->peer_id = UnixPeerInode(ino, &shut);
+    fi->sock_opts |= UnixShutOpts(shut);
+    if (inet && TcpSentFin(s)) fi->sock_opts |= IBDBG_SOCKOPT_SHUT_WR;
     // Bytes that reached this end but were not read: peeked, not taken.
     int queued = 0;
     if (ioctl(s, SIOCINQ, &queued) == 0 && queued > 0) {

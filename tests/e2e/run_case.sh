@@ -4,16 +4,20 @@
 # replay again, for several generations), then let it check itself.
 #
 #   run_case.sh BUILD_DIR PROGRAM [--as-user] [--generations N] [--keep] [--max-image-mb N]
+#               [--outside SCRIPT] [--expect-log PATTERN]
 #
 # --as-user runs every ibdbg command as the unprivileged user nobody.
 # --max-image-mb fails if any captured image takes more than N MiB on disk.
+# --outside starts `python3 SCRIPT WORK` first, outside the job, and waits for
+#   WORK/outside.port (peers for the program to connect to).
+# --expect-log fails unless the last replay's output has a line matching PATTERN.
 set -u
 # Descriptors the test runner leaks (ctest keeps its log open) would be part of
 # the captured process and may not be reopenable by another user.
 for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
 build=$1 prog=$2
 shift 2
-as_user=0 generations=1 keep=0 twice=0 max_image_mb=0
+as_user=0 generations=1 keep=0 twice=0 max_image_mb=0 outside="" expect_log=""
 while [ $# -gt 0 ]; do
   case $1 in
     --as-user) as_user=1 ;;
@@ -21,6 +25,8 @@ while [ $# -gt 0 ]; do
     --keep) keep=1 ;;
     --twice) twice=1 ;;
     --max-image-mb) max_image_mb=$2; shift ;;
+    --outside) outside=$2; shift ;;
+    --expect-log) expect_log=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -36,7 +42,9 @@ if [ $as_user = 1 ]; then
 else
   export IBDBG_HOME="$work/home"
 fi
+outside_pid=""
 cleanup() {
+  [ -n "$outside_pid" ] && { kill -KILL "$outside_pid"; wait "$outside_pid"; } 2>/dev/null
   pkill -KILL -f "$work" 2>/dev/null
   [ $keep = 1 ] || rm -rf "$work"
 }
@@ -69,6 +77,12 @@ check_size() { # image
 }
 
 go=$work/go
+if [ -n "$outside" ]; then
+  python3 "$outside" "$work" > "$work/out.outside" 2>&1 &
+  outside_pid=$!
+  for _ in $(seq 200); do [ -f "$work/outside.port" ] && break; sleep 0.05; done
+  [ -f "$work/outside.port" ] || fail "the outside peer did not start"
+fi
 ( "${as[@]}" "$ibdbg" run --dir "$work/job0" -- "$exe" "$go" 2>&1 | cat > "$work/out.0" ) &
 runner=$!
 wait_for "$work/out.0" READY 30 || fail "the program did not get ready"
@@ -96,6 +110,7 @@ wait_bounded $replayer 40 || fail "the replayed job did not finish"
 last=$work/out.$generations
 wait_for "$last" "PASS\|FAIL" 30 || fail "no verdict after replay"
 grep -q "^PASS" "$last" || fail "the replayed program reports failure"
+[ -z "$expect_log" ] || grep -q -- "$expect_log" "$last" || fail "the replay did not say: $expect_log"
 if [ $twice = 1 ]; then
   # The same image once more, after the first replay is gone.
   ( "${as[@]}" "$ibdbg" replay "$img" --dir "$work/again" 2>&1 | cat > "$work/out.again" ) &

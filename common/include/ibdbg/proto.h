@@ -144,6 +144,18 @@ enum ibdbg_fd_kind {
   /* A connected stream socket (TCP, or unix); data = its receive queue.  Both
    * ends in the image: reconnected; a peer outside: replay closes it. */
   IBDBG_FD_SOCKET_CONN = 11,
+  /* A message socket without a connection of its own: unix SOCK_DGRAM or UDP,
+   * bound, connected or neither.  data = its queued messages (below). */
+  IBDBG_FD_SOCKET_DGRAM = 12,
+};
+
+/* The queued messages of a message socket (SOCKET_DGRAM, and SOCKET_CONN of
+ * type SOCK_SEQPACKET), oldest first: each is this header, addr_len bytes of
+ * the sender's address (0: none, as from an unnamed unix socket), then len
+ * bytes of payload. */
+struct ibdbg_sock_msg {
+  uint32_t len;
+  uint32_t addr_len;
 };
 
 struct ibdbg_fd_info {
@@ -169,6 +181,13 @@ struct ibdbg_fd_info {
 };
 #define IBDBG_SOCKOPT_NODELAY 1u
 #define IBDBG_SOCKOPT_KEEPALIVE 2u
+/* The socket's own shutdown state (a half-closed connection). */
+#define IBDBG_SOCKOPT_SHUT_RD 4u
+#define IBDBG_SOCKOPT_SHUT_WR 8u
+/* Datagram sockets: set before binding again. */
+#define IBDBG_SOCKOPT_REUSEADDR 16u
+#define IBDBG_SOCKOPT_REUSEPORT 32u
+#define IBDBG_SOCKOPT_BROADCAST 64u
 #define IBDBG_SOCKOPT_V6ONLY 128u /* an IPv6 socket that does not take IPv4 */
 
 /* ---- memory regions as the image records them ------------------------------ */
