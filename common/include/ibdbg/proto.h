@@ -144,6 +144,16 @@ enum ibdbg_fd_kind {
   /* A connected stream socket (TCP, or unix); data = its receive queue.  Both
    * ends in the image: reconnected; a peer outside: replay closes it. */
   IBDBG_FD_SOCKET_CONN = 11,
+  /* A pseudo-terminal pair made inside the job.  The data of either is an
+   * ibdbg_pty_state; a master's is followed by the bytes in flight (out_len
+   * the slave wrote, then in_len written to the master). */
+  IBDBG_FD_PTY_MASTER = 12, /* /dev/ptmx */
+  /* /dev/pts/N: paired with the job's master of index N at replay; without
+   * one it is the job's terminal, replayed as IBDBG_FD_TTY. */
+  IBDBG_FD_PTY_SLAVE = 13,
+  /* A named FIFO: reopened by name (made again if missing); data = the bytes
+   * it held, as for pipes. */
+  IBDBG_FD_FIFO = 14,
 };
 
 struct ibdbg_fd_info {
@@ -167,6 +177,19 @@ struct ibdbg_fd_info {
   uint64_t peer_id;   /* unix: inode of the peer socket */
   char path[IBDBG_PATH_MAX];
 };
+/* The data of IBDBG_FD_PTY_MASTER / IBDBG_FD_PTY_SLAVE. */
+struct ibdbg_pty_state {
+  uint32_t index;   /* N of /dev/pts/N (TIOCGPTN of the master, minor of the slave) */
+  uint32_t flags;   /* IBDBG_PTY_* */
+  uint64_t devpts_dev; /* st_dev of the slave: which devpts instance N is of (0: unknown) */
+  uint8_t termios[64]; /* the slave's settings as the C library's struct termios (x86-64: 60 bytes) */
+  uint16_t winsize[4]; /* rows, cols, xpixel, ypixel */
+  uint32_t out_len; /* master only: bytes the slave wrote that the master has not read */
+  uint32_t in_len;  /* master only: bytes written to the master that the slave has not read */
+};
+#define IBDBG_PTY_LOCKED 1u  /* TIOCGPTLCK: the slave may not be opened */
+#define IBDBG_PTY_PACKET 2u  /* TIOCGPKT: packet mode on the master */
+#define IBDBG_PTY_TERMIOS 4u /* termios and winsize are valid */
 #define IBDBG_SOCKOPT_NODELAY 1u
 #define IBDBG_SOCKOPT_KEEPALIVE 2u
 
