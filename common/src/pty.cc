@@ -15,6 +15,7 @@
 namespace ibdbg::pty {
 namespace {
 
+static_assert(sizeof(ibdbg_pty_state) == 96, "ibdbg_pty_state is part of the image format");
 static_assert(sizeof(struct termios) <= sizeof(((ibdbg_pty_state*)nullptr)->termios),
               "ibdbg_pty_state.termios is too small for this C library's struct termios");
 
@@ -162,13 +163,17 @@ bool Refill(int master, const ibdbg_pty_state& st, const std::string& out, const
       return false;
     }
     // No output processing, echo, signals or line editing while the old
-    // bytes go in: they were processed when first written.
+    // bytes go in: they were processed when first written.  The input side
+    // is left alone when there is no input: leaving canonical mode and
+    // coming back makes whatever the slave holds one line.
     struct termios raw = want;
     raw.c_oflag &= ~OPOST;
-    raw.c_iflag &= ~(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON | IUCLC);
-    raw.c_lflag &= ~(ECHO | ECHONL | ICANON | ISIG | IEXTEN);
-    raw.c_cc[VMIN] = 1;
-    raw.c_cc[VTIME] = 0;
+    if (!in.empty()) {
+      raw.c_iflag &= ~(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON | IUCLC);
+      raw.c_lflag &= ~(ECHO | ECHONL | ICANON | ISIG | IEXTEN);
+      raw.c_cc[VMIN] = 1;
+      raw.c_cc[VTIME] = 0;
+    }
     bool ok = tcsetattr(master, TCSANOW, &raw) == 0;
     int m0 = Inq(master), s0 = Inq(s);
     ok = ok && WriteAll(s, out) && WriteAll(master, in) && WaitInq(s, s0 + (int)in.size()) &&

@@ -103,5 +103,30 @@ TEST(Pty, DrainAndRefillKeepBytesAsTheyWere) {
   EXPECT_EQ(ReadAvail(p.m), "x\r\n");
 }
 
+// A line being typed (no newline yet) stays a line being typed when only
+// output goes back.
+TEST(Pty, RefillOfOutputLeavesAPartialLineAlone) {
+  Pair p;
+  ASSERT_GE(p.s, 0) << "no pseudo-terminals here";
+  termios t;
+  ASSERT_EQ(tcgetattr(p.s, &t), 0);
+  t.c_lflag |= ICANON;
+  t.c_lflag &= ~(ECHO | ECHONL);
+  ASSERT_EQ(tcsetattr(p.s, TCSANOW, &t), 0);
+  ASSERT_EQ(write(p.m, "partial", 7), 7);
+  ASSERT_EQ(write(p.s, "o\n", 2), 2);
+  usleep(20000);
+  ibdbg_pty_state st;
+  std::string err, out, in;
+  ASSERT_TRUE(pty::ReadState(p.m, &st, &err)) << err;
+  ASSERT_TRUE(pty::Drain(p.m, st, &out, &in, &err)) << err;
+  EXPECT_EQ(in, "");
+  ASSERT_TRUE(pty::Refill(p.m, st, out, in, &err)) << err;
+  EXPECT_EQ(ReadAvail(p.s), "") << "the partial line became readable";
+  ASSERT_EQ(write(p.m, " line\n", 6), 6);
+  EXPECT_EQ(ReadAvail(p.s), "partial line\n");
+  EXPECT_EQ(ReadAvail(p.m), "o\r\n");
+}
+
 }  // namespace
 }  // namespace ibdbg
