@@ -591,25 +591,10 @@ void RaiseAmbient(int cap) {
   prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0);
 }
 
-// A session leader whose terminal was a pair of the job's gets its slave
-// again (SpawnNode made the session; it has no terminal yet).
-void SetControllingPty(const Prepared& p, const Shared& sh, int status_fd) {
-  if (p.m.ctty_index < 0 || p.m.proc.sid != p.m.proc.pid) return;
-  auto it = sh.ptys.find((uint32_t)p.m.ctty_index);
-  if (it == sh.ptys.end()) return;  // a terminal from outside the job
-  int s = ioctl(TargetOf(p, it->second.fd), TIOCGPTPEER, O_RDWR | O_NOCTTY);
-  if (s < 0 || ioctl(s, TIOCSCTTY, 0) != 0)
-    ChildFail(status_fd, "cannot make /dev/pts/" + std::to_string(p.m.ctty_index) +
-                             " the controlling terminal of session " + std::to_string(p.m.proc.sid) + ": " +
-                             strerror(errno));
-  close(s);
-}
-
 [[noreturn]] void ExecRestorer(Prepared& p, const Shared& sh, const std::vector<std::unique_ptr<Prepared>>& all,
                                const std::string& restorer) {
   SetupDescriptors(p, sh, all);
   int status_target = TargetOf(p, p.status_w);
-  SetControllingPty(p, sh, status_target);
   const ImageMeta& m = p.m;
   if (chdir(m.proc.cwd) != 0 && chdir("/") != 0) {
   }
@@ -649,6 +634,21 @@ long CloneWithPid(pid_t want) {
   return syscall(SYS_clone3, &ca, sizeof ca);
 }
 
+// A new session (just made, no terminal yet) whose terminal was a pair of
+// the job's gets its slave again, before the processes of the session are
+// forked: they inherit it (TIOCSCTTY gives it to the caller only).
+void SetControllingPty(const Prepared& p, const Shared& sh, int status_fd) {
+  if (p.m.ctty_index < 0) return;
+  auto it = sh.ptys.find((uint32_t)p.m.ctty_index);
+  if (it == sh.ptys.end()) return;  // a terminal from outside the job
+  int s = ioctl(it->second.fd, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (s < 0 || ioctl(s, TIOCSCTTY, 0) != 0)
+    ChildFail(status_fd, "cannot make /dev/pts/" + std::to_string(p.m.ctty_index) +
+                             " the controlling terminal of session " + std::to_string(p.m.proc.sid) + ": " +
+                             strerror(errno));
+  close(s);
+}
+
 // Becomes process i of the image: its session and group first, then its
 // children (so that they inherit both and have it as parent), then itself.
 [[noreturn]] void SpawnNode(int i, const Shared& sh, std::vector<std::unique_ptr<Prepared>>& all,
@@ -660,8 +660,10 @@ long CloneWithPid(pid_t want) {
     if (q->m.proc.pid == pi.sid) session_in_image = true;
     if (q->m.proc.pid == pi.pgid) group_in_image = true;
   }
-  if (pi.sid == pi.pid) setsid();
-  else if (pi.pgid == pi.pid) setpgid(0, 0);
+  if (pi.sid == pi.pid) {
+    setsid();
+    SetControllingPty(p, sh, p.status_w);
+  } else if (pi.pgid == pi.pid) setpgid(0, 0);
   else if (group_in_image && !session_in_image) setpgid(0, pi.pgid);
   else if (group_in_image) setpgid(0, pi.pgid);
   // Children that had exited uncollected exit again, with their pid and status.

@@ -69,6 +69,23 @@ static int tty_nr_of_self(void) {
   return tty;
 }
 
+static int ctty_is(int fd) {
+  struct stat sb;
+  int tty_nr = tty_nr_of_self();
+  return fstat(fd, &sb) == 0 && tty_nr == (int)((minor(sb.st_rdev) & 0xff) | (major(sb.st_rdev) << 8) |
+                                                ((minor(sb.st_rdev) & ~0xffu) << 12));
+}
+
+/* A member of the child's session, forked after it took its terminal: it
+ * has that terminal too. */
+static void grandchild(void) {
+  zdtm_wait_go();
+  int ok = ctty_is(1) && getsid(0) == getppid();
+  int t = open("/dev/tty", O_RDWR);
+  ok = ok && t >= 0;
+  _exit(ok ? 0 : 1);
+}
+
 static int child(const char *slave_name, int sync_w) {
   setsid();
   int s = open(slave_name, O_RDWR | O_NOCTTY);
@@ -76,6 +93,8 @@ static int child(const char *slave_name, int sync_w) {
   dup2(s, 0);
   dup2(s, 1);
   close(s);
+  pid_t g = fork();
+  if (g == 0) grandchild();
   write(1, "hello\n", 6);
   wait_inq(0, strlen(PENDING_IN));
   write(1, PENDING_OUT, strlen(PENDING_OUT));
@@ -93,11 +112,10 @@ static int child(const char *slave_name, int sync_w) {
   if (ioctl(0, TIOCGWINSZ, &ws) != 0 || ws.ws_row != ROWS || ws.ws_col != COLS) child_fail(&bad, "window size lost");
   if (tcgetsid(0) != getpid()) child_fail(&bad, "slave is not the session's terminal");
   if (tcgetpgrp(0) != getpgrp()) child_fail(&bad, "not the foreground group of the terminal");
-  struct stat sb;
-  int tty_nr = tty_nr_of_self();
-  if (fstat(1, &sb) != 0 || tty_nr != (int)((minor(sb.st_rdev) & 0xff) | (major(sb.st_rdev) << 8) |
-                                            ((minor(sb.st_rdev) & ~0xffu) << 12)))
-    child_fail(&bad, "controlling terminal (tty_nr) is not the slave");
+  if (!ctty_is(1)) child_fail(&bad, "controlling terminal (tty_nr) is not the slave");
+  int gst = 0;
+  if (waitpid(g, &gst, 0) != g || !WIFEXITED(gst) || WEXITSTATUS(gst) != 0)
+    child_fail(&bad, "the session's other process lost the terminal");
   int ctty = open("/dev/tty", O_RDWR);
   if (ctty < 0) child_fail(&bad, "/dev/tty cannot be opened");
   close(ctty);
