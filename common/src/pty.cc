@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 
 namespace ibdbg::pty {
@@ -41,12 +42,14 @@ bool WaitInq(int fd, int want) {
   return false;
 }
 
+// fd is non-blocking: a pair that takes no more within 2 s never will.
 bool WriteAll(int fd, const std::string& d) {
   size_t off = 0;
+  int waited = 0;
   while (off < d.size()) {
     ssize_t n = write(fd, d.data() + off, d.size() - off);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EAGAIN) {
+    if (n < 0 && errno == EAGAIN && waited++ < 2000) {
       Sleep1ms();
       continue;
     }
@@ -107,9 +110,16 @@ bool Drain(int master, const ibdbg_pty_state& st, std::string* out, std::string*
   out->clear();
   in->clear();
   char buf[65536 + 1];
-  // Output the slave wrote moments ago may still be on its way to the master.
-  Sleep1ms();
-  for (int n; (n = Inq(master)) > 0;) {
+  // Bytes reach a line discipline through a work queue, and one holds 4 KiB
+  // at a time (the rest waits in the tty's buffers): empty means empty a few
+  // times in a row.
+  for (int n, idle = 0; idle < 3;) {
+    if ((n = Inq(master)) <= 0) {
+      idle++;
+      Sleep1ms();
+      continue;
+    }
+    idle = 0;
     pollfd pf = {master, POLLIN, 0};
     if (poll(&pf, 1, 0) <= 0 || !(pf.revents & POLLIN)) break;
     bool packet = st.flags & IBDBG_PTY_PACKET;
@@ -127,13 +137,18 @@ bool Drain(int master, const ibdbg_pty_state& st, std::string* out, std::string*
   if (st.flags & IBDBG_PTY_LOCKED) return true;
   int s = OpenPeer(master, O_RDONLY | O_NONBLOCK);
   if (s < 0) return true;
-  for (;;) {
+  for (int idle = 0; idle < 3;) {
     // Canonical mode shows (and reads) complete lines only; an unterminated
     // line being typed cannot be seen without changing the mode: it is not
     // carried (see capture/README.md).
     ssize_t got = read(s, buf, sizeof buf - 1);
     if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) break;
+    if (got <= 0) {
+      idle++;
+      Sleep1ms();
+      continue;
+    }
+    idle = 0;
     in->append(buf, (size_t)got);
   }
   close(s);
@@ -150,6 +165,7 @@ bool Refill(int master, const ibdbg_pty_state& st, const std::string& out, const
     *err = Errno("cannot read a pseudo-terminal's settings");
     return false;
   }
+  std::string rest;
   if (!out.empty() || !in.empty()) {
     int lck = 0;
     ioctl(master, TIOCGPTLCK, &lck);
@@ -175,9 +191,15 @@ bool Refill(int master, const ibdbg_pty_state& st, const std::string& out, const
       raw.c_cc[VTIME] = 0;
     }
     bool ok = tcsetattr(master, TCSANOW, &raw) == 0;
-    int m0 = Inq(master), s0 = Inq(s);
-    ok = ok && WriteAll(s, out) && WriteAll(master, in) && WaitInq(s, s0 + (int)in.size()) &&
-         WaitInq(master, m0 + (int)out.size());
+    int s0 = Inq(s);
+    // Output processing happens within write(): out needs no waiting.
+    // Input is processed by the slave's line discipline after the write
+    // returns, with the settings of that moment: what it holds (4 KiB) goes
+    // in before the captured settings come back; more input than that (it
+    // waited in the tty's buffers) is processed again, with them.
+    size_t first = std::min(in.size(), (size_t)std::max(0, 4095 - std::max(s0, 0)));
+    ok = ok && WriteAll(s, out) && WriteAll(master, in.substr(0, first)) && WaitInq(s, s0 + (int)first);
+    rest = in.substr(first);
     close(s);
     if (lck) ioctl(master, TIOCSPTLCK, &lck);
     if (!ok) {
@@ -188,6 +210,16 @@ bool Refill(int master, const ibdbg_pty_state& st, const std::string& out, const
   if (tcsetattr(master, TCSANOW, &want) != 0) {
     *err = Errno("cannot restore a pseudo-terminal's settings");
     return false;
+  }
+  if (!rest.empty()) {
+    int fl = fcntl(master, F_GETFL);
+    fcntl(master, F_SETFL, fl | O_NONBLOCK);
+    bool ok = WriteAll(master, rest);
+    fcntl(master, F_SETFL, fl);
+    if (!ok) {
+      *err = Errno("cannot put the input in flight back into a pseudo-terminal");
+      return false;
+    }
   }
   if (have_want) {
     struct winsize ws = {st.winsize[0], st.winsize[1], st.winsize[2], st.winsize[3]};

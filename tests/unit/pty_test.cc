@@ -128,5 +128,33 @@ TEST(Pty, RefillOfOutputLeavesAPartialLineAlone) {
   EXPECT_EQ(ReadAvail(p.m), "o\r\n");
 }
 
+// More than a line discipline holds (the rest waits in the tty's buffers)
+// comes out whole and goes back whole.
+TEST(Pty, LargeOutputInFlight) {
+  Pair p;
+  ASSERT_GE(p.s, 0) << "no pseudo-terminals here";
+  termios t;
+  ASSERT_EQ(tcgetattr(p.s, &t), 0);
+  cfmakeraw(&t);
+  ASSERT_EQ(tcsetattr(p.s, TCSANOW, &t), 0);
+  std::string big;
+  for (int i = 0; big.size() < 20000; i++) big += std::to_string(i) + ",";
+  fcntl(p.s, F_SETFL, O_NONBLOCK);
+  ssize_t n = write(p.s, big.data(), big.size());
+  ASSERT_GT(n, 8192);
+  big.resize((size_t)n);
+  usleep(20000);
+  ibdbg_pty_state st;
+  std::string err, out, in;
+  ASSERT_TRUE(pty::ReadState(p.m, &st, &err)) << err;
+  ASSERT_TRUE(pty::Drain(p.m, st, &out, &in, &err)) << err;
+  EXPECT_EQ(out.size(), big.size());
+  EXPECT_TRUE(out == big);
+  ASSERT_TRUE(pty::Refill(p.m, st, out, in, &err)) << err;
+  std::string back = ReadAvail(p.m);
+  EXPECT_EQ(back.size(), big.size());
+  EXPECT_TRUE(back == big);
+}
+
 }  // namespace
 }  // namespace ibdbg
