@@ -66,6 +66,7 @@ struct ImageMeta {
   std::vector<ibdbg_image_vma> vmas;
   std::vector<FdRecord> fds;
   long ctty_index = -1;  // the pty slave that is the controlling terminal, if any
+  pid_t ctty_fg = 0;     // that terminal's foreground process group
 };
 
 // Reads every record up to the first page record.
@@ -115,7 +116,10 @@ void ReadMeta(image::ImageReader& r, ImageMeta& m, image::Record& first_pages, b
           auto j = nlohmann::json::parse(rec.data.begin(), rec.data.end());
           if (j.contains("zombies"))
             for (auto& z : j["zombies"]) m.zombies.push_back({z.at("pid").get<pid_t>(), z.at("status").get<int>()});
-          if (j.contains("ctty")) m.ctty_index = j["ctty"].at("index").get<long>();
+          if (j.contains("ctty")) {
+            m.ctty_index = j["ctty"].at("index").get<long>();
+            m.ctty_fg = j["ctty"].value("fg", 0);
+          }
         } catch (const std::exception&) {
           Fail(r.path() + ": malformed JSON record");
         }
@@ -649,6 +653,34 @@ void SetControllingPty(const Prepared& p, const Shared& sh, int status_fd) {
   close(s);
 }
 
+// The leader of the group that was in the foreground of its session's pty
+// puts it there again (the session's leader took the terminal before this
+// process was forked, so it is this process's terminal too).
+void SetForegroundGroup(const Prepared& p, const Shared& sh, int status_fd) {
+  const ibdbg_process_info& pi = p.m.proc;
+  if (p.m.ctty_index < 0 || p.m.ctty_fg != pi.pid || pi.pgid != pi.pid || pi.sid == pi.pid) return;
+  auto it = sh.ptys.find((uint32_t)p.m.ctty_index);
+  if (it == sh.ptys.end()) return;
+  int s = ioctl(it->second.fd, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+  pid_t tty_sid = 0;
+  if (s >= 0 && (ioctl(s, TIOCGSID, &tty_sid) != 0 || tty_sid != getsid(0))) {
+    close(s);  // the session did not get its terminal back (its leader is not in the image)
+    return;
+  }
+  // A background group may take the terminal only while not stopped for it.
+  sigset_t ttou, old;
+  sigemptyset(&ttou);
+  sigaddset(&ttou, SIGTTOU);
+  sigprocmask(SIG_BLOCK, &ttou, &old);
+  bool ok = s >= 0 && tcsetpgrp(s, pi.pid) == 0;
+  int e = errno;
+  sigprocmask(SIG_SETMASK, &old, nullptr);
+  if (s >= 0) close(s);
+  if (!ok)
+    ChildFail(status_fd, "cannot put process group " + std::to_string(pi.pid) + " in the foreground of /dev/pts/" +
+                             std::to_string(p.m.ctty_index) + ": " + strerror(e));
+}
+
 // Becomes process i of the image: its session and group first, then its
 // children (so that they inherit both and have it as parent), then itself.
 [[noreturn]] void SpawnNode(int i, const Shared& sh, std::vector<std::unique_ptr<Prepared>>& all,
@@ -666,6 +698,7 @@ void SetControllingPty(const Prepared& p, const Shared& sh, int status_fd) {
   } else if (pi.pgid == pi.pid) setpgid(0, 0);
   else if (group_in_image && !session_in_image) setpgid(0, pi.pgid);
   else if (group_in_image) setpgid(0, pi.pgid);
+  SetForegroundGroup(p, sh, p.status_w);
   // Children that had exited uncollected exit again, with their pid and status.
   for (auto& [zpid, status] : p.m.zombies) {
     long r = CloneWithPid(zpid);

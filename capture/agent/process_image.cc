@@ -363,18 +363,39 @@ void DescribePtySlave(pid_t pid, ibdbg_fd_info* fi, const struct stat& sb, std::
   data->assign((const char*)&st, sizeof st);
 }
 
-// The index of the pty slave that is the process's controlling terminal, or -1.
-long ControllingPty(pid_t pid) {
+// The pid of `outer` in the innermost pid namespace it is in (the job may
+// run in a replay's), or 0 when it is gone.
+long InnerPidOf(long outer) {
+  std::string status = ReadSmallFile("/proc/" + std::to_string(outer) + "/status");
+  size_t ns = status.find("NSpid:");
+  if (ns == std::string::npos) return 0;
+  long inner = 0;
+  const char* q = status.c_str() + ns + 6;
+  for (char* qe; *q && *q != '\n'; q = qe) {
+    long v = strtol(q, &qe, 10);
+    if (qe == q) break;
+    inner = v;
+  }
+  return inner;
+}
+
+// The index of the pty slave that is the process's controlling terminal (or
+// -1) and the terminal's foreground process group as the job sees it (0 if
+// unknown).
+long ControllingPty(pid_t pid, long* fg) {
+  *fg = 0;
   std::string stat = ReadSmallFile("/proc/" + std::to_string(pid) + "/stat");
   size_t rp = stat.rfind(')');
   if (rp == std::string::npos) return -1;
-  // After ") ": state ppid pgrp session tty_nr
+  // After ") ": state ppid pgrp session tty_nr tpgid
   const char* f = stat.c_str() + rp + 1;
   unsigned long tty_nr = 0;
   char state;
-  long ppid, pgrp, sess;
-  if (sscanf(f, " %c %ld %ld %ld %lu", &state, &ppid, &pgrp, &sess, &tty_nr) != 5 || !tty_nr) return -1;
+  long ppid, pgrp, sess, tpgid = 0;
+  if (sscanf(f, " %c %ld %ld %ld %lu %ld", &state, &ppid, &pgrp, &sess, &tty_nr, &tpgid) != 6 || !tty_nr) return -1;
   unsigned ma = (tty_nr >> 8) & 0xfff, mi = (tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00);
+  // tpgid is a pid of our namespace; the group's leader names it in the job's.
+  if (tpgid > 0) *fg = InnerPidOf(tpgid);
   return pty::SlaveIndex(makedev(ma, mi));
 }
 
@@ -633,8 +654,9 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
   WriteZombies(pid, w);
   // The controlling terminal, when it is a pty: the replay makes the slave of
   // the job's pair with that index the session's terminal again.
-  if (long ctty = ControllingPty(pid); ctty >= 0)
-    w.AddRecord(image::RecordType::Json, 0, nlohmann::json{{"ctty", {{"index", ctty}}}}.dump());
+  long fg = 0;
+  if (long ctty = ControllingPty(pid, &fg); ctty >= 0)
+    w.AddRecord(image::RecordType::Json, 0, nlohmann::json{{"ctty", {{"index", ctty}, {"fg", fg}}}}.dump());
 
   std::vector<MapEntry> maps = ReadMaps(pid);
   std::vector<std::pair<const MapEntry*, uint32_t>> regions;

@@ -76,14 +76,19 @@ static int ctty_is(int fd) {
                                                 ((minor(sb.st_rdev) & ~0xffu) << 12));
 }
 
-/* A member of the child's session, forked after it took its terminal: it
- * has that terminal too. */
+/* A member of the child's session in a group of its own, the terminal's
+ * foreground group at the capture: it has that terminal too, still in the
+ * foreground, and hands the foreground back to the child. */
 static void grandchild(void) {
+  setpgid(0, 0);
+  signal(SIGTTOU, SIG_IGN); /* a failed replay must not stop it at the hand-back */
   zdtm_wait_go();
   int ok = ctty_is(1) && getsid(0) == getppid();
   int t = open("/dev/tty", O_RDWR);
   ok = ok && t >= 0;
-  _exit(ok ? 0 : 1);
+  int fg = tcgetpgrp(1) == getpid();
+  tcsetpgrp(1, getsid(0));
+  _exit(!ok ? 1 : !fg ? 2 : 0);
 }
 
 static int child(const char *slave_name, int sync_w) {
@@ -95,6 +100,8 @@ static int child(const char *slave_name, int sync_w) {
   close(s);
   pid_t g = fork();
   if (g == 0) grandchild();
+  setpgid(g, g);
+  if (tcsetpgrp(0, g) != 0) _exit(11);
   write(1, "hello\n", 6);
   wait_inq(0, strlen(PENDING_IN));
   write(1, PENDING_OUT, strlen(PENDING_OUT));
@@ -103,6 +110,13 @@ static int child(const char *slave_name, int sync_w) {
   zdtm_wait_go();
 
   int bad = 0;
+  /* The grandchild first: until it hands the foreground back, reading the
+   * terminal would stop this process. */
+  int gst = 0;
+  if (waitpid(g, &gst, 0) != g || !WIFEXITED(gst) || WEXITSTATUS(gst) == 1)
+    child_fail(&bad, "the session's other process lost the terminal");
+  else if (WEXITSTATUS(gst) == 2)
+    child_fail(&bad, "the foreground group is lost");
   char name[64] = "";
   if (ttyname_r(1, name, sizeof name) != 0 || strcmp(name, slave_name) != 0) child_fail(&bad, "slave renamed");
   struct termios t;
@@ -113,9 +127,7 @@ static int child(const char *slave_name, int sync_w) {
   if (tcgetsid(0) != getpid()) child_fail(&bad, "slave is not the session's terminal");
   if (tcgetpgrp(0) != getpgrp()) child_fail(&bad, "not the foreground group of the terminal");
   if (!ctty_is(1)) child_fail(&bad, "controlling terminal (tty_nr) is not the slave");
-  int gst = 0;
-  if (waitpid(g, &gst, 0) != g || !WIFEXITED(gst) || WEXITSTATUS(gst) != 0)
-    child_fail(&bad, "the session's other process lost the terminal");
+
   int ctty = open("/dev/tty", O_RDWR);
   if (ctty < 0) child_fail(&bad, "/dev/tty cannot be opened");
   close(ctty);
