@@ -19,6 +19,7 @@
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
@@ -45,6 +46,7 @@
 #include "ibdbg/image_file.h"
 #include "ibdbg/maps.h"
 #include "ibdbg/proto.h"
+#include "ibdbg/pty.h"
 #include "ibdbg/restorer_layout.h"
 
 namespace ibdbg::replay {
@@ -64,6 +66,8 @@ struct ImageMeta {
   ibdbg_signal_state sig{};
   std::vector<ibdbg_image_vma> vmas;
   std::vector<FdRecord> fds;
+  long ctty_index = -1;  // the pty slave that is the controlling terminal, if any
+  pid_t ctty_fg = 0;     // that terminal's foreground process group
 };
 
 // Reads every record up to the first page record.
@@ -113,6 +117,10 @@ void ReadMeta(image::ImageReader& r, ImageMeta& m, image::Record& first_pages, b
           auto j = nlohmann::json::parse(rec.data.begin(), rec.data.end());
           if (j.contains("zombies"))
             for (auto& z : j["zombies"]) m.zombies.push_back({z.at("pid").get<pid_t>(), z.at("status").get<int>()});
+          if (j.contains("ctty")) {
+            m.ctty_index = j["ctty"].at("index").get<long>();
+            m.ctty_fg = j["ctty"].value("fg", 0);
+          }
         } catch (const std::exception&) {
           Fail(r.path() + ": malformed JSON record");
         }
@@ -135,6 +143,16 @@ struct Shared {
   std::map<uint64_t, std::pair<int, int>> pipes;                 // pipe inode -> (read, write)
   std::map<std::pair<uint64_t, uint64_t>, int> shmem;             // (dev, inode) -> memfd
   std::map<uint64_t, int> socks;                                  // socket inode -> its new connected end
+  // Pseudo-terminal pairs made inside the job, by index.  fd is a stand-in
+  // until the replay's own devpts instance exists; then it is the master.
+  struct Pty {
+    ibdbg_pty_state st{};
+    std::string out, in;  // bytes in flight, as Refill takes them
+    bool has_slaves = false;
+    int fd = -1;
+  };
+  std::map<uint32_t, Pty> ptys;
+  std::map<std::string, int> fifos;  // FIFO path -> a read-write descriptor holding its bytes
 };
 
 // Everything one process needs after fork, prepared while we may still throw.
@@ -349,6 +367,27 @@ void FdinfoPair(const std::string& t, const char* key, timespec* ts) {
   }
 }
 
+// The pty state at the head of a pty record's data.
+bool PtyStateOf(const FdRecord& f, ibdbg_pty_state* st) {
+  if (f.data.size() < sizeof *st) return false;
+  memcpy(st, f.data.data(), sizeof *st);
+  return true;
+}
+
+int OpenPtyFd(const FdRecord& f, const Prepared& p, const Shared& sh, int status_fd) {
+  ibdbg_pty_state st;
+  auto it = PtyStateOf(f, &st) ? sh.ptys.find(st.index) : sh.ptys.end();
+  if (it == sh.ptys.end()) ChildFail(status_fd, "internal: pseudo-terminal missing from the plan");
+  int master = TargetOf(p, it->second.fd);
+  if (f.info.kind == IBDBG_FD_PTY_MASTER) return dup(master);
+  // A slave of its own (not a dup): each open of it had its own flags.
+  int fd = ioctl(master, TIOCGPTPEER, (f.info.open_flags & O_ACCMODE) | O_NOCTTY);
+  if (fd < 0)
+    ChildFail(status_fd, "cannot open /dev/pts/" + std::to_string(st.index) + " (fd " + std::to_string(f.info.fd) +
+                             "): " + strerror(errno));
+  return fd;
+}
+
 int OpenImageFd(const FdRecord& f, const Prepared& p, const Shared& sh, int status_fd) {
   const ibdbg_fd_info& fi = f.info;
   int fd = -1;
@@ -384,6 +423,22 @@ int OpenImageFd(const FdRecord& f, const Prepared& p, const Shared& sh, int stat
     case IBDBG_FD_TTY:
       fd = isatty(0) ? dup(0) : open("/dev/null", O_RDWR);
       break;
+    case IBDBG_FD_PTY_MASTER:
+    case IBDBG_FD_PTY_SLAVE:
+      fd = OpenPtyFd(f, p, sh, status_fd);
+      break;
+    case IBDBG_FD_FIFO: {
+      auto it = sh.fifos.find(fi.path);
+      if (it == sh.fifos.end()) ChildFail(status_fd, "internal: FIFO missing from the plan");
+      // An open of the same FIFO (the launcher's end makes it a reader and a
+      // writer, so neither direction blocks), with this descriptor's mode.
+      std::string self = "/proc/self/fd/" + std::to_string(TargetOf(p, it->second));
+      fd = open(self.c_str(), acc | O_NONBLOCK);
+      if (fd < 0)
+        ChildFail(status_fd, "cannot reopen FIFO " + std::string(fi.path) + " (fd " + std::to_string(fi.fd) +
+                                 "): " + strerror(errno));
+      break;
+    }
     case IBDBG_FD_PIPE: {
       auto it = sh.pipes.find(fi.pipe_id);
       if (it == sh.pipes.end()) ChildFail(status_fd, "internal: pipe missing from the plan");
@@ -523,7 +578,8 @@ void SetupDescriptors(Prepared& p, const Shared& sh, const std::vector<std::uniq
     const ibdbg_fd_info& fi = f.info;
     if (fi.fd < 0 || fi.fd >= p.close_from) continue;
     if ((fi.kind == IBDBG_FD_EPOLL) != (pass == 1)) continue;
-    if (fi.fd <= 2 && fi.kind != IBDBG_FD_FILE && fi.kind != IBDBG_FD_DEVNULL &&
+    if (fi.fd <= 2 && fi.kind != IBDBG_FD_FILE && fi.kind != IBDBG_FD_DEVNULL && fi.kind != IBDBG_FD_FIFO &&
+        fi.kind != IBDBG_FD_PTY_MASTER && fi.kind != IBDBG_FD_PTY_SLAVE &&
         !(fi.kind == IBDBG_FD_PIPE && PipeComplete(all, fi.pipe_id)))
       continue;  // ours serves
     int fd = OpenImageFd(f, p, sh, status_fd);
@@ -589,6 +645,49 @@ long CloneWithPid(pid_t want) {
   return syscall(SYS_clone3, &ca, sizeof ca);
 }
 
+// A new session (just made, no terminal yet) whose terminal was a pair of
+// the job's gets its slave again, before the processes of the session are
+// forked: they inherit it (TIOCSCTTY gives it to the caller only).
+void SetControllingPty(const Prepared& p, const Shared& sh, int status_fd) {
+  if (p.m.ctty_index < 0) return;
+  auto it = sh.ptys.find((uint32_t)p.m.ctty_index);
+  if (it == sh.ptys.end()) return;  // a terminal from outside the job
+  int s = ioctl(it->second.fd, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (s < 0 || ioctl(s, TIOCSCTTY, 0) != 0)
+    ChildFail(status_fd, "cannot make /dev/pts/" + std::to_string(p.m.ctty_index) +
+                             " the controlling terminal of session " + std::to_string(p.m.proc.sid) + ": " +
+                             strerror(errno));
+  close(s);
+}
+
+// The leader of the group that was in the foreground of its session's pty
+// puts it there again (the session's leader took the terminal before this
+// process was forked, so it is this process's terminal too).
+void SetForegroundGroup(const Prepared& p, const Shared& sh, int status_fd) {
+  const ibdbg_process_info& pi = p.m.proc;
+  if (p.m.ctty_index < 0 || p.m.ctty_fg != pi.pid || pi.pgid != pi.pid || pi.sid == pi.pid) return;
+  auto it = sh.ptys.find((uint32_t)p.m.ctty_index);
+  if (it == sh.ptys.end()) return;
+  int s = ioctl(it->second.fd, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+  pid_t tty_sid = 0;
+  if (s >= 0 && (ioctl(s, TIOCGSID, &tty_sid) != 0 || tty_sid != getsid(0))) {
+    close(s);  // the session did not get its terminal back (its leader is not in the image)
+    return;
+  }
+  // A background group may take the terminal only while not stopped for it.
+  sigset_t ttou, old;
+  sigemptyset(&ttou);
+  sigaddset(&ttou, SIGTTOU);
+  sigprocmask(SIG_BLOCK, &ttou, &old);
+  bool ok = s >= 0 && tcsetpgrp(s, pi.pid) == 0;
+  int e = errno;
+  sigprocmask(SIG_SETMASK, &old, nullptr);
+  if (s >= 0) close(s);
+  if (!ok)
+    ChildFail(status_fd, "cannot put process group " + std::to_string(pi.pid) + " in the foreground of /dev/pts/" +
+                             std::to_string(p.m.ctty_index) + ": " + strerror(e));
+}
+
 // Becomes process i of the image: its session and group first, then its
 // children (so that they inherit both and have it as parent), then itself.
 [[noreturn]] void SpawnNode(int i, const Shared& sh, std::vector<std::unique_ptr<Prepared>>& all,
@@ -600,10 +699,13 @@ long CloneWithPid(pid_t want) {
     if (q->m.proc.pid == pi.sid) session_in_image = true;
     if (q->m.proc.pid == pi.pgid) group_in_image = true;
   }
-  if (pi.sid == pi.pid) setsid();
-  else if (pi.pgid == pi.pid) setpgid(0, 0);
+  if (pi.sid == pi.pid) {
+    setsid();
+    SetControllingPty(p, sh, p.status_w);
+  } else if (pi.pgid == pi.pid) setpgid(0, 0);
   else if (group_in_image && !session_in_image) setpgid(0, pi.pgid);
   else if (group_in_image) setpgid(0, pi.pgid);
+  SetForegroundGroup(p, sh, p.status_w);
   // Children that had exited uncollected exit again, with their pid and status.
   for (auto& [zpid, status] : p.m.zombies) {
     long r = CloneWithPid(zpid);
@@ -1259,6 +1361,128 @@ void MakeOutsideEnds(const std::vector<std::unique_ptr<Prepared>>& all, Shared& 
     }
 }
 
+// The job's pty pairs, from the images: each master once (a forked child
+// shares its parent's), with the bytes every record of it carried; slaves
+// whose master is not in the job are the job's terminal (IBDBG_FD_TTY).
+void PlanPtys(std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, std::vector<int>& ours) {
+  for (auto& p : all)
+    for (auto& f : p->m.fds) {
+      if (f.info.kind != IBDBG_FD_PTY_MASTER) continue;
+      ibdbg_pty_state st;
+      if (!PtyStateOf(f, &st) || f.data.size() != sizeof st + (uint64_t)st.out_len + st.in_len)
+        Fail(p->image_file + ": corrupted pseudo-terminal record (fd " + std::to_string(f.info.fd) + ")");
+      auto [it, fresh] = sh.ptys.try_emplace(st.index);
+      Shared::Pty& pt = it->second;
+      if (fresh) pt.st = st;
+      else if (pt.st.devpts_dev && st.devpts_dev && pt.st.devpts_dev != st.devpts_dev)
+        Fail("the job has two pseudo-terminals numbered " + std::to_string(st.index) +
+             " (of two devpts instances); ibdbg replays them into one");
+      pt.out.append(f.data, sizeof st, st.out_len);
+      pt.in.append(f.data, sizeof st + st.out_len, st.in_len);
+    }
+  for (auto& p : all)
+    for (auto& f : p->m.fds) {
+      if (f.info.kind != IBDBG_FD_PTY_SLAVE) continue;
+      ibdbg_pty_state st;
+      auto it = PtyStateOf(f, &st) ? sh.ptys.find(st.index) : sh.ptys.end();
+      if (it == sh.ptys.end() || (st.devpts_dev && it->second.st.devpts_dev && st.devpts_dev != it->second.st.devpts_dev)) {
+        f.info.kind = IBDBG_FD_TTY;
+        continue;
+      }
+      it->second.has_slaves = true;
+    }
+  for (auto& [idx, pt] : sh.ptys) {
+    // A placeholder that fixes the descriptor number in every process; the
+    // master takes its place once the replay's namespaces exist.
+    pt.fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (pt.fd < 0) Fail(std::string("cannot open /dev/null: ") + strerror(errno));
+    ours.push_back(pt.fd);
+  }
+}
+
+// In the replay's fresh mount namespace, before any process of the job: a
+// devpts instance of its own, where pairs are made in index order so that
+// each slave is /dev/pts/N with its captured N (numbers not in the job are
+// made and dropped).
+void MakePtys(const Shared& sh, int status_fd) {
+  if (sh.ptys.empty()) return;
+  mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr);
+  if (mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666") != 0)
+    ChildFail(status_fd, std::string("cannot mount a devpts instance for the job's pseudo-terminals: ") +
+                             strerror(errno));
+  // /dev/ptmx opens the instance at /dev/pts beside it (Linux >= 4.7); where
+  // it does not, that instance's own ptmx does.
+  const char* ptmx = "/dev/ptmx";
+  std::vector<int> dropped;
+  uint32_t last = sh.ptys.rbegin()->first;
+  for (uint32_t i = 0; i <= last; i++) {
+    int m = open(ptmx, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    unsigned idx = ~0u;
+    if (m >= 0) ioctl(m, TIOCGPTN, &idx);
+    if (m < 0 || idx != i) {
+      if (m >= 0) close(m);
+      if (i == 0 && strcmp(ptmx, "/dev/ptmx") == 0) {
+        ptmx = "/dev/pts/ptmx";
+        i--;
+        continue;
+      }
+      ChildFail(status_fd, "cannot recreate pseudo-terminal " + std::to_string(i) + " (" +
+                               (m < 0 ? std::string(strerror(errno)) : "got number " + std::to_string(idx)) + ")");
+    }
+    auto it = sh.ptys.find(i);
+    if (it == sh.ptys.end()) {
+      dropped.push_back(m);
+      continue;
+    }
+    const Shared::Pty& pt = it->second;
+    int zero = 0, one = 1;
+    ioctl(m, TIOCSPTLCK, &zero);
+    std::string err;
+    if (!pty::Refill(m, pt.st, pt.out, pt.in, &err)) ChildFail(status_fd, "/dev/pts/" + std::to_string(i) + ": " + err);
+    if (pt.st.flags & IBDBG_PTY_PACKET) ioctl(m, TIOCPKT, &one);
+    // Locked again only if no slave is to be opened (a lock stops that too).
+    if ((pt.st.flags & IBDBG_PTY_LOCKED) && !pt.has_slaves) ioctl(m, TIOCSPTLCK, &one);
+    if (dup3(m, pt.fd, O_CLOEXEC) < 0) ChildFail(status_fd, "cannot place a pseudo-terminal master");
+    close(m);
+  }
+  for (int m : dropped) close(m);
+}
+
+// Named FIFOs: made again where missing, opened read-write by the launcher
+// (an open that never blocks), refilled with the bytes they held.  The
+// processes open them again through that descriptor.
+void MakeFifos(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, std::vector<int>& ours) {
+  for (auto& p : all)
+    for (auto& f : p->m.fds) {
+      const ibdbg_fd_info& fi = f.info;
+      if (fi.kind != IBDBG_FD_FIFO) continue;
+      auto it = sh.fifos.find(fi.path);
+      if (it == sh.fifos.end()) {
+        struct stat sb;
+        bool made = false;
+        if (stat(fi.path, &sb) != 0) {
+          if (mkfifo(fi.path, fi.mode & 07777) != 0)
+            Fail(std::string("cannot make FIFO ") + fi.path + " again: " + strerror(errno));
+          made = true;
+        } else if (!S_ISFIFO(sb.st_mode)) {
+          Fail(std::string(fi.path) + " is no longer a FIFO (it was one at the capture)");
+        }
+        int fd = open(fi.path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0) Fail(std::string("cannot open FIFO ") + fi.path + ": " + strerror(errno));
+        // Deleted while open at the capture: no name again.
+        if (made && fi.deleted) unlink(fi.path);
+        it = sh.fifos.emplace(fi.path, fd).first;
+        ours.push_back(fd);
+      }
+      if (!f.data.empty()) {
+        if (f.data.size() > 65536) fcntl(it->second, F_SETPIPE_SZ, (int)f.data.size());
+        if (!WriteAll(it->second, f.data.data(), f.data.size()))
+          Fail("FIFO " + std::string(fi.path) + " held more bytes at capture than it can here (" +
+               std::to_string(f.data.size()) + ")");
+      }
+    }
+}
+
 }  // namespace
 
 Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOptions& opts) {
@@ -1327,6 +1551,8 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
   MakeConnections(all, sh, ours);
   MakeDgrams(all, sh, ours);
   MakeOutsideEnds(all, sh, ours);
+  PlanPtys(all, sh, ours);
+  MakeFifos(all, sh, ours);
   for (auto& pp : all) {
     Prepared& p = *pp;
     BuildVmas(p, sh);
@@ -1340,7 +1566,10 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
            f.info.kind == IBDBG_FD_SOCKET_DGRAM) &&
           sh.socks.count(f.info.sock_id))
         AddLauncherFd(p, sh.socks[f.info.sock_id]);
+      if (f.info.kind == IBDBG_FD_FIFO) AddLauncherFd(p, sh.fifos[f.info.path]);
     }
+    // Every process may need a pair's master: for its descriptors or its terminal.
+    for (auto& [idx, pt] : sh.ptys) AddLauncherFd(p, pt.fd);
     int maxfd = 2;
     for (auto& f : p.m.fds) maxfd = std::max(maxfd, f.info.fd);
     p.close_from = std::max(maxfd + 1, 64);
@@ -1405,6 +1634,7 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
       ChildFail(st0, std::string("cannot create namespaces for the replay (unshare: ") + strerror(errno) +
                          "); are unprivileged user namespaces disabled?");
     if (uid != 0 && !WriteMaps(uid, gid)) ChildFail(st0, "cannot write the user namespace's id maps");
+    MakePtys(sh, st0);
     pid_t init = fork();
     if (init < 0) ChildFail(st0, "fork failed");
     if (init == 0) RunInit(sh, all, roots, opts.restorer);

@@ -199,6 +199,9 @@ const char* FdKindName(uint32_t kind) {
     case IBDBG_FD_EPOLL: return "epoll";
     case IBDBG_FD_SOCKET_CONN: return "socket-conn";
     case IBDBG_FD_SOCKET_DGRAM: return "socket-dgram";
+    case IBDBG_FD_PTY_MASTER: return "pty-master";
+    case IBDBG_FD_PTY_SLAVE: return "pty-slave";
+    case IBDBG_FD_FIFO: return "fifo";
   }
   return "unknown";
 }
@@ -311,6 +314,19 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
         e["size"] = f.size;
         e["data_bytes"] = extra;
         if (f.kind == IBDBG_FD_PIPE) e["pipe_id"] = f.pipe_id;
+        if ((f.kind == IBDBG_FD_PTY_MASTER || f.kind == IBDBG_FD_PTY_SLAVE) && extra >= sizeof(ibdbg_pty_state)) {
+          ibdbg_pty_state st;
+          std::memcpy(&st, data.data() + sizeof f, sizeof st);
+          e["pty_index"] = st.index;
+          if (st.flags & IBDBG_PTY_TERMIOS)
+            e["pty_winsize"] = std::to_string(st.winsize[0]) + "x" + std::to_string(st.winsize[1]);
+          if (st.flags & IBDBG_PTY_LOCKED) e["pty_locked"] = true;
+          if (st.flags & IBDBG_PTY_PACKET) e["pty_packet"] = true;
+          if (f.kind == IBDBG_FD_PTY_MASTER) {
+            e["pty_out_bytes"] = st.out_len;
+            e["pty_in_bytes"] = st.in_len;
+          }
+        }
         if (f.kind == IBDBG_FD_SOCKET_LISTEN) {
           e["socket_family"] = f.sock_family;
           e["socket_type"] = f.sock_type;
@@ -651,6 +667,12 @@ std::string RenderText(const ojson& doc) {
       if (f.contains("pipe_id")) l += "  pipe " + S(f["pipe_id"]);
       if (f.contains("socket_address")) l += "  " + S(f["socket_address"]);
       if (f.contains("socket_peer")) l += " -> " + S(f["socket_peer"]);
+      if (f.contains("pty_index")) l += "  pts " + S(f["pty_index"]);
+      if (f.contains("pty_winsize")) l += "  " + S(f["pty_winsize"]);
+      if (f.contains("pty_locked")) l += "  locked";
+      if (f.contains("pty_packet")) l += "  packet";
+      if (f.contains("pty_out_bytes"))
+        l += "  in flight " + S(f["pty_out_bytes"]) + " out/" + S(f["pty_in_bytes"]) + " in";
       if (f.contains("socket_backlog")) l += "  backlog " + S(f["socket_backlog"]);
       if (f.contains("messages") && f["messages"].get<uint64_t>()) l += "  " + S(f["messages"]) + " messages queued";
       if (f.contains("shutdown")) l += "  shut " + f["shutdown"].get<std::string>();

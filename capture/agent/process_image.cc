@@ -13,7 +13,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/utsname.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -26,6 +28,7 @@
 
 #include "ibdbg/image_file.h"
 #include "ibdbg/maps.h"
+#include "ibdbg/pty.h"
 #include "ibdbg/restorer_layout.h"
 
 namespace ibdbg::capture {
@@ -468,6 +471,123 @@ std::string DrainPipe(pid_t pid, int fd) {
   return out;
 }
 
+// A pty master of the job (mpirun holds one per rank): its pair's state and
+// the bytes in flight both ways, taken out (a tty has no peek) and put back
+// by RefillPipes when the job runs on.
+void DescribePtyMaster(pid_t pid, ibdbg_fd_info* fi, std::string* data, std::vector<PipeRefill>* refills) {
+  fi->kind = IBDBG_FD_PTY_MASTER;
+  int m = PidfdGetfd(pid, fi->fd);
+  if (m < 0) Fail(Errno("fd " + std::to_string(fi->fd) + ": cannot take a copy of a pseudo-terminal master"));
+  ibdbg_pty_state st;
+  std::string err, out, in;
+  if (!pty::ReadState(m, &st, &err)) {
+    close(m);
+    Fail("fd " + std::to_string(fi->fd) + ": " + err);
+  }
+  st.devpts_dev = pty::SlaveDev(m);
+  pty::Drain(m, st, &out, &in, &err);
+  close(m);
+  st.out_len = (uint32_t)out.size();
+  st.in_len = (uint32_t)in.size();
+  data->assign((const char*)&st, sizeof st);
+  *data += out;
+  *data += in;
+  if (refills && (!out.empty() || !in.empty())) {
+    PipeRefill r;
+    r.fd = fi->fd;
+    r.data = out;
+    r.pty = true;
+    r.pty_in = in;
+    r.pty_state = st;
+    refills->push_back(std::move(r));
+  }
+}
+
+// A pty slave: which pair it is of (the replay pairs it with the job's master
+// of that devpts instance and index, if any) and the settings it saw.
+void DescribePtySlave(pid_t pid, ibdbg_fd_info* fi, const struct stat& sb, std::string* data) {
+  fi->kind = IBDBG_FD_PTY_SLAVE;
+  ibdbg_pty_state st{};
+  st.index = (uint32_t)pty::SlaveIndex(sb.st_rdev);
+  st.devpts_dev = (uint64_t)sb.st_dev;
+  int s = PidfdGetfd(pid, fi->fd);
+  if (s >= 0) {
+    struct termios t;
+    struct winsize ws {};
+    if (tcgetattr(s, &t) == 0 && ioctl(s, TIOCGWINSZ, &ws) == 0) {
+      memcpy(st.termios, &t, sizeof t);
+      st.winsize[0] = ws.ws_row;
+      st.winsize[1] = ws.ws_col;
+      st.winsize[2] = ws.ws_xpixel;
+      st.winsize[3] = ws.ws_ypixel;
+      st.flags |= IBDBG_PTY_TERMIOS;
+    }
+    close(s);
+  }
+  data->assign((const char*)&st, sizeof st);
+}
+
+// The pid of `outer` in the innermost pid namespace it is in (the job may
+// run in a replay's), or 0 when it is gone.
+long InnerPidOf(long outer) {
+  std::string status = ReadSmallFile("/proc/" + std::to_string(outer) + "/status");
+  size_t ns = status.find("NSpid:");
+  if (ns == std::string::npos) return 0;
+  long inner = 0;
+  const char* q = status.c_str() + ns + 6;
+  for (char* qe; *q && *q != '\n'; q = qe) {
+    long v = strtol(q, &qe, 10);
+    if (qe == q) break;
+    inner = v;
+  }
+  return inner;
+}
+
+// The index of the pty slave that is the process's controlling terminal (or
+// -1) and the terminal's foreground process group as the job sees it (0 if
+// unknown).
+long ControllingPty(pid_t pid, long* fg) {
+  *fg = 0;
+  std::string stat = ReadSmallFile("/proc/" + std::to_string(pid) + "/stat");
+  size_t rp = stat.rfind(')');
+  if (rp == std::string::npos) return -1;
+  // After ") ": state ppid pgrp session tty_nr tpgid
+  const char* f = stat.c_str() + rp + 1;
+  unsigned long tty_nr = 0;
+  char state;
+  long ppid, pgrp, sess, tpgid = 0;
+  if (sscanf(f, " %c %ld %ld %ld %lu %ld", &state, &ppid, &pgrp, &sess, &tty_nr, &tpgid) != 6 || !tty_nr) return -1;
+  unsigned ma = (tty_nr >> 8) & 0xfff, mi = (tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00);
+  // tpgid is a pid of our namespace; the group's leader names it in the job's.
+  if (tpgid > 0) *fg = InnerPidOf(tpgid);
+  return pty::SlaveIndex(makedev(ma, mi));
+}
+
+// A named FIFO: reopened by name at replay; the bytes in it are carried as a
+// pipe's are (taken out once per FIFO, put back when the job runs on).
+void DescribeFifo(pid_t pid, ibdbg_fd_info* fi, const struct stat& sb, std::string link,
+                  std::vector<uint64_t>* drained, std::string* data, std::vector<PipeRefill>* refills) {
+  fi->kind = IBDBG_FD_FIFO;
+  fi->pipe_id = sb.st_ino;
+  const std::string deleted_suffix = " (deleted)";
+  if (link.size() > deleted_suffix.size() &&
+      link.compare(link.size() - deleted_suffix.size(), deleted_suffix.size(), deleted_suffix) == 0) {
+    fi->deleted = 1;
+    link.resize(link.size() - deleted_suffix.size());
+    snprintf(fi->path, sizeof fi->path, "%s", link.c_str());
+  }
+  if (std::find(drained->begin(), drained->end(), fi->pipe_id) != drained->end()) return;
+  drained->push_back(fi->pipe_id);
+  *data = DrainPipe(pid, fi->fd);
+  if (!data->empty() && refills) {
+    PipeRefill r;
+    r.fd = fi->fd;
+    r.data = *data;
+    r.fifo = true;
+    refills->push_back(std::move(r));
+  }
+}
+
 std::string ReadWholeFd(const std::string& path) {
   Fd f(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (f.fd < 0) Fail(Errno("cannot read " + path));
@@ -488,7 +608,7 @@ void WriteFds(pid_t pid, const ProcessMeta& meta, image::ImageWriter& w, WriteSt
     if (e->d_name[0] != '.') fds.push_back(atoi(e->d_name));
   closedir(d);
   std::sort(fds.begin(), fds.end());
-  std::vector<uint64_t> drained_pipes;
+  std::vector<uint64_t> drained_pipes, drained_fifos;
   for (int fd : fds) {
     if (fd == meta.proc.control_fd) continue;
     auto fi = std::make_unique<ibdbg_fd_info>();
@@ -530,6 +650,12 @@ void WriteFds(pid_t pid, const ProcessMeta& meta, image::ImageWriter& w, WriteSt
       data = ReadSmallFile(base + "/fdinfo/" + std::to_string(fd));
     } else if (link.rfind("socket:[", 0) == 0) {
       DescribeSocket(pid, fi.get(), have_stat ? sb.st_ino : 0, &data);
+    } else if (have_stat && S_ISCHR(sb.st_mode) && sb.st_rdev == makedev(5, 2)) {
+      // /dev/ptmx or a devpts instance's ptmx: a master (opening its path
+      // again would make another pair).
+      DescribePtyMaster(pid, fi.get(), &data, refills);
+    } else if (have_stat && S_ISCHR(sb.st_mode) && pty::SlaveIndex(sb.st_rdev) >= 0) {
+      DescribePtySlave(pid, fi.get(), sb, &data);
     } else if (link.rfind("/dev/pts/", 0) == 0 || link == "/dev/tty" || link == "/dev/console" ||
                (have_stat && S_ISCHR(sb.st_mode) && isatty(0) && link.rfind("/dev/tty", 0) == 0)) {
       fi->kind = IBDBG_FD_TTY;
@@ -546,7 +672,7 @@ void WriteFds(pid_t pid, const ProcessMeta& meta, image::ImageWriter& w, WriteSt
         data = ReadWholeFd(target);
       }
     } else if (link[0] == '/' && have_stat && S_ISFIFO(sb.st_mode)) {
-      fi->kind = IBDBG_FD_FILE;  // a named FIFO: reopened by name
+      DescribeFifo(pid, fi.get(), sb, link, &drained_fifos, &data, refills);
     } else {
       fi->kind = IBDBG_FD_OTHER;
     }
@@ -607,6 +733,16 @@ std::string Iso8601(int64_t ns) {
   char buf[64];
   strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
+}
+
+void RefillPty(pid_t pid, const PipeRefill& r) {
+  Fd m(PidfdGetfd(pid, r.fd));
+  if (m.fd < 0) return;
+  // The settings are the process's own still: only the bytes go back.
+  ibdbg_pty_state st = r.pty_state;
+  st.flags &= ~IBDBG_PTY_TERMIOS;
+  std::string err;
+  pty::Refill(m.fd, st, r.data, r.pty_in, &err);
 }
 
 }  // namespace
@@ -680,6 +816,11 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
 
   WriteFds(pid, meta, w, &st, refills);
   WriteZombies(pid, w);
+  // The controlling terminal, when it is a pty: the replay makes the slave of
+  // the job's pair with that index the session's terminal again.
+  long fg = 0;
+  if (long ctty = ControllingPty(pid, &fg); ctty >= 0)
+    w.AddRecord(image::RecordType::Json, 0, nlohmann::json{{"ctty", {{"index", ctty}, {"fg", fg}}}}.dump());
 
   std::vector<MapEntry> maps = ReadMaps(pid);
   std::vector<std::pair<const MapEntry*, uint32_t>> regions;
@@ -733,8 +874,12 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
 
 void RefillPipes(pid_t pid, const std::vector<PipeRefill>& refills) {
   for (const auto& r : refills) {
+    if (r.pty) {
+      RefillPty(pid, r);
+      continue;
+    }
     std::string path = "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(r.fd);
-    Fd f(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+    Fd f(open(path.c_str(), (r.fifo ? O_RDWR : O_WRONLY) | O_CLOEXEC));
     if (f.fd < 0) continue;
     size_t off = 0;
     while (off < r.data.size()) {

@@ -42,8 +42,16 @@ struct WriteStats {
 // Bytes taken out of a pipe to store them; they go back when the process
 // resumes (pipes have no other way to be read without consuming).
 struct PipeRefill {
+  PipeRefill() = default;
+  PipeRefill(int f, std::string d) : fd(f), data(std::move(d)) {}
   int fd = -1;  // a descriptor of the pipe in the target process
   std::string data;
+  bool fifo = false;  // a named FIFO: reopened read-write (a write-only open could block)
+  // A pseudo-terminal master: data is what its slave wrote, pty_in what was
+  // written to it (ttys cannot be read without consuming either).
+  bool pty = false;
+  std::string pty_in;
+  ibdbg_pty_state pty_state{};
 };
 
 // Writes the image of `pid` to out_fd (fdatasync'ed). Throws std::runtime_error

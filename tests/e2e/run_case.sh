@@ -4,20 +4,22 @@
 # replay again, for several generations), then let it check itself.
 #
 #   run_case.sh BUILD_DIR PROGRAM [--as-user] [--generations N] [--keep] [--max-image-mb N]
-#               [--outside SCRIPT] [--expect-log PATTERN]
+#               [--outside SCRIPT] [--expect-log PATTERN] [--run-on]
 #
 # --as-user runs every ibdbg command as the unprivileged user nobody.
 # --max-image-mb fails if any captured image takes more than N MiB on disk.
 # --outside starts `python3 SCRIPT WORK` first, outside the job, and waits for
 #   WORK/outside.port (peers for the program to connect to).
 # --expect-log fails unless the last replay's output has a line matching PATTERN.
+# --run-on captures once without --stop first: the job must run on intact
+# (bytes a capture takes out of pipes, FIFOs and ttys go back) until the real one.
 set -u
 # Descriptors the test runner leaks (ctest keeps its log open) would be part of
 # the captured process and may not be reopenable by another user.
 for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
 build=$1 prog=$2
 shift 2
-as_user=0 generations=1 keep=0 twice=0 max_image_mb=0 outside="" expect_log=""
+as_user=0 generations=1 keep=0 twice=0 max_image_mb=0 outside="" expect_log="" run_on=0
 while [ $# -gt 0 ]; do
   case $1 in
     --as-user) as_user=1 ;;
@@ -27,6 +29,7 @@ while [ $# -gt 0 ]; do
     --max-image-mb) max_image_mb=$2; shift ;;
     --outside) outside=$2; shift ;;
     --expect-log) expect_log=$2; shift ;;
+    --run-on) run_on=1 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -86,6 +89,10 @@ fi
 ( "${as[@]}" "$ibdbg" run --dir "$work/job0" -- "$exe" "$go" 2>&1 | cat > "$work/out.0" ) &
 runner=$!
 wait_for "$work/out.0" READY 30 || fail "the program did not get ready"
+if [ $run_on = 1 ]; then
+  "${as[@]}" "$ibdbg" capture --dir "$work/job0" > "$work/runon.out" 2>&1 || { cat "$work/runon.out"; fail "capture without --stop failed"; }
+  kill -0 $runner 2>/dev/null || fail "the job stopped after a capture without --stop"
+fi
 img=$(capture "$work/job0") || fail "capture failed"
 wait_bounded $runner 30 || fail "the captured job did not stop"
 

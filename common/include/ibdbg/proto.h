@@ -147,6 +147,16 @@ enum ibdbg_fd_kind {
   /* A message socket without a connection of its own: unix SOCK_DGRAM or UDP,
    * bound, connected or neither.  data = its queued messages (below). */
   IBDBG_FD_SOCKET_DGRAM = 12,
+  /* A pseudo-terminal pair made inside the job.  The data of either is an
+   * ibdbg_pty_state; a master's is followed by the bytes in flight (out_len
+   * the slave wrote, then in_len written to the master). */
+  IBDBG_FD_PTY_MASTER = 13, /* /dev/ptmx */
+  /* /dev/pts/N: paired with the job's master of index N at replay; without
+   * one it is the job's terminal, replayed as IBDBG_FD_TTY. */
+  IBDBG_FD_PTY_SLAVE = 14,
+  /* A named FIFO: reopened by name (made again if missing); data = the bytes
+   * it held, as for pipes. */
+  IBDBG_FD_FIFO = 15,
 };
 
 /* The queued messages of a message socket (SOCKET_DGRAM, and SOCKET_CONN of
@@ -179,6 +189,19 @@ struct ibdbg_fd_info {
   uint64_t peer_id;   /* unix: inode of the peer socket */
   char path[IBDBG_PATH_MAX];
 };
+/* The data of IBDBG_FD_PTY_MASTER / IBDBG_FD_PTY_SLAVE. */
+struct ibdbg_pty_state {
+  uint32_t index;   /* N of /dev/pts/N (TIOCGPTN of the master, minor of the slave) */
+  uint32_t flags;   /* IBDBG_PTY_* */
+  uint64_t devpts_dev; /* st_dev of the slave: which devpts instance N is of (0: unknown) */
+  uint8_t termios[64]; /* the slave's settings as the C library's struct termios (x86-64: 60 bytes) */
+  uint16_t winsize[4]; /* rows, cols, xpixel, ypixel */
+  uint32_t out_len; /* master only: bytes the slave wrote that the master has not read */
+  uint32_t in_len;  /* master only: bytes written to the master that the slave has not read */
+};
+#define IBDBG_PTY_LOCKED 1u  /* TIOCGPTLCK: the slave may not be opened */
+#define IBDBG_PTY_PACKET 2u  /* TIOCGPKT: packet mode on the master */
+#define IBDBG_PTY_TERMIOS 4u /* termios and winsize are valid */
 #define IBDBG_SOCKOPT_NODELAY 1u
 #define IBDBG_SOCKOPT_KEEPALIVE 2u
 /* The socket's own shutdown state (a half-closed connection). */
