@@ -668,6 +668,16 @@ __attribute__((constructor)) void ibdbg_capture_init() {
   resolve_real();
   const char* agent = getenv("IBDBG_AGENT");
   if (!agent || !*agent) return;  // preloaded outside ibdbg run: stay inert
+  // ibdbg itself (an agent for another host's part, started by the job's
+  // remote shell, inherits the job's environment) is never part of a job.
+  if (const char* me = getenv("IBDBG_EXE"); me && *me) {
+    char self[IBDBG_PATH_MAX];
+    long l = sys(SYS_readlinkat, AT_FDCWD, (long)"/proc/self/exe", (long)self, sizeof self - 1);
+    if (l > 0) {
+      self[l] = 0;
+      if (strcmp(self, me) == 0) return;
+    }
+  }
   scopy(g_agent, agent, sizeof g_agent);
   if (const char* pre = getenv("LD_PRELOAD")) {
     // Our entry: the one naming this library.
@@ -1044,7 +1054,7 @@ void wrap_line(char* const argv[], size_t first, char* line, char* scratch) {
   utoa((unsigned long)sys(SYS_getpid), pid);
   build(via, sizeof via, host, ":", pid);
   char* d = line;
-  d = put(d, "env -u LD_PRELOAD -u IBDBG_AGENT ");
+  d = put(d, "exec env -u LD_PRELOAD -u IBDBG_AGENT ");
   d = put_quoted(d, g_ibdbg_exe);
   d = put(d, " run --dir ");
   d = put_quoted(d, g_job_dir);
