@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -27,6 +28,7 @@
 #include "ibdbg/image_file.h"
 #include "ibdbg/maps.h"
 #include "ibdbg/restorer_layout.h"
+#include "ipc_objects.h"
 
 namespace ibdbg::capture {
 namespace {
@@ -78,14 +80,21 @@ uint32_t ImageKind(const MapEntry& m) {
     case MapKind::Anon:
     case MapKind::OtherSpecial: return m.shared ? IBDBG_IVMA_SHARED_ANON : IBDBG_IVMA_ANON;
     case MapKind::File:
+      if (m.shared && m.deleted && m.path.rfind("/SYSV", 0) == 0) return IBDBG_IVMA_SYSV_SHM;
       if (m.shared) return m.deleted || m.inode == 0 ? IBDBG_IVMA_SHARED_ANON : IBDBG_IVMA_FILE_SHARED;
       return m.deleted ? IBDBG_IVMA_FILE_DELETED : IBDBG_IVMA_FILE;
     default: return 0;
   }
 }
 
+// Not a kind of the image: a writable shared mapping of a regular file,
+// whose pages are stored whole (the file may be missing or changed when the
+// image is replayed) and written back into the file at replay.
+constexpr uint32_t kFileSharedKept = 0x1000;
+
 // Which pages of a region go into the image.
 bool WantPage(uint32_t kind, uint64_t pm) {
+  if (kind == kFileSharedKept) return true;
   bool present = pm >> 63 & 1, swapped = pm >> 62 & 1, filepage = pm >> 61 & 1;
   switch (kind) {
     case IBDBG_IVMA_FILE: return (present && !filepage) || swapped;  // copy-on-write copies only
@@ -97,7 +106,7 @@ bool WantPage(uint32_t kind, uint64_t pm) {
 }
 
 // Regions replayed as anonymous memory start out zero: zero pages need no bytes.
-bool ZeroIsFree(uint32_t kind) { return kind != IBDBG_IVMA_FILE; }
+bool ZeroIsFree(uint32_t kind) { return kind != IBDBG_IVMA_FILE && kind != kFileSharedKept; }
 
 class MemoryWriter {
  public:
@@ -343,6 +352,10 @@ void WriteFds(pid_t pid, const ProcessMeta& meta, image::ImageWriter& w, WriteSt
     bool have_stat = stat(target.c_str(), &sb) == 0;
     fi->mode = have_stat ? sb.st_mode : 0;
     fi->size = have_stat ? (uint64_t)sb.st_size : 0;
+    if (have_stat && S_ISREG(sb.st_mode)) {
+      fi->file_dev = ((uint64_t)major(sb.st_dev) << 32) | minor(sb.st_dev);
+      fi->file_ino = sb.st_ino;
+    }
     snprintf(fi->path, sizeof fi->path, "%s", link.c_str());
     std::string data;
     const std::string deleted_suffix = " (deleted)";
@@ -516,6 +529,7 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
 
   WriteFds(pid, meta, w, &st, refills);
   WriteZombies(pid, w);
+  WriteIpcObjects(pid, w);
 
   std::vector<MapEntry> maps = ReadMaps(pid);
   std::vector<std::pair<const MapEntry*, uint32_t>> regions;
@@ -556,10 +570,20 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
     for (auto& [m, kind] : regions) {
       // The vdso's code is kept (a few KiB): on another kernel the replay
       // needs it to send the application's vdso calls to the new one.
-      if (kind == IBDBG_IVMA_VVAR || kind == IBDBG_IVMA_VVAR_VCLOCK ||
-          kind == IBDBG_IVMA_FILE_SHARED)
-        continue;
-      st.memory_bytes += mw.Write(m->start, m->end, kind) * kPage;
+      if (kind == IBDBG_IVMA_VVAR || kind == IBDBG_IVMA_VVAR_VCLOCK || kind == IBDBG_IVMA_SYSV_SHM) continue;
+      uint64_t end = m->end;
+      if (kind == IBDBG_IVMA_FILE_SHARED) {
+        if (!m->w || IsDevShmPath(m->path)) continue;  // the file (or its Ipc record) holds the data
+        // Pages past the end of the file cannot be read (nor written back).
+        struct stat sb {};
+        std::string via = "/proc/" + std::to_string(pid) + "/root" + m->path;
+        if (stat(via.c_str(), &sb) != 0 && stat(m->path.c_str(), &sb) != 0) continue;
+        uint64_t file_end = ((uint64_t)sb.st_size + kPage - 1) & ~(kPage - 1);
+        if (file_end <= m->offset) continue;
+        end = std::min(end, m->start + (file_end - m->offset));
+        kind = kFileSharedKept;
+      }
+      st.memory_bytes += mw.Write(m->start, end, kind) * kPage;
     }
   }
   w.Finish();
