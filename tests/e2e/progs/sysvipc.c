@@ -1,11 +1,14 @@
 /* SysV IPC: a keyed shared memory segment attached by parent and child (one
  * page of it made read-only, so the attachment is in three pieces), a segment
  * the child attached and removed, a semaphore set, a message queue holding
- * typed messages.  After replay: the same ids and keys, modes, contents,
- * semaphore values and messages in order, and the segment still shared. */
+ * typed messages; the child waits in msgrcv and a thread of it in semop
+ * while it is captured.  After replay: the same ids and keys, modes,
+ * contents, semaphore values and messages in order, the segment still
+ * shared, and the waits go on (no EINTR) until the parent releases them. */
 #include "zdtm.h"
 
 #include <libgen.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
@@ -50,15 +53,26 @@ static int perms_are(void *addr, const char *want) {
   return ok;
 }
 
+static int g_semid, g_msqid;
+static void *sem_waiter(void *arg) {
+  (void)arg;
+  struct sembuf op = {0, -4, 0}; /* 3 now: waits for the parent's +1 */
+  return (void *)(long)(semop(g_semid, &op, 1) == 0 ? 0 : 128);
+}
+
 static int child(unsigned char *shm, int up) {
+  pthread_t th;
+  pthread_create(&th, NULL, sem_waiter, NULL);
   int pid_ = shmget(IPC_PRIVATE, 2 * PG, 0600);
   unsigned char *priv = shmat(pid_, NULL, 0);
   if (priv == (void *)-1) return 64;
   memset(priv, 'P', 2 * PG);
   shmctl(pid_, IPC_RMID, NULL); /* gone once detached */
+  usleep(100 * 1000); /* the thread is in semop by now */
   write(up, "r", 1);
-  zdtm_wait_go();
   int bad = 0;
+  struct msgbuf_ wake;
+  if (msgrcv(g_msqid, &wake, sizeof wake.text, 9, 0) != 4 || memcmp(wake.text, "wake", 4) != 0) bad |= 16;
   if (!shm_ok(shm)) bad |= 1;
   for (size_t i = 0; i < 2 * PG; i++)
     if (priv[i] != 'P') {
@@ -72,7 +86,9 @@ static int child(unsigned char *shm, int up) {
   for (int i = 0; i < 5000 && v[3 * PG] != 0x55; i++) usleep(1000);
   if (v[3 * PG] != 0x55) bad |= 8;
   v[3 * PG + 1] = 0x66;
-  return bad;
+  void *res;
+  pthread_join(th, &res);
+  return bad | (int)(long)res;
 }
 
 int main(int argc, char **argv) {
@@ -107,6 +123,8 @@ int main(int argc, char **argv) {
     if (msgsnd(msqid, &m, strlen(texts[i]), 0) != 0) return perror("msgsnd"), 2;
   }
 
+  g_semid = semid;
+  g_msqid = msqid;
   int up[2];
   pipe(up);
   pid_t c = fork();
@@ -130,6 +148,8 @@ int main(int argc, char **argv) {
   u.array = vals;
   ZDTM_CHECK(semctl(semid, 0, GETALL, u) == 0 && vals[0] == 3 && vals[1] == 2 && vals[2] == 7,
              "semaphore values %u %u %u, expected 3 2 7", vals[0], vals[1], vals[2]);
+  struct sembuf inc = {0, 1, 0};
+  ZDTM_CHECK(semop(semid, &inc, 1) == 0, "cannot add to semaphore 0");
   struct sembuf dec = {2, -7, IPC_NOWAIT};
   ZDTM_CHECK(semop(semid, &dec, 1) == 0, "cannot take 7 from semaphore 2");
   ZDTM_CHECK(semop(semid, &dec, 1) == -1 && errno == EAGAIN, "semaphore 2 had more than 7");
@@ -152,6 +172,8 @@ int main(int argc, char **argv) {
                "message %d: type %ld '%s', expected type %ld '%s'", k, m.type, n >= 0 ? m.text : "", types[i], texts[i]);
   }
 
+  struct msgbuf_ wake = {9, "wake"};
+  ZDTM_CHECK(msgsnd(msqid, &wake, 4, 0) == 0, "cannot send to the queue");
   volatile unsigned char *v = shm;
   v[3 * PG] = 0x55;
   for (int i = 0; i < 5000 && v[3 * PG + 1] != 0x66; i++) usleep(1000);
