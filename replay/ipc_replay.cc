@@ -26,6 +26,15 @@ bool WriteText(const char* path, const std::string& s) {
   return ok;
 }
 
+uint64_t ReadNumber(const char* path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[32] = {0};
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  return n > 0 ? strtoull(buf, nullptr, 10) : 0;
+}
+
 bool WriteAllAt(int fd, const std::string& data) {
   size_t off = 0;
   while (off < data.size()) {
@@ -75,6 +84,19 @@ std::string MakeOne(const IpcObject& ob) {
     u.array = vals.data();
     if (o.count && semctl(id, 0, SETALL, u) != 0) return Err("cannot set the values of " + name);
   } else if (o.kind == IBDBG_IPC_MSG) {
+    // Limits the original system had raised (a larger queue, longer
+    // messages) are this namespace's own to raise.
+    uint64_t longest = 0, total = 0;
+    for (size_t off = 0; off + 16 <= ob.data.size();) {
+      uint64_t len;
+      memcpy(&len, ob.data.data() + off + 8, 8);
+      longest = std::max(longest, len);
+      total += len;
+      off += 16 + std::min<uint64_t>(len, ob.data.size() - off - 16);
+    }
+    if (ReadNumber("/proc/sys/kernel/msgmax") < longest) WriteText("/proc/sys/kernel/msgmax", std::to_string(longest));
+    uint64_t want = std::max<uint64_t>(o.size, total);
+    if (ReadNumber("/proc/sys/kernel/msgmnb") < want) WriteText("/proc/sys/kernel/msgmnb", std::to_string(want));
     id = msgget(key, flags);
     if (id < 0) return Err("cannot recreate " + name);
     msqid_ds ds{};

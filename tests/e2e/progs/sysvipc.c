@@ -103,7 +103,25 @@ int main(int argc, char **argv) {
   char path[4096];
   snprintf(path, sizeof path, "%s/ipc-cleanup", dir);
   FILE *cf = fopen(path, "w");
-  if (cf) fprintf(cf, "m %d\ns %d\nq %d\n", shmid, semid, msqid), fclose(cf);
+  /* A queue whose byte limit root raised above the system's default (as
+   * nobody the raise fails and the default stays): full of 6000-byte messages. */
+  int bigq = msgget(base + 4, IPC_CREAT | IPC_EXCL | 0600);
+  if (cf) fprintf(cf, "m %d\ns %d\nq %d\nq %d\n", shmid, semid, msqid, bigq), fclose(cf);
+  struct msqid_ds bds;
+  msgctl(bigq, IPC_STAT, &bds);
+  bds.msg_qbytes = 30000;
+  msgctl(bigq, IPC_SET, &bds);
+  msgctl(bigq, IPC_STAT, &bds);
+  unsigned long big_qbytes = bds.msg_qbytes, nbig = bds.msg_qbytes / 6000;
+  static struct {
+    long type;
+    char text[6000];
+  } big;
+  for (unsigned long k = 0; k < nbig; k++) {
+    big.type = 100 + (long)k;
+    memset(big.text, 'a' + (int)k, sizeof big.text);
+    if (msgsnd(bigq, &big, sizeof big.text, IPC_NOWAIT) != 0) return perror("msgsnd big"), 2;
+  }
 
   unsigned char *shm = shmat(shmid, NULL, 0);
   if (shm == (void *)-1) return perror("shmat"), 2;
@@ -172,6 +190,15 @@ int main(int argc, char **argv) {
                "message %d: type %ld '%s', expected type %ld '%s'", k, m.type, n >= 0 ? m.text : "", types[i], texts[i]);
   }
 
+  ZDTM_CHECK(msgctl(bigq, IPC_STAT, &bds) == 0 && bds.msg_qbytes == big_qbytes && bds.msg_qnum == nbig,
+             "big queue: limit %lu and %lu messages, expected %lu and %lu", (unsigned long)bds.msg_qbytes,
+             (unsigned long)bds.msg_qnum, big_qbytes, nbig);
+  for (unsigned long k = 0; k < nbig; k++) {
+    memset(&big, 0, sizeof big);
+    int ok = msgrcv(bigq, &big, sizeof big.text, 0, IPC_NOWAIT) == (ssize_t)sizeof big.text && big.type == 100 + (long)k;
+    for (size_t i = 0; ok && i < sizeof big.text; i++) ok = big.text[i] == 'a' + (int)k;
+    ZDTM_CHECK(ok, "big queue: message %lu wrong", k);
+  }
   struct msgbuf_ wake = {9, "wake"};
   ZDTM_CHECK(msgsnd(msqid, &wake, 4, 0) == 0, "cannot send to the queue");
   volatile unsigned char *v = shm;
