@@ -937,6 +937,7 @@ void GatherSharedObjects(std::vector<std::unique_ptr<Prepared>>& all, Shared& sh
   std::set<std::pair<uint32_t, int32_t>> sysv;
   for (auto& p : all)
     for (auto& o : p->m.ipc) {
+      if (o.o.kind == IBDBG_IPC_SHMEM) continue;  // below, with the deleted files
       if (o.o.kind == IBDBG_IPC_SHMFILE) {
         if (sh.shm_files.count(o.o.path)) continue;
         int ph = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -973,6 +974,34 @@ void GatherSharedObjects(std::vector<std::unique_ptr<Prepared>>& all, Shared& sh
         off += (size_t)n;
       }
       if (ftruncate(fd, (off_t)std::max<uint64_t>(fi.size, f.data.size())) != 0) {
+      }
+      sh.shmem[key] = fd;
+    }
+  // Memory objects stored whole from their mappings.
+  for (auto& p : all)
+    for (auto& o : p->m.ipc) {
+      if (o.o.kind != IBDBG_IPC_SHMEM) continue;
+      std::pair<uint64_t, uint64_t> key(o.o.dev, o.o.ino);
+      if (sh.shmem.count(key)) continue;
+      std::string path = o.o.path;
+      std::string name = path.rfind("/memfd:", 0) == 0 ? path.substr(7)
+                         : path == "/dev/zero"        ? std::string("ibdbg-shared")
+                                                      : path.substr(path.rfind('/') + 1);
+      int fd = (int)syscall(SYS_memfd_create, name.substr(0, 240).c_str(), MFD_CLOEXEC);
+      if (fd < 0 || ftruncate(fd, (off_t)o.o.size) != 0) Fail("cannot recreate shared memory " + path);
+      size_t off = 0;
+      while (off + 16 <= o.data.size()) {
+        uint64_t at, len;
+        memcpy(&at, o.data.data() + off, 8);
+        memcpy(&len, o.data.data() + off + 8, 8);
+        off += 16;
+        if (len > o.data.size() - off) Fail(p->image_file + ": corrupted shared memory record");
+        for (uint64_t done = 0; done < len;) {
+          ssize_t n = pwrite(fd, o.data.data() + off + done, len - done, (off_t)(at + done));
+          if (n <= 0) Fail("cannot refill shared memory " + path + ": " + strerror(errno));
+          done += (uint64_t)n;
+        }
+        off += len;
       }
       sh.shmem[key] = fd;
     }

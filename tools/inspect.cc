@@ -297,8 +297,8 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
         auto o = Load<ibdbg_ipc_object>(data, path, "ipc", true);
         ojson e;
         e["kind"] = o.kind == IBDBG_IPC_SHM ? "sysv-shm" : o.kind == IBDBG_IPC_SEM ? "sysv-sem"
-                    : o.kind == IBDBG_IPC_MSG ? "sysv-msg" : o.kind == IBDBG_IPC_SHMFILE ? "shm-file" : "unknown";
-        if (o.kind == IBDBG_IPC_SHMFILE) {
+                    : o.kind == IBDBG_IPC_MSG ? "sysv-msg" : o.kind == IBDBG_IPC_SHMFILE ? "shm-file" : o.kind == IBDBG_IPC_SHMEM ? "shared-memory" : "unknown";
+        if (o.kind == IBDBG_IPC_SHMFILE || o.kind == IBDBG_IPC_SHMEM) {
           e["path"] = CStr(o.path);
         } else {
           e["id"] = o.id;

@@ -13,6 +13,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <algorithm>
 #include <dirent.h>
 #include <memory>
 #include <set>
@@ -310,7 +311,48 @@ void AddShmFile(pid_t pid, const std::string& path, const std::string& via, std:
 
 bool IsDevShmPath(const std::string& path) { return path.rfind("/dev/shm/", 0) == 0 && path.size() > 9; }
 
-void WriteIpcObjects(pid_t pid, image::ImageWriter& w) {
+// The data extents of a shared memory object, through a mapping of it.
+bool AddShmem(const std::string& via, const MapEntry& m, std::vector<Obj>* out) {
+  int fd = open(via.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;  // /proc/PID/map_files needs privilege: pages serve
+  struct stat sb {};
+  if (fstat(fd, &sb) != 0) {
+    close(fd);
+    return false;
+  }
+  Obj ob;
+  ob.o.kind = IBDBG_IPC_SHMEM;
+  ob.o.size = (uint64_t)sb.st_size;
+  ob.o.dev = ((uint64_t)m.dev_major << 32) | m.dev_minor;
+  ob.o.ino = m.inode;
+  snprintf(ob.o.path, sizeof ob.o.path, "%s", m.path.c_str());
+  std::vector<char> buf(1 << 20);
+  for (off_t pos = 0; pos < sb.st_size;) {
+    off_t data = lseek(fd, pos, SEEK_DATA);
+    if (data < 0) break;  // only a hole is left
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) hole = sb.st_size;
+    for (off_t at = data; at < hole;) {
+      size_t want = (size_t)std::min<off_t>(hole - at, (off_t)buf.size());
+      ssize_t n = pread(fd, buf.data(), want, at);
+      if (n <= 0) {
+        close(fd);
+        Fail(Errno("cannot read shared memory " + m.path));
+      }
+      uint64_t off = (uint64_t)at, len = (uint64_t)n;
+      ob.data.append((const char*)&off, 8);
+      ob.data.append((const char*)&len, 8);
+      ob.data.append(buf.data(), (size_t)n);
+      at += n;
+    }
+    pos = hole;
+  }
+  close(fd);
+  out->push_back(std::move(ob));
+  return true;
+}
+
+void WriteIpcObjects(pid_t pid, image::ImageWriter& w, std::set<std::pair<uint64_t, uint64_t>>* whole) {
   std::string base = "/proc/" + std::to_string(pid);
   std::vector<MapEntry> maps = ReadMaps(pid);
   std::set<int> attached;
@@ -340,6 +382,21 @@ void WriteIpcObjects(pid_t pid, image::ImageWriter& w) {
   for (const MapEntry& m : maps)
     if (m.kind == MapKind::File && !m.deleted && IsDevShmPath(m.path))
       AddShmFile(pid, m.path, base + "/root" + m.path, &seen, &objs);
+
+  // Memory objects behind shared mappings: whole when we may open them, so
+  // that pages no process has mapped in (written with write(), or dropped
+  // with MADV_DONTNEED) are kept too.  Keyed as /proc/PID/maps names them
+  // (a descriptor's stat may not agree, as on overlayfs): only these let the
+  // mappings' pages go unstored.
+  for (const MapEntry& m : maps) {
+    // Deleted files, memfds and MAP_SHARED|MAP_ANONYMOUS ("/dev/zero (deleted)").
+    if (m.kind != MapKind::File || !m.shared || !m.deleted || !m.inode || m.path.rfind("/SYSV", 0) == 0) continue;
+    std::pair<uint64_t, uint64_t> key(((uint64_t)m.dev_major << 32) | m.dev_minor, m.inode);
+    if (whole->count(key)) continue;
+    char range[64];
+    snprintf(range, sizeof range, "/map_files/%llx-%llx", (unsigned long long)m.start, (unsigned long long)m.end);
+    if (AddShmem(base + range, m, &objs)) whole->insert(key);
+  }
 
   for (auto& ob : objs) {
     std::string rec((const char*)&ob.o, sizeof ob.o);

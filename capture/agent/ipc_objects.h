@@ -6,14 +6,18 @@
 
 #include <sys/types.h>
 
+#include <set>
 #include <string>
+#include <utility>
 
 #include "ibdbg/image_file.h"
 
 namespace ibdbg::capture {
 
-// Throws std::runtime_error (one line) if an object cannot be read.
-void WriteIpcObjects(pid_t pid, image::ImageWriter& w);
+// Throws std::runtime_error (one line) if an object cannot be read.  Adds to
+// *whole the (dev << 32 | minor-style dev, inode) of memory objects stored
+// whole, whose mappings need no pages.
+void WriteIpcObjects(pid_t pid, image::ImageWriter& w, std::set<std::pair<uint64_t, uint64_t>>* whole);
 
 // Whether a mapping's path is a file of /dev/shm, whose contents an
 // IBDBG_IPC_SHMFILE record carries.

@@ -22,6 +22,7 @@
 #include <ctime>
 #include <dirent.h>
 #include <memory>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
@@ -529,7 +530,8 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
 
   WriteFds(pid, meta, w, &st, refills);
   WriteZombies(pid, w);
-  WriteIpcObjects(pid, w);
+  std::set<std::pair<uint64_t, uint64_t>> whole;  // memory objects stored whole
+  WriteIpcObjects(pid, w, &whole);
 
   std::vector<MapEntry> maps = ReadMaps(pid);
   std::vector<std::pair<const MapEntry*, uint32_t>> regions;
@@ -572,6 +574,9 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
       // needs it to send the application's vdso calls to the new one.
       if (kind == IBDBG_IVMA_VVAR || kind == IBDBG_IVMA_VVAR_VCLOCK || kind == IBDBG_IVMA_SYSV_SHM) continue;
       uint64_t end = m->end;
+      if (kind == IBDBG_IVMA_SHARED_ANON &&
+          whole.count({((uint64_t)m->dev_major << 32) | m->dev_minor, m->inode}))
+        continue;
       if (kind == IBDBG_IVMA_FILE_SHARED) {
         if (!m->w || IsDevShmPath(m->path)) continue;  // the file (or its Ipc record) holds the data
         // Pages past the end of the file cannot be read (nor written back).

@@ -218,6 +218,11 @@ enum ibdbg_ipc_kind {
   /* A file in /dev/shm (POSIX shared memory): recreated by name, contents
    * included, in the replay's own /dev/shm. */
   IBDBG_IPC_SHMFILE = 4,
+  /* The whole memory object (dev, ino) behind shared mappings of a deleted
+   * file, a memfd or MAP_SHARED|MAP_ANONYMOUS memory, when the agent may
+   * open it (/proc/PID/map_files): bytes = extents (uint64 offset, uint64
+   * length, bytes); the mappings' pages are then not stored. */
+  IBDBG_IPC_SHMEM = 5,
 };
 #define IBDBG_IPC_REMOVED 1u /* SysV: marked for removal (IPC_RMID) while in use */
 
