@@ -277,7 +277,7 @@ void BuildVmas(Prepared& p, Shared& sh) {
         auto shm = sh.shm_files.find(v.path);
         // Writable shared mappings of other files: the image has their pages
         // and writes them back through the mapping (see capture/README.md).
-        bool kept = rw && shm == sh.shm_files.end();
+        bool kept = rw && shm == sh.shm_files.end() && v.file_size > 0;
         int fd;
         if (shm != sh.shm_files.end()) {
           fd = shm->second;

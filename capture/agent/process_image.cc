@@ -21,6 +21,7 @@
 #include <cstring>
 #include <ctime>
 #include <dirent.h>
+#include <map>
 #include <memory>
 #include <set>
 #include <nlohmann/json.hpp>
@@ -535,6 +536,7 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
 
   std::vector<MapEntry> maps = ReadMaps(pid);
   std::vector<std::pair<const MapEntry*, uint32_t>> regions;
+  std::map<uint64_t, uint64_t> vma_size_of;  // start -> file size as recorded
   auto vma = std::make_unique<ibdbg_image_vma>();
   for (const MapEntry& m : maps) {
     if (m.kind == MapKind::Vsyscall) continue;
@@ -554,17 +556,29 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
     vma->dev_major = m.dev_major;
     vma->dev_minor = m.dev_minor;
     snprintf(vma->path, sizeof vma->path, "%s", m.path.c_str());
+    uint32_t page_kind = kind;
     if (kind == IBDBG_IVMA_FILE || kind == IBDBG_IVMA_FILE_SHARED) {
       struct stat sb {};
-      if (stat(m.path.c_str(), &sb) == 0) {
+      // The process's own view of the path first (a replay's mounts are its own).
+      std::string via = "/proc/" + std::to_string(pid) + "/root" + m.path;
+      bool have = (kind == IBDBG_IVMA_FILE_SHARED && stat(via.c_str(), &sb) == 0) || stat(m.path.c_str(), &sb) == 0;
+      if (have) {
         vma->file_size = (uint64_t)sb.st_size;
         vma->file_mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
       }
+      // The replay decides alike from the record: writable, a regular file
+      // with bytes, not in /dev/shm (whose files are Ipc records).
+      if (kind == IBDBG_IVMA_FILE_SHARED && m.w && have && S_ISREG(sb.st_mode) && sb.st_size > 0 &&
+          !IsDevShmPath(m.path))
+        page_kind = kFileSharedKept;
+      else if (kind == IBDBG_IVMA_FILE_SHARED && m.w)
+        vma->file_size = 0;  // says "no pages" to the replay
     }
     // Page counts are known only after the pages are written; the launcher
     // does not need them up front.
     w.AddRecord(image::RecordType::Vma, m.start, vma.get(), sizeof *vma);
-    regions.push_back({&m, kind});
+    vma_size_of[m.start] = vma->file_size;
+    regions.push_back({&m, page_kind});
     st.vmas++;
   }
   {
@@ -577,16 +591,12 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
       if (kind == IBDBG_IVMA_SHARED_ANON &&
           whole.count({((uint64_t)m->dev_major << 32) | m->dev_minor, m->inode}))
         continue;
-      if (kind == IBDBG_IVMA_FILE_SHARED) {
-        if (!m->w || IsDevShmPath(m->path)) continue;  // the file (or its Ipc record) holds the data
+      if (kind == IBDBG_IVMA_FILE_SHARED) continue;  // the file (or its Ipc record) holds the data
+      if (kind == kFileSharedKept) {
         // Pages past the end of the file cannot be read (nor written back).
-        struct stat sb {};
-        std::string via = "/proc/" + std::to_string(pid) + "/root" + m->path;
-        if (stat(via.c_str(), &sb) != 0 && stat(m->path.c_str(), &sb) != 0) continue;
-        uint64_t file_end = ((uint64_t)sb.st_size + kPage - 1) & ~(kPage - 1);
+        uint64_t file_end = (vma_size_of[m->start] + kPage - 1) & ~(kPage - 1);
         if (file_end <= m->offset) continue;
         end = std::min(end, m->start + (file_end - m->offset));
-        kind = kFileSharedKept;
       }
       st.memory_bytes += mw.Write(m->start, end, kind) * kPage;
     }
