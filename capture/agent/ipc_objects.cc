@@ -117,14 +117,21 @@ std::vector<Obj> CollectSysv(const Rule& rule, const std::set<int>& attached) {
   for (auto& r : Table("/proc/sysvipc/shm")) {
     int id = (int)Num(r[1]);
     if (r.size() < 14) continue;
-    if (!rule.all && !attached.count(id) && Num(r[4]) != pid && Num(r[5]) != pid && !rule.Recent(r[9], r[13])) continue;
+    // Objects the process surely uses must be readable; one only guessed
+    // (same user, recent) that is not is left alone.
+    bool sure = rule.all || attached.count(id) || Num(r[4]) == pid || Num(r[5]) == pid;
+    if (!sure && !rule.Recent(r[9], r[13])) continue;
     shmid_ds ds{};
-    if (shmctl(id, IPC_STAT, &ds) != 0) Fail(Errno("cannot read SysV shared memory segment " + std::to_string(id)));
+    if (shmctl(id, IPC_STAT, &ds) != 0) {
+      if (!sure) continue;
+      Fail(Errno("cannot read SysV shared memory segment " + std::to_string(id)));
+    }
     Obj ob;
     Fill(ob, IBDBG_IPC_SHM, id, ds.shm_perm);
     if (ds.shm_perm.mode & SHM_DEST) ob.o.flags |= IBDBG_IPC_REMOVED;
     ob.o.size = ds.shm_segsz;
     void* a = shmat(id, nullptr, SHM_RDONLY);
+    if (a == (void*)-1 && !sure) continue;
     if (a == (void*)-1) Fail(Errno("cannot read SysV shared memory segment " + std::to_string(id)));
     ob.data.assign((const char*)a, ds.shm_segsz);
     shmdt(a);
@@ -152,9 +159,13 @@ std::vector<Obj> CollectSysv(const Rule& rule, const std::set<int>& attached) {
   for (auto& r : Table("/proc/sysvipc/msg")) {
     int id = (int)Num(r[1]);
     if (r.size() < 14) continue;
-    if (!rule.all && Num(r[5]) != pid && Num(r[6]) != pid && !rule.Recent(r[9], r[13])) continue;
+    bool sure = rule.all || Num(r[5]) == pid || Num(r[6]) == pid;
+    if (!sure && !rule.Recent(r[9], r[13])) continue;
     msqid_ds ds{};
-    if (msgctl(id, IPC_STAT, &ds) != 0) Fail(Errno("cannot read SysV message queue " + std::to_string(id)));
+    if (msgctl(id, IPC_STAT, &ds) != 0) {
+      if (!sure) continue;
+      Fail(Errno("cannot read SysV message queue " + std::to_string(id)));
+    }
     Obj ob;
     Fill(ob, IBDBG_IPC_MSG, id, ds.msg_perm);
     ob.o.size = ds.msg_qbytes;

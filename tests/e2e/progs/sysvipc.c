@@ -106,7 +106,9 @@ int main(int argc, char **argv) {
   /* A queue whose byte limit root raised above the system's default (as
    * nobody the raise fails and the default stays): full of 6000-byte messages. */
   int bigq = msgget(base + 4, IPC_CREAT | IPC_EXCL | 0600);
-  if (cf) fprintf(cf, "m %d\ns %d\nq %d\nq %d\n", shmid, semid, msqid, bigq), fclose(cf);
+  /* Made and never used: no pid of ours in it, only our user and its time. */
+  int idle = semget(base + 5, 2, IPC_CREAT | IPC_EXCL | 0600);
+  if (cf) fprintf(cf, "m %d\ns %d\nq %d\nq %d\ns %d\n", shmid, semid, msqid, bigq, idle), fclose(cf);
   struct msqid_ds bds;
   msgctl(bigq, IPC_STAT, &bds);
   bds.msg_qbytes = 30000;
@@ -175,6 +177,7 @@ int main(int argc, char **argv) {
   u.buf = &semds;
   ZDTM_CHECK(semctl(semid, 0, IPC_STAT, u) == 0 && (semds.sem_perm.mode & 0777) == 0600, "semaphore set mode wrong");
 
+  ZDTM_CHECK(semget(base + 5, 0, 0) == idle, "the semaphore set nobody used is gone");
   struct msqid_ds mds;
   ZDTM_CHECK(msgctl(msqid, IPC_STAT, &mds) == 0 && mds.msg_qnum == 4 && (mds.msg_perm.mode & 0777) == 0620,
              "queue holds %lu messages (expected 4) or its mode changed", (unsigned long)mds.msg_qnum);
