@@ -934,21 +934,38 @@ void MakeConnections(const std::vector<std::unique_ptr<Prepared>>& all, Shared& 
 // memfds by device and inode, so that every descriptor and shared mapping of
 // one stays one object.
 void GatherSharedObjects(std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, std::vector<int>& ours) {
-  std::set<std::pair<uint32_t, int32_t>> sysv;
+  // Each object once, from the image that holds its bytes (the others name
+  // it with IBDBG_IPC_ELSEWHERE).
+  std::vector<std::string> order;
+  std::map<std::string, const IpcObject*> best;
   for (auto& p : all)
     for (auto& o : p->m.ipc) {
-      if (o.o.kind == IBDBG_IPC_SHMEM) continue;  // below, with the deleted files
-      if (o.o.kind == IBDBG_IPC_SHMFILE) {
-        if (sh.shm_files.count(o.o.path)) continue;
-        int ph = open("/dev/null", O_RDWR | O_CLOEXEC);
-        if (ph < 0) Fail("cannot open /dev/null");
-        sh.shm_files[o.o.path] = ph;
-        ours.push_back(ph);
-      } else if (!sysv.insert({o.o.kind, o.o.id}).second) {
-        continue;
-      }
-      sh.ipc.push_back(o);
+      std::string id = std::to_string(o.o.kind) + ":" +
+                       (o.o.kind == IBDBG_IPC_SHMFILE ? std::string(o.o.path)
+                        : o.o.kind == IBDBG_IPC_SHMEM ? std::to_string(o.o.dev) + ":" + std::to_string(o.o.ino)
+                                                      : std::to_string(o.o.id));
+      auto [it, fresh] = best.emplace(id, &o);
+      if (fresh) order.push_back(id);
+      else if ((it->second->o.flags & IBDBG_IPC_ELSEWHERE) && !(o.o.flags & IBDBG_IPC_ELSEWHERE)) it->second = &o;
     }
+  std::vector<const IpcObject*> shmem;
+  for (const auto& id : order) {
+    const IpcObject& o = *best[id];
+    if (o.o.flags & IBDBG_IPC_ELSEWHERE)
+      Fail("the image names " + std::string(o.o.kind == IBDBG_IPC_SHMFILE || o.o.kind == IBDBG_IPC_SHMEM ? o.o.path : "a SysV object") +
+           " (" + id + ") but none of its processes holds its contents: replay every process of the capture");
+    if (o.o.kind == IBDBG_IPC_SHMEM) {
+      shmem.push_back(&o);  // below, with the deleted files
+      continue;
+    }
+    if (o.o.kind == IBDBG_IPC_SHMFILE) {
+      int ph = open("/dev/null", O_RDWR | O_CLOEXEC);
+      if (ph < 0) Fail("cannot open /dev/null");
+      sh.shm_files[o.o.path] = ph;
+      ours.push_back(ph);
+    }
+    sh.ipc.push_back(o);
+  }
   for (auto& p : all)
     for (auto& f : p->m.fds) {
       const ibdbg_fd_info& fi = f.info;
@@ -978,33 +995,32 @@ void GatherSharedObjects(std::vector<std::unique_ptr<Prepared>>& all, Shared& sh
       sh.shmem[key] = fd;
     }
   // Memory objects stored whole from their mappings.
-  for (auto& p : all)
-    for (auto& o : p->m.ipc) {
-      if (o.o.kind != IBDBG_IPC_SHMEM) continue;
-      std::pair<uint64_t, uint64_t> key(o.o.dev, o.o.ino);
-      if (sh.shmem.count(key)) continue;
-      std::string path = o.o.path;
-      std::string name = path.rfind("/memfd:", 0) == 0 ? path.substr(7)
-                         : path == "/dev/zero"        ? std::string("ibdbg-shared")
-                                                      : path.substr(path.rfind('/') + 1);
-      int fd = (int)syscall(SYS_memfd_create, name.substr(0, 240).c_str(), MFD_CLOEXEC);
-      if (fd < 0 || ftruncate(fd, (off_t)o.o.size) != 0) Fail("cannot recreate shared memory " + path);
-      size_t off = 0;
-      while (off + 16 <= o.data.size()) {
-        uint64_t at, len;
-        memcpy(&at, o.data.data() + off, 8);
-        memcpy(&len, o.data.data() + off + 8, 8);
-        off += 16;
-        if (len > o.data.size() - off) Fail(p->image_file + ": corrupted shared memory record");
-        for (uint64_t done = 0; done < len;) {
-          ssize_t n = pwrite(fd, o.data.data() + off + done, len - done, (off_t)(at + done));
-          if (n <= 0) Fail("cannot refill shared memory " + path + ": " + strerror(errno));
-          done += (uint64_t)n;
-        }
-        off += len;
+  for (const IpcObject* op : shmem) {
+    const IpcObject& o = *op;
+    std::pair<uint64_t, uint64_t> key(o.o.dev, o.o.ino);
+    if (sh.shmem.count(key)) continue;
+    std::string path = o.o.path;
+    std::string name = path.rfind("/memfd:", 0) == 0 ? path.substr(7)
+                       : path == "/dev/zero"        ? std::string("ibdbg-shared")
+                                                    : path.substr(path.rfind('/') + 1);
+    int fd = (int)syscall(SYS_memfd_create, name.substr(0, 240).c_str(), MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, (off_t)o.o.size) != 0) Fail("cannot recreate shared memory " + path);
+    size_t off = 0;
+    while (off + 16 <= o.data.size()) {
+      uint64_t at, len;
+      memcpy(&at, o.data.data() + off, 8);
+      memcpy(&len, o.data.data() + off + 8, 8);
+      off += 16;
+      if (len > o.data.size() - off) Fail("corrupted image: shared memory record of " + path);
+      for (uint64_t done = 0; done < len;) {
+        ssize_t n = pwrite(fd, o.data.data() + off + done, len - done, (off_t)(at + done));
+        if (n <= 0) Fail("cannot refill shared memory " + path + ": " + strerror(errno));
+        done += (uint64_t)n;
       }
-      sh.shmem[key] = fd;
+      off += len;
     }
+    sh.shmem[key] = fd;
+  }
 }
 
 // The shared objects process p reaches through descriptors.

@@ -227,6 +227,7 @@ void Agent::DoCapture(const std::string& dir, const std::string& job_id, const j
   struct utsname un {};
   uname(&un);
   if (err.empty()) {
+    std::set<std::string> ipc_stored;  // shared objects whose bytes one image holds already
     for (auto& [fd, l] : libs_) {
       std::string file = "proc-" + std::to_string(l.pid) + ".img";
       std::string path = dir + "/" + file;
@@ -241,6 +242,7 @@ void Agent::DoCapture(const std::string& dir, const std::string& job_id, const j
         wo.ibdbg_version = IBDBG_VERSION;
         wo.zstd_level = options.value("zstd_level", wo.zstd_level);
         wo.threads = options.value("zstd_threads", wo.threads);
+        wo.ipc_stored = &ipc_stored;
         l.refills.clear();
         auto st = capture::WriteProcessImage(l.pid, metas[fd], out, wo, &l.refills);
         procs.push_back({{"pid", metas[fd].proc.pid},

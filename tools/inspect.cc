@@ -311,6 +311,7 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
         e["size"] = o.size;
         e["count"] = o.count;
         e["data_bytes"] = data.size() - sizeof o;
+        e["elsewhere"] = (o.flags & IBDBG_IPC_ELSEWHERE) != 0;
         ipc.push_back(std::move(e));
         break;
       }
@@ -644,7 +645,8 @@ std::string RenderText(const ojson& doc) {
         if (S(o["kind"]) == "sysv-sem") l += "  " + S(o["count"]) + " semaphores";
         else if (S(o["kind"]) == "sysv-msg") l += "  " + S(o["count"]) + " messages";
         else l += "  size " + S(o["size"]);
-        l += "  " + HumanBytes(o["data_bytes"].get<uint64_t>()) + " stored";
+        l += o["elsewhere"].get<bool>() ? std::string("  contents in another process's image")
+                                        : "  " + HumanBytes(o["data_bytes"].get<uint64_t>()) + " stored";
         line(l);
       }
     }

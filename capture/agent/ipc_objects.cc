@@ -363,7 +363,8 @@ bool AddShmem(const std::string& via, const MapEntry& m, std::vector<Obj>* out) 
   return true;
 }
 
-void WriteIpcObjects(pid_t pid, image::ImageWriter& w, std::set<std::pair<uint64_t, uint64_t>>* whole) {
+void WriteIpcObjects(pid_t pid, image::ImageWriter& w, std::set<std::pair<uint64_t, uint64_t>>* whole,
+                     std::set<std::string>* stored) {
   std::string base = "/proc/" + std::to_string(pid);
   std::vector<MapEntry> maps = ReadMaps(pid);
   std::set<int> attached;
@@ -410,6 +411,17 @@ void WriteIpcObjects(pid_t pid, image::ImageWriter& w, std::set<std::pair<uint64
   }
 
   for (auto& ob : objs) {
+    if (stored) {
+      // The identity the replay knows an object by.
+      std::string id = std::to_string(ob.o.kind) + ":" +
+                       (ob.o.kind == IBDBG_IPC_SHMFILE ? std::string(ob.o.path)
+                        : ob.o.kind == IBDBG_IPC_SHMEM ? std::to_string(ob.o.dev) + ":" + std::to_string(ob.o.ino)
+                                                       : std::to_string(ob.o.id));
+      if (!stored->insert(id).second) {
+        ob.o.flags |= IBDBG_IPC_ELSEWHERE;
+        ob.data.clear();
+      }
+    }
     std::string rec((const char*)&ob.o, sizeof ob.o);
     rec += ob.data;
     w.AddRecord(image::RecordType::Ipc, ob.o.kind, rec.data(), rec.size());

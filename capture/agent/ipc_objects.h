@@ -17,7 +17,10 @@ namespace ibdbg::capture {
 // Throws std::runtime_error (one line) if an object cannot be read.  Adds to
 // *whole the (dev << 32 | minor-style dev, inode) of memory objects stored
 // whole, whose mappings need no pages.
-void WriteIpcObjects(pid_t pid, image::ImageWriter& w, std::set<std::pair<uint64_t, uint64_t>>* whole);
+// With `stored`, an object already in it (by its identity) is written with
+// IBDBG_IPC_ELSEWHERE and no bytes, and every object written whole is added.
+void WriteIpcObjects(pid_t pid, image::ImageWriter& w, std::set<std::pair<uint64_t, uint64_t>>* whole,
+                     std::set<std::string>* stored = nullptr);
 
 // Whether a mapping's path is a file of /dev/shm, whose contents an
 // IBDBG_IPC_SHMFILE record carries.

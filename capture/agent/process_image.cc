@@ -532,7 +532,7 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
   WriteFds(pid, meta, w, &st, refills);
   WriteZombies(pid, w);
   std::set<std::pair<uint64_t, uint64_t>> whole;  // memory objects stored whole
-  WriteIpcObjects(pid, w, &whole);
+  WriteIpcObjects(pid, w, &whole, opts.ipc_stored);
 
   std::vector<MapEntry> maps = ReadMaps(pid);
   std::vector<std::pair<const MapEntry*, uint32_t>> regions;

@@ -225,6 +225,8 @@ enum ibdbg_ipc_kind {
   IBDBG_IPC_SHMEM = 5,
 };
 #define IBDBG_IPC_REMOVED 1u /* SysV: marked for removal (IPC_RMID) while in use */
+/* Its bytes are in another process's image of the same capture. */
+#define IBDBG_IPC_ELSEWHERE 2u
 
 struct ibdbg_ipc_object {
   uint32_t kind;
