@@ -34,7 +34,9 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/msg.h>
 #include <sys/select.h>
+#include <sys/sem.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -849,6 +851,80 @@ EXPORT int epoll_pwait(int ep, struct epoll_event* ev, int max, int timeout, con
   for (;;) {
     unsigned before = t_interrupts;
     int rc = real.epoll_pwait(ep, ev, max, timeout, mask);
+    if (rc == -1 && errno == EINTR && t_interrupts != before) continue;
+    return rc;
+  }
+}
+
+// SysV IPC waits are never restarted after a handler (signal(7)); an
+// interrupted one has done nothing, so it is simply made again.  Resolved on
+// first use: few programs call them.
+namespace {
+template <class F>
+F real_fn(F* slot, const char* name) {
+  F f = __atomic_load_n(slot, __ATOMIC_RELAXED);
+  if (!f) {
+    f = (F)dlsym(RTLD_NEXT, name);
+    __atomic_store_n(slot, f, __ATOMIC_RELAXED);
+  }
+  return f;
+}
+int (*g_real_semop)(int, struct sembuf*, size_t);
+int (*g_real_semtimedop)(int, struct sembuf*, size_t, const struct timespec*);
+ssize_t (*g_real_msgrcv)(int, void*, size_t, long, int);
+int (*g_real_msgsnd)(int, const void*, size_t, int);
+}  // namespace
+
+EXPORT int semop(int id, struct sembuf* ops, size_t n) {
+  auto f = real_fn(&g_real_semop, "semop");
+  for (;;) {
+    unsigned before = t_interrupts;
+    int rc = f(id, ops, n);
+    if (rc == -1 && errno == EINTR && t_interrupts != before) continue;
+    return rc;
+  }
+}
+
+EXPORT int semtimedop(int id, struct sembuf* ops, size_t n, const struct timespec* tmo) {
+  auto f = real_fn(&g_real_semtimedop, "semtimedop");
+  int64_t total = tmo ? (int64_t)tmo->tv_sec * 1000000000 + tmo->tv_nsec : 0;
+  struct timespec t0;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  struct timespec left = tmo ? *tmo : timespec{0, 0};
+  for (;;) {
+    unsigned before = t_interrupts;
+    int rc = f(id, ops, n, tmo ? &left : nullptr);
+    if (rc == -1 && errno == EINTR && t_interrupts != before) {
+      if (tmo) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t spent = (int64_t)(now.tv_sec - t0.tv_sec) * 1000000000 + (now.tv_nsec - t0.tv_nsec);
+        // After a replay the clock may have jumped: never wait longer than asked.
+        int64_t rest = spent < 0 || spent > total ? 0 : total - spent;
+        left.tv_sec = rest / 1000000000;
+        left.tv_nsec = rest % 1000000000;
+      }
+      continue;
+    }
+    return rc;
+  }
+}
+
+EXPORT ssize_t msgrcv(int id, void* msg, size_t size, long type, int flags) {
+  auto f = real_fn(&g_real_msgrcv, "msgrcv");
+  for (;;) {
+    unsigned before = t_interrupts;
+    ssize_t rc = f(id, msg, size, type, flags);
+    if (rc == -1 && errno == EINTR && t_interrupts != before) continue;
+    return rc;
+  }
+}
+
+EXPORT int msgsnd(int id, const void* msg, size_t size, int flags) {
+  auto f = real_fn(&g_real_msgsnd, "msgsnd");
+  for (;;) {
+    unsigned before = t_interrupts;
+    int rc = f(id, msg, size, flags);
     if (rc == -1 && errno == EINTR && t_interrupts != before) continue;
     return rc;
   }

@@ -48,6 +48,7 @@
 #include "ibdbg/proto.h"
 #include "ibdbg/pty.h"
 #include "ibdbg/restorer_layout.h"
+#include "ipc_replay.h"
 
 namespace ibdbg::replay {
 namespace {
@@ -68,6 +69,7 @@ struct ImageMeta {
   std::vector<FdRecord> fds;
   long ctty_index = -1;  // the pty slave that is the controlling terminal, if any
   pid_t ctty_fg = 0;     // that terminal's foreground process group
+  std::vector<IpcObject> ipc;  // SysV objects and /dev/shm files it uses
 };
 
 // Reads every record up to the first page record.
@@ -125,6 +127,15 @@ void ReadMeta(image::ImageReader& r, ImageMeta& m, image::Record& first_pages, b
           Fail(r.path() + ": malformed JSON record");
         }
         break;
+      case image::RecordType::Ipc: {
+        if (rec.data.size() < sizeof(ibdbg_ipc_object)) Fail(r.path() + ": IPC object record of another format");
+        IpcObject o;
+        memcpy(&o.o, rec.data.data(), sizeof o.o);
+        o.o.path[sizeof o.o.path - 1] = 0;
+        o.data.assign((const char*)rec.data.data() + sizeof o.o, rec.data.size() - sizeof o.o);
+        m.ipc.push_back(std::move(o));
+        break;
+      }
       case image::RecordType::Pages:
         first_pages = std::move(rec);
         *have_pages = true;
@@ -153,6 +164,8 @@ struct Shared {
   };
   std::map<uint32_t, Pty> ptys;
   std::map<std::string, int> fifos;  // FIFO path -> a read-write descriptor holding its bytes
+  std::vector<IpcObject> ipc;               // each SysV object and /dev/shm file once
+  std::map<std::string, int> shm_files;     // /dev/shm path -> placeholder, the file once it exists
 };
 
 // Everything one process needs after fork, prepared while we may still throw.
@@ -261,14 +274,40 @@ void BuildVmas(Prepared& p, Shared& sh) {
         pv.kind = IBDBG_VMA_ANON | IBDBG_VMA_FILL;
         pv.flags = MAP_PRIVATE;
         break;
+      case IBDBG_IVMA_SYSV_SHM: {
+        bool removed = false, found = false;
+        for (const auto& o : sh.ipc)
+          if (o.o.kind == IBDBG_IPC_SHM && o.o.id == (int32_t)v.inode) {
+            found = true;
+            removed = o.o.flags & IBDBG_IPC_REMOVED;
+          }
+        if (!found) Fail("the image maps SysV shared memory segment " + std::to_string(v.inode) + " but does not hold it");
+        pv.kind = IBDBG_VMA_SYSV | (removed ? IBDBG_VMA_SHM_RMID : 0);
+        pv.flags = (uint32_t)v.inode;
+        pv.offset = v.offset;
+        break;
+      }
       case IBDBG_IVMA_FILE:
       case IBDBG_IVMA_FILE_SHARED: {
         bool shared = v.kind == IBDBG_IVMA_FILE_SHARED;
         bool rw = shared && (v.prot & PROT_WRITE);
         std::string key = std::string(v.path) + (rw ? "#rw" : "#ro");
         auto it = opened.find(key);
+        auto shm = sh.shm_files.find(v.path);
+        // Writable shared mappings of other files: the image has their pages
+        // and writes them back through the mapping (see capture/README.md).
+        bool kept = rw && shm == sh.shm_files.end() && v.file_size > 0;
         int fd;
-        if (it != opened.end()) {
+        if (shm != sh.shm_files.end()) {
+          fd = shm->second;
+        } else if (kept && it == opened.end()) {
+          fd = open(v.path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+          if (fd < 0) Fail(std::string("cannot open ") + v.path + " (mapped shared by the process): " + strerror(errno));
+          struct stat sb;
+          if (fstat(fd, &sb) == 0 && (uint64_t)sb.st_size < v.file_size && ftruncate(fd, (off_t)v.file_size) != 0)
+            Fail(std::string("cannot restore the size of ") + v.path + ": " + strerror(errno));
+          opened[key] = fd;
+        } else if (it != opened.end()) {
           fd = it->second;
         } else {
           fd = open(v.path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
@@ -281,7 +320,7 @@ void BuildVmas(Prepared& p, Shared& sh) {
           opened[key] = fd;
         }
         AddLauncherFd(p, fd);
-        pv.kind = IBDBG_VMA_FILE | (shared ? 0 : IBDBG_VMA_FILL);
+        pv.kind = IBDBG_VMA_FILE | (shared && !kept ? 0 : IBDBG_VMA_FILL);
         pv.flags = shared ? MAP_SHARED : MAP_PRIVATE;
         pv.fd = fd;  // renumbered below
         pv.offset = v.offset;
@@ -394,7 +433,13 @@ int OpenImageFd(const FdRecord& f, const Prepared& p, const Shared& sh, int stat
   int acc = fi.open_flags & O_ACCMODE;
   switch (fi.kind) {
     case IBDBG_FD_FILE: {
-      if (fi.deleted) {
+      auto kept = fi.deleted && fi.file_ino ? sh.shmem.find({fi.file_dev, fi.file_ino}) : sh.shmem.end();
+      if (kept != sh.shmem.end()) {
+        // One object for every descriptor and mapping of it: a new open of it.
+        std::string via = "/proc/self/fd/" + std::to_string(TargetOf(p, kept->second));
+        fd = open(via.c_str(), fi.open_flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_NOFOLLOW));
+        if (fd < 0) ChildFail(status_fd, std::string("cannot reopen deleted file ") + fi.path + ": " + strerror(errno));
+      } else if (fi.deleted) {
         std::string dir = fi.path;
         dir = dir.substr(0, dir.rfind('/'));
         fd = open(dir.empty() ? "/" : dir.c_str(), O_TMPFILE | O_RDWR, fi.mode & 07777);
@@ -1483,6 +1528,110 @@ void MakeFifos(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, st
     }
 }
 
+// Objects of the job's IPC namespace and shared files, once for the whole
+// job: SysV objects by id, /dev/shm files by name (a placeholder descriptor
+// now, the file itself once the replay's /dev/shm exists), deleted files and
+// memfds by device and inode, so that every descriptor and shared mapping of
+// one stays one object.
+void GatherSharedObjects(std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, std::vector<int>& ours) {
+  // Each object once, from the image that holds its bytes (the others name
+  // it with IBDBG_IPC_ELSEWHERE).
+  std::vector<std::string> order;
+  std::map<std::string, const IpcObject*> best;
+  for (auto& p : all)
+    for (auto& o : p->m.ipc) {
+      std::string id = std::to_string(o.o.kind) + ":" +
+                       (o.o.kind == IBDBG_IPC_SHMFILE ? std::string(o.o.path)
+                        : o.o.kind == IBDBG_IPC_SHMEM ? std::to_string(o.o.dev) + ":" + std::to_string(o.o.ino)
+                                                      : std::to_string(o.o.id));
+      auto [it, fresh] = best.emplace(id, &o);
+      if (fresh) order.push_back(id);
+      else if ((it->second->o.flags & IBDBG_IPC_ELSEWHERE) && !(o.o.flags & IBDBG_IPC_ELSEWHERE)) it->second = &o;
+    }
+  std::vector<const IpcObject*> shmem;
+  for (const auto& id : order) {
+    const IpcObject& o = *best[id];
+    if (o.o.flags & IBDBG_IPC_ELSEWHERE)
+      Fail("the image names " + std::string(o.o.kind == IBDBG_IPC_SHMFILE || o.o.kind == IBDBG_IPC_SHMEM ? o.o.path : "a SysV object") +
+           " (" + id + ") but none of its processes holds its contents: replay every process of the capture");
+    if (o.o.kind == IBDBG_IPC_SHMEM) {
+      shmem.push_back(&o);  // below, with the deleted files
+      continue;
+    }
+    if (o.o.kind == IBDBG_IPC_SHMFILE) {
+      int ph = open("/dev/null", O_RDWR | O_CLOEXEC);
+      if (ph < 0) Fail("cannot open /dev/null");
+      sh.shm_files[o.o.path] = ph;
+      ours.push_back(ph);
+    }
+    sh.ipc.push_back(o);
+  }
+  for (auto& p : all)
+    for (auto& f : p->m.fds) {
+      const ibdbg_fd_info& fi = f.info;
+      if (fi.kind != IBDBG_FD_FILE || !fi.deleted || !fi.file_ino) continue;
+      std::pair<uint64_t, uint64_t> key(fi.file_dev, fi.file_ino);
+      if (sh.shmem.count(key)) continue;
+      std::string path = fi.path;
+      int fd = -1;
+      if (path.rfind("/memfd:", 0) == 0 || InDevShm(path)) {
+        // Memory it was: memory it stays, under its old name.
+        std::string name = path.rfind("/memfd:", 0) == 0 ? path.substr(7) : path.substr(path.rfind('/') + 1);
+        fd = (int)syscall(SYS_memfd_create, name.substr(0, 240).c_str(), MFD_CLOEXEC);
+      } else {
+        std::string dir = path.substr(0, path.rfind('/'));
+        fd = open(dir.empty() ? "/" : dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, fi.mode & 07777);
+        if (fd < 0) fd = open("/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+      }
+      if (fd < 0) Fail("cannot recreate deleted file " + path + ": " + strerror(errno));
+      size_t off = 0;
+      while (off < f.data.size()) {
+        ssize_t n = pwrite(fd, f.data.data() + off, f.data.size() - off, (off_t)off);
+        if (n <= 0) Fail("cannot refill deleted file " + path + ": " + strerror(errno));
+        off += (size_t)n;
+      }
+      if (ftruncate(fd, (off_t)std::max<uint64_t>(fi.size, f.data.size())) != 0) {
+      }
+      sh.shmem[key] = fd;
+    }
+  // Memory objects stored whole from their mappings.
+  for (const IpcObject* op : shmem) {
+    const IpcObject& o = *op;
+    std::pair<uint64_t, uint64_t> key(o.o.dev, o.o.ino);
+    if (sh.shmem.count(key)) continue;
+    std::string path = o.o.path;
+    std::string name = path.rfind("/memfd:", 0) == 0 ? path.substr(7)
+                       : path == "/dev/zero"        ? std::string("ibdbg-shared")
+                                                    : path.substr(path.rfind('/') + 1);
+    int fd = (int)syscall(SYS_memfd_create, name.substr(0, 240).c_str(), MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, (off_t)o.o.size) != 0) Fail("cannot recreate shared memory " + path);
+    size_t off = 0;
+    while (off + 16 <= o.data.size()) {
+      uint64_t at, len;
+      memcpy(&at, o.data.data() + off, 8);
+      memcpy(&len, o.data.data() + off + 8, 8);
+      off += 16;
+      if (len > o.data.size() - off) Fail("corrupted image: shared memory record of " + path);
+      for (uint64_t done = 0; done < len;) {
+        ssize_t n = pwrite(fd, o.data.data() + off + done, len - done, (off_t)(at + done));
+        if (n <= 0) Fail("cannot refill shared memory " + path + ": " + strerror(errno));
+        done += (uint64_t)n;
+      }
+      off += len;
+    }
+    sh.shmem[key] = fd;
+  }
+}
+
+// The shared objects process p reaches through descriptors.
+void AddSharedObjectFds(Prepared& p, const Shared& sh) {
+  for (auto& f : p.m.fds)
+    if (f.info.kind == IBDBG_FD_FILE && f.info.deleted && f.info.file_ino) {
+      auto it = sh.shmem.find({f.info.file_dev, f.info.file_ino});
+      if (it != sh.shmem.end()) AddLauncherFd(p, it->second);
+    }
+}
+
 }  // namespace
 
 Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOptions& opts) {
@@ -1553,10 +1702,12 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
   MakeOutsideEnds(all, sh, ours);
   PlanPtys(all, sh, ours);
   MakeFifos(all, sh, ours);
+  GatherSharedObjects(all, sh, ours);
   for (auto& pp : all) {
     Prepared& p = *pp;
     BuildVmas(p, sh);
     BuildThreads(p.m, p);
+    AddSharedObjectFds(p, sh);
     for (auto& f : p.m.fds) {
       if (f.info.kind == IBDBG_FD_PIPE) {
         AddLauncherFd(p, sh.pipes[f.info.pipe_id].first);
@@ -1629,12 +1780,17 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
     for (auto& p : all) close(p->plan_w), close(p->status_r);
     uid_t uid = geteuid();
     gid_t gid = getegid();
-    int flags = CLONE_NEWPID | CLONE_NEWNS | (uid != 0 ? CLONE_NEWUSER : 0);
+    // An IPC namespace of its own, so that the job's SysV objects come back
+    // with their ids and keys, which nothing else there holds.
+    int flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | (uid != 0 ? CLONE_NEWUSER : 0);
     if (unshare(flags) != 0)
       ChildFail(st0, std::string("cannot create namespaces for the replay (unshare: ") + strerror(errno) +
                          "); are unprivileged user namespaces disabled?");
     if (uid != 0 && !WriteMaps(uid, gid)) ChildFail(st0, "cannot write the user namespace's id maps");
     MakePtys(sh, st0);
+    std::string ipc_err = RecreateSysv(sh.ipc);
+    if (ipc_err.empty()) ipc_err = MakeDevShm(sh.ipc, sh.shm_files);
+    if (!ipc_err.empty()) ChildFail(st0, ipc_err);
     pid_t init = fork();
     if (init < 0) ChildFail(st0, "fork failed");
     if (init == 0) RunInit(sh, all, roots, opts.restorer);

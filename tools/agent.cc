@@ -268,6 +268,7 @@ void Agent::DoWrite(const std::string& dir, const std::string& job_id, const jso
   std::string err;
   struct utsname un {};
   uname(&un);
+  std::set<std::string> ipc_stored;  // shared objects whose bytes one image holds already
   for (auto& [fd, l] : libs_) {
     if (!l.suspended || !metas_.count(fd)) continue;
     // Parts on other hosts have pids of their own: their files say whose.
@@ -285,6 +286,7 @@ void Agent::DoWrite(const std::string& dir, const std::string& job_id, const jso
       wo.ibdbg_version = IBDBG_VERSION;
       wo.zstd_level = options.value("zstd_level", wo.zstd_level);
       wo.threads = options.value("zstd_threads", wo.threads);
+      wo.ipc_stored = &ipc_stored;
       l.refills.clear();
       auto st = capture::WriteProcessImage(l.pid, metas_[fd], out, wo, &l.refills);
       procs.push_back({{"pid", metas_[fd].proc.pid},

@@ -159,6 +159,7 @@ const char* VmaKindName(uint32_t kind) {
     case IBDBG_IVMA_HEAP: return "heap";
     case IBDBG_IVMA_STACK: return "stack";
     case IBDBG_IVMA_FILE_DELETED: return "file-deleted";
+    case IBDBG_IVMA_SYSV_SHM: return "sysv-shm";
   }
   return "unknown";
 }
@@ -257,6 +258,7 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
   std::vector<ibdbg_image_vma> vmas;
   std::vector<PageRun> pages;
   ojson fds = ojson::array();
+  ojson ipc = ojson::array();
   uint64_t records = 0, other_records = 0, fd_data_bytes = 0;
 
   RecordHeader h;
@@ -350,6 +352,28 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
                           : (f.sock_opts & IBDBG_SOCKOPT_SHUT_RD)                                        ? "rd"
                                                                                                          : "wr";
         fds.push_back(std::move(e));
+        break;
+      }
+      case RecordType::Ipc: {
+        auto o = Load<ibdbg_ipc_object>(data, path, "ipc", true);
+        ojson e;
+        e["kind"] = o.kind == IBDBG_IPC_SHM ? "sysv-shm" : o.kind == IBDBG_IPC_SEM ? "sysv-sem"
+                    : o.kind == IBDBG_IPC_MSG ? "sysv-msg" : o.kind == IBDBG_IPC_SHMFILE ? "shm-file" : o.kind == IBDBG_IPC_SHMEM ? "shared-memory" : "unknown";
+        if (o.kind == IBDBG_IPC_SHMFILE || o.kind == IBDBG_IPC_SHMEM) {
+          e["path"] = CStr(o.path);
+        } else {
+          e["id"] = o.id;
+          e["key"] = Hex((uint32_t)o.key);
+          e["removed"] = (o.flags & IBDBG_IPC_REMOVED) != 0;
+        }
+        char mode[16];
+        std::snprintf(mode, sizeof mode, "0%o", o.mode & 07777);
+        e["mode"] = mode;
+        e["size"] = o.size;
+        e["count"] = o.count;
+        e["data_bytes"] = data.size() - sizeof o;
+        e["elsewhere"] = (o.flags & IBDBG_IPC_ELSEWHERE) != 0;
+        ipc.push_back(std::move(e));
         break;
       }
       default:
@@ -454,6 +478,7 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
   }
   p["vmas"] = std::move(vj);
   p["fds"] = std::move(fds);
+  p["ipc"] = std::move(ipc);
 
   ojson handlers = ojson::array(), timers = ojson::array(), pending = ojson::array();
   if (have_sig) {
@@ -681,6 +706,21 @@ std::string RenderText(const ojson& doc) {
       line(l);
     }
 
+    if (p.contains("ipc") && !p["ipc"].empty()) {
+      line("  ipc objects and shared memory files");
+      for (const auto& o : p["ipc"]) {
+        std::string l = "    " + S(o["kind"]);
+        if (o.contains("path")) l += "  " + S(o["path"]);
+        else l += "  id " + S(o["id"]) + "  key " + S(o["key"]) + (o["removed"].get<bool>() ? "  (removed)" : "");
+        l += "  mode " + S(o["mode"]);
+        if (S(o["kind"]) == "sysv-sem") l += "  " + S(o["count"]) + " semaphores";
+        else if (S(o["kind"]) == "sysv-msg") l += "  " + S(o["count"]) + " messages";
+        else l += "  size " + S(o["size"]);
+        l += o["elsewhere"].get<bool>() ? std::string("  contents in another process's image")
+                                        : "  " + HumanBytes(o["data_bytes"].get<uint64_t>()) + " stored";
+        line(l);
+      }
+    }
     if (!p["signal_handlers"].empty()) {
       line("  signal handlers");
       for (const auto& s : p["signal_handlers"]) {

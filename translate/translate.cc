@@ -172,6 +172,7 @@ class ProcessTranslator {
         case RecordType::Thread:
         case RecordType::Signals:
         case RecordType::Json:
+        case RecordType::Ipc:  // its /dev/shm paths name the replay's own /dev/shm
           Copy(h, data);
           break;
         default:

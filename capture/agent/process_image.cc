@@ -22,7 +22,9 @@
 #include <cstring>
 #include <ctime>
 #include <dirent.h>
+#include <map>
 #include <memory>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
@@ -30,6 +32,7 @@
 #include "ibdbg/maps.h"
 #include "ibdbg/pty.h"
 #include "ibdbg/restorer_layout.h"
+#include "ipc_objects.h"
 
 namespace ibdbg::capture {
 namespace {
@@ -81,14 +84,21 @@ uint32_t ImageKind(const MapEntry& m) {
     case MapKind::Anon:
     case MapKind::OtherSpecial: return m.shared ? IBDBG_IVMA_SHARED_ANON : IBDBG_IVMA_ANON;
     case MapKind::File:
+      if (m.shared && m.deleted && m.path.rfind("/SYSV", 0) == 0) return IBDBG_IVMA_SYSV_SHM;
       if (m.shared) return m.deleted || m.inode == 0 ? IBDBG_IVMA_SHARED_ANON : IBDBG_IVMA_FILE_SHARED;
       return m.deleted ? IBDBG_IVMA_FILE_DELETED : IBDBG_IVMA_FILE;
     default: return 0;
   }
 }
 
+// Not a kind of the image: a writable shared mapping of a regular file,
+// whose pages are stored whole (the file may be missing or changed when the
+// image is replayed) and written back into the file at replay.
+constexpr uint32_t kFileSharedKept = 0x1000;
+
 // Which pages of a region go into the image.
 bool WantPage(uint32_t kind, uint64_t pm) {
+  if (kind == kFileSharedKept) return true;
   bool present = pm >> 63 & 1, swapped = pm >> 62 & 1, filepage = pm >> 61 & 1;
   switch (kind) {
     case IBDBG_IVMA_FILE: return (present && !filepage) || swapped;  // copy-on-write copies only
@@ -100,7 +110,7 @@ bool WantPage(uint32_t kind, uint64_t pm) {
 }
 
 // Regions replayed as anonymous memory start out zero: zero pages need no bytes.
-bool ZeroIsFree(uint32_t kind) { return kind != IBDBG_IVMA_FILE; }
+bool ZeroIsFree(uint32_t kind) { return kind != IBDBG_IVMA_FILE && kind != kFileSharedKept; }
 
 class MemoryWriter {
  public:
@@ -627,6 +637,10 @@ void WriteFds(pid_t pid, const ProcessMeta& meta, image::ImageWriter& w, WriteSt
     bool have_stat = stat(target.c_str(), &sb) == 0;
     fi->mode = have_stat ? sb.st_mode : 0;
     fi->size = have_stat ? (uint64_t)sb.st_size : 0;
+    if (have_stat && S_ISREG(sb.st_mode)) {
+      fi->file_dev = ((uint64_t)major(sb.st_dev) << 32) | minor(sb.st_dev);
+      fi->file_ino = sb.st_ino;
+    }
     snprintf(fi->path, sizeof fi->path, "%s", link.c_str());
     std::string data;
     const std::string deleted_suffix = " (deleted)";
@@ -821,9 +835,12 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
   long fg = 0;
   if (long ctty = ControllingPty(pid, &fg); ctty >= 0)
     w.AddRecord(image::RecordType::Json, 0, nlohmann::json{{"ctty", {{"index", ctty}, {"fg", fg}}}}.dump());
+  std::set<std::pair<uint64_t, uint64_t>> whole;  // memory objects stored whole
+  WriteIpcObjects(pid, w, &whole, opts.ipc_stored);
 
   std::vector<MapEntry> maps = ReadMaps(pid);
   std::vector<std::pair<const MapEntry*, uint32_t>> regions;
+  std::map<uint64_t, uint64_t> vma_size_of;  // start -> file size as recorded
   auto vma = std::make_unique<ibdbg_image_vma>();
   for (const MapEntry& m : maps) {
     if (m.kind == MapKind::Vsyscall) continue;
@@ -843,17 +860,29 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
     vma->dev_major = m.dev_major;
     vma->dev_minor = m.dev_minor;
     snprintf(vma->path, sizeof vma->path, "%s", m.path.c_str());
+    uint32_t page_kind = kind;
     if (kind == IBDBG_IVMA_FILE || kind == IBDBG_IVMA_FILE_SHARED) {
       struct stat sb {};
-      if (stat(m.path.c_str(), &sb) == 0) {
+      // The process's own view of the path first (a replay's mounts are its own).
+      std::string via = "/proc/" + std::to_string(pid) + "/root" + m.path;
+      bool have = (kind == IBDBG_IVMA_FILE_SHARED && stat(via.c_str(), &sb) == 0) || stat(m.path.c_str(), &sb) == 0;
+      if (have) {
         vma->file_size = (uint64_t)sb.st_size;
         vma->file_mtime_ns = (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
       }
+      // The replay decides alike from the record: writable, a regular file
+      // with bytes, not in /dev/shm (whose files are Ipc records).
+      if (kind == IBDBG_IVMA_FILE_SHARED && m.w && have && S_ISREG(sb.st_mode) && sb.st_size > 0 &&
+          !IsDevShmPath(m.path))
+        page_kind = kFileSharedKept;
+      else if (kind == IBDBG_IVMA_FILE_SHARED && m.w)
+        vma->file_size = 0;  // says "no pages" to the replay
     }
     // Page counts are known only after the pages are written; the launcher
     // does not need them up front.
     w.AddRecord(image::RecordType::Vma, m.start, vma.get(), sizeof *vma);
-    regions.push_back({&m, kind});
+    vma_size_of[m.start] = vma->file_size;
+    regions.push_back({&m, page_kind});
     st.vmas++;
   }
   {
@@ -861,10 +890,19 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
     for (auto& [m, kind] : regions) {
       // The vdso's code is kept (a few KiB): on another kernel the replay
       // needs it to send the application's vdso calls to the new one.
-      if (kind == IBDBG_IVMA_VVAR || kind == IBDBG_IVMA_VVAR_VCLOCK ||
-          kind == IBDBG_IVMA_FILE_SHARED)
+      if (kind == IBDBG_IVMA_VVAR || kind == IBDBG_IVMA_VVAR_VCLOCK || kind == IBDBG_IVMA_SYSV_SHM) continue;
+      uint64_t end = m->end;
+      if (kind == IBDBG_IVMA_SHARED_ANON &&
+          whole.count({((uint64_t)m->dev_major << 32) | m->dev_minor, m->inode}))
         continue;
-      st.memory_bytes += mw.Write(m->start, m->end, kind) * kPage;
+      if (kind == IBDBG_IVMA_FILE_SHARED) continue;  // the file (or its Ipc record) holds the data
+      if (kind == kFileSharedKept) {
+        // Pages past the end of the file cannot be read (nor written back).
+        uint64_t file_end = (vma_size_of[m->start] + kPage - 1) & ~(kPage - 1);
+        if (file_end <= m->offset) continue;
+        end = std::min(end, m->start + (file_end - m->offset));
+      }
+      st.memory_bytes += mw.Write(m->start, end, kind) * kPage;
     }
   }
   w.Finish();

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <chrono>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,9 @@ struct WriteOptions {
   int threads = 0;
   std::string job_id;
   std::string ibdbg_version;
+  // Shared objects (SysV, /dev/shm files, memory objects) whose bytes an
+  // image of the same capture holds already: later images name them only.
+  std::set<std::string>* ipc_stored = nullptr;
 };
 
 struct WriteStats {

@@ -41,6 +41,7 @@ bool IsKnownRecordType(uint32_t type) {
     case RecordType::Fd:
     case RecordType::Signals:
     case RecordType::Json:
+    case RecordType::Ipc:
     case RecordType::End:
       return true;
   }
@@ -57,6 +58,7 @@ const char* RecordTypeName(uint32_t type) {
     case RecordType::Fd: return "fd";
     case RecordType::Signals: return "signals";
     case RecordType::Json: return "json";
+    case RecordType::Ipc: return "ipc";
     case RecordType::End: return "end";
   }
   return "unknown";

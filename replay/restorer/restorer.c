@@ -23,6 +23,7 @@
 #include <linux/mman.h>
 #include <linux/prctl.h>
 #include <linux/sched.h>
+#include <linux/shm.h>
 #include <linux/time.h>
 
 #include "ibdbg/proto.h"
@@ -370,12 +371,45 @@ static void patch_vdso(void) {
   }
 }
 
+/* A SysV attachment, or the part [offset, offset + len) of one that the
+ * application had split: attached anywhere, then moved into place (the vma
+ * keeps its page offset, so shmdt of the original address still finds it). */
+static void map_sysv(struct ibdbg_plan_vma* v) {
+  long id = (long)v->flags;
+  long shmflg = (v->prot & PROT_WRITE) ? 0 : SHM_RDONLY;
+  if (v->prot & PROT_EXEC) shmflg |= SHM_EXEC;
+  struct shmid64_ds ds;
+  long r = S3(__NR_shmctl, id, IPC_STAT, &ds);
+  if (r < 0) fail("cannot find a SysV shared memory segment", r, v->start);
+  uint64_t seg = (ds.shm_segsz + 4095) & ~4095ull, len = v->end - v->start;
+  if (v->offset + len > seg) fail("a SysV shared memory segment is smaller than its attachment", 0, v->start);
+  if (v->offset == 0 && len == seg) {
+    r = S3(__NR_shmat, id, v->start, shmflg | SHM_REMAP);
+    if (r < 0 && r > -4096) fail("cannot attach SysV shared memory", r, v->start);
+  } else {
+    long tmp = S3(__NR_shmat, id, 0, shmflg);
+    if (tmp < 0 && tmp > -4096) fail("cannot attach SysV shared memory", tmp, v->start);
+    r = S5(__NR_mremap, tmp + v->offset, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, v->start);
+    if (r < 0 && r > -4096) fail("cannot place SysV shared memory", r, v->start);
+    if (v->offset) S2(__NR_munmap, tmp, v->offset);
+    if (v->offset + len < seg) S2(__NR_munmap, tmp + v->offset + len, seg - v->offset - len);
+  }
+  r = S3(__NR_mprotect, v->start, len, v->prot);
+  if (r < 0) fail("cannot protect SysV shared memory", r, v->start);
+  /* Removed while attached, as it was: it goes when the last process detaches. */
+  if (v->kind & IBDBG_VMA_SHM_RMID) S3(__NR_shmctl, id, IPC_RMID, 0);
+}
+
 static void map_regions(void) {
   for (uint32_t i = 0; i < hdr.nvmas; i++) {
     struct ibdbg_plan_vma* v = &vmas[i];
     uint32_t k = v->kind & 0xff;
     if (k == IBDBG_VMA_VDSO || k == IBDBG_VMA_VVAR || k == IBDBG_VMA_VVAR_VCLOCK) continue;
     if (in_reserved(v->start) || in_reserved(v->end - 1)) fail("image region overlaps the restorer", 0, v->start);
+    if (k == IBDBG_VMA_SYSV) {
+      map_sysv(v);
+      continue;
+    }
     long prot = (v->kind & IBDBG_VMA_FILL) ? (PROT_READ | PROT_WRITE) : v->prot;
     long flags = MAP_FIXED | (long)v->flags;
     if (v->kind & IBDBG_VMA_GROWSDOWN) flags |= MAP_GROWSDOWN;

@@ -49,6 +49,12 @@ outside_pid=""
 cleanup() {
   [ -n "$outside_pid" ] && { kill -KILL "$outside_pid"; wait "$outside_pid"; } 2>/dev/null
   pkill -KILL -f "$work" 2>/dev/null
+  # IPC objects and /dev/shm files of the killed original outlive it.
+  if [ -f "$work/ipc-cleanup" ]; then
+    while read -r k id; do
+      case $k in m|s|q) ipcrm -"$k" "$id" 2>/dev/null ;; f) rm -f "/dev/shm/${id##*/}" ;; esac
+    done < "$work/ipc-cleanup"
+  fi
   [ $keep = 1 ] || rm -rf "$work"
 }
 trap cleanup EXIT
@@ -100,7 +106,15 @@ wait_bounded $runner 30 || fail "the captured job did not stop"
 check_size "$img"
 "$ibdbg" inspect "$img" > "$work/inspect.txt" || fail "inspect failed"
 
+# Files a program asks to lose between capture and replay (as on another
+# machine): the replay must make them again from the image.
+remove_listed() {
+  [ -f "$work/remove-before-replay" ] || return 0
+  while read -r f; do rm -f "$f"; done < "$work/remove-before-replay"
+}
+
 for g in $(seq 1 "$generations"); do
+  remove_listed
   ( "${as[@]}" "$ibdbg" replay "$img" --dir "$work/job$g" 2>&1 | cat > "$work/out.$g" ) &
   replayer=$!
   if [ "$g" -lt "$generations" ]; then

@@ -33,6 +33,7 @@ enum class RecordType : uint32_t {
   Fd = 6,
   Signals = 7,
   Json = 8,  // free-form JSON
+  Ipc = 9,   // ibdbg_ipc_object + its bytes
   End = 0x454E44,  // arg = number of records before it
 };
 

@@ -188,6 +188,10 @@ struct ibdbg_fd_info {
   uint64_t sock_id;   /* inode of the socket */
   uint64_t peer_id;   /* unix: inode of the peer socket */
   char path[IBDBG_PATH_MAX];
+  /* Regular files: (major << 32 | minor) and inode, so that descriptors and
+   * shared mappings of one deleted file or memfd stay one object at replay. */
+  uint64_t file_dev;
+  uint64_t file_ino;
 };
 /* The data of IBDBG_FD_PTY_MASTER / IBDBG_FD_PTY_SLAVE. */
 struct ibdbg_pty_state {
@@ -225,6 +229,9 @@ enum ibdbg_image_vma_kind {
   IBDBG_IVMA_HEAP = 8,
   IBDBG_IVMA_STACK = 9,
   IBDBG_IVMA_FILE_DELETED = 10, /* private mapping of a deleted file: pages stored */
+  /* A SysV shared memory attachment: inode = shmid; the segment's bytes are in
+   * its ibdbg_ipc_object record, not in pages. */
+  IBDBG_IVMA_SYSV_SHM = 11,
 };
 
 struct ibdbg_image_vma {
@@ -238,6 +245,42 @@ struct ibdbg_image_vma {
   uint64_t file_size;
   int64_t file_mtime_ns;
   uint64_t data_pages;
+  char path[IBDBG_PATH_MAX];
+};
+
+/* ---- objects of the job's IPC namespace and shared files -------------------- */
+/* One image record (RecordType::Ipc) per object a process uses, followed by
+ * its bytes: a SysV shm segment's contents, a semaphore set's values (nsems
+ * uint16), a queue's messages (each: int64 type, uint64 length, bytes), a
+ * shared file's contents.  Several processes' images may carry the same
+ * object: the replay makes it once. */
+enum ibdbg_ipc_kind {
+  IBDBG_IPC_SHM = 1,
+  IBDBG_IPC_SEM = 2,
+  IBDBG_IPC_MSG = 3,
+  /* A file in /dev/shm (POSIX shared memory): recreated by name, contents
+   * included, in the replay's own /dev/shm. */
+  IBDBG_IPC_SHMFILE = 4,
+  /* The whole memory object (dev, ino) behind shared mappings of a deleted
+   * file, a memfd or MAP_SHARED|MAP_ANONYMOUS memory, when the agent may
+   * open it (/proc/PID/map_files): bytes = extents (uint64 offset, uint64
+   * length, bytes); the mappings' pages are then not stored. */
+  IBDBG_IPC_SHMEM = 5,
+};
+#define IBDBG_IPC_REMOVED 1u /* SysV: marked for removal (IPC_RMID) while in use */
+/* Its bytes are in another process's image of the same capture. */
+#define IBDBG_IPC_ELSEWHERE 2u
+
+struct ibdbg_ipc_object {
+  uint32_t kind;
+  uint32_t flags;
+  int32_t id; /* SysV id */
+  int32_t key;
+  uint32_t mode; /* SysV: permission bits; files: st_mode */
+  uint32_t uid, gid;
+  uint32_t count; /* sem: number of semaphores; msg: number of messages */
+  uint64_t size;  /* shm: segment size; msg: queue byte limit; file: size */
+  uint64_t dev, ino;
   char path[IBDBG_PATH_MAX];
 };
 
@@ -260,8 +303,12 @@ enum ibdbg_vma_kind {
   IBDBG_VMA_VDSO = 3,   /* [vdso]/[vvar]/[vvar_vclock]: moved, not mapped */
   IBDBG_VMA_VVAR = 4,
   IBDBG_VMA_VVAR_VCLOCK = 5,
+  /* A SysV shm attachment: segment id in `flags` (fd stays -1: it is no
+   * descriptor), its byte `offset` placed at start. */
+  IBDBG_VMA_SYSV = 6,
   IBDBG_VMA_FILL = 0x100, /* flag: the launcher writes its pages after 'M' */
   IBDBG_VMA_GROWSDOWN = 0x200,
+  IBDBG_VMA_SHM_RMID = 0x400, /* SYSV: mark the segment removed once attached */
 };
 
 struct ibdbg_plan_vma {
