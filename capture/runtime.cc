@@ -1036,9 +1036,9 @@ int with_env(char* const* envp, F call) {
 // A job reaches other hosts through its remote shell (ssh, or what `ibdbg run
 // --remote-shell` names); used as one uses ssh, it runs a command line on the
 // remote host.  That line is wrapped so that an agent of this job runs it
-// there: `ibdbg run --dir JOB --via HOST:PID -- sh -c 'LINE'`.  HOST:PID
-// names this process, so that a replay can put the remote part's launcher in
-// its place.  Only the stack is used (a vfork child calls this too).
+// there: `ibdbg run --dir JOB --via HOST:PID:PPID -- sh -c 'LINE'`, which
+// names this process and its parent, so that a replay can put the remote
+// part's launcher in its place.  Only the stack is used (a vfork child calls this too).
 
 // ssh's options that take an argument.
 bool ssh_opt_with_arg(char c) {
@@ -1125,10 +1125,13 @@ void wrap_line(char* const argv[], size_t first, char* line, char* scratch) {
   } un;
   char host[80] = "?";
   if (sys(SYS_uname, (long)&un) == 0) scopy(host, un.f[1], sizeof host);
-  char via[120];
-  char pid[24];
+  char via[160];
+  char pid[24], ppid[24];
   utoa((unsigned long)sys(SYS_getpid), pid);
+  utoa((unsigned long)sys(SYS_getppid), ppid);
   build(via, sizeof via, host, ":", pid);
+  size_t vl = slen(via);
+  build(via + vl, sizeof via - vl, ":", ppid, nullptr);
   char* d = line;
   d = put(d, "exec env -u LD_PRELOAD -u IBDBG_AGENT ");
   d = put_quoted(d, g_ibdbg_exe);

@@ -55,6 +55,14 @@ namespace {
 
 [[noreturn]] void Fail(const std::string& s) { throw std::runtime_error(s); }
 
+// The directories above a file the replay makes again (a job's scratch
+// directory that it removed when it ended, or that another machine lacks):
+// private to the user, as such directories are.
+void MakeParentDirs(const std::string& path) {
+  for (size_t i = path.find('/', 1); i != std::string::npos; i = path.find('/', i + 1))
+    mkdir(path.substr(0, i).c_str(), 0700);
+}
+
 struct FdRecord {
   ibdbg_fd_info info;
   std::string data;
@@ -151,6 +159,7 @@ done:
 // Objects that several processes of the image share, made once by the
 // launcher and inherited by every process of the replay.
 struct Shared {
+  std::vector<ReplayOptions::StandIn> standins;  // see ReplayOptions
   std::map<uint64_t, std::pair<int, int>> pipes;                 // pipe inode -> (read, write)
   std::map<std::pair<uint64_t, uint64_t>, int> shmem;             // (dev, inode) -> memfd
   std::map<uint64_t, int> socks;                                  // socket inode -> its new connected end
@@ -301,6 +310,7 @@ void BuildVmas(Prepared& p, Shared& sh) {
         if (shm != sh.shm_files.end()) {
           fd = shm->second;
         } else if (kept && it == opened.end()) {
+          MakeParentDirs(v.path);
           fd = open(v.path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
           if (fd < 0) Fail(std::string("cannot open ") + v.path + " (mapped shared by the process): " + strerror(errno));
           struct stat sb;
@@ -433,13 +443,13 @@ int OpenImageFd(const FdRecord& f, const Prepared& p, const Shared& sh, int stat
   int acc = fi.open_flags & O_ACCMODE;
   switch (fi.kind) {
     case IBDBG_FD_FILE: {
-      auto kept = fi.deleted && fi.file_ino ? sh.shmem.find({fi.file_dev, fi.file_ino}) : sh.shmem.end();
+      auto kept = fi.deleted == 1 && fi.file_ino ? sh.shmem.find({fi.file_dev, fi.file_ino}) : sh.shmem.end();
       if (kept != sh.shmem.end()) {
         // One object for every descriptor and mapping of it: a new open of it.
         std::string via = "/proc/self/fd/" + std::to_string(TargetOf(p, kept->second));
         fd = open(via.c_str(), fi.open_flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_NOFOLLOW));
         if (fd < 0) ChildFail(status_fd, std::string("cannot reopen deleted file ") + fi.path + ": " + strerror(errno));
-      } else if (fi.deleted) {
+      } else if (fi.deleted == 1) {
         std::string dir = fi.path;
         dir = dir.substr(0, dir.rfind('/'));
         fd = open(dir.empty() ? "/" : dir.c_str(), O_TMPFILE | O_RDWR, fi.mode & 07777);
@@ -733,6 +743,24 @@ void SetForegroundGroup(const Prepared& p, const Shared& sh, int status_fd) {
                              std::to_string(p.m.ctty_index) + ": " + strerror(e));
 }
 
+// A starter of another part: nothing of the launcher's, nothing of ours.
+[[noreturn]] void ExecStandIn(const ReplayOptions::StandIn& si) {
+  prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+  syscall(SYS_close_range, 3, ~0u, 0);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);
+  int devnull = open("/dev/null", O_RDONLY);
+  if (devnull >= 0) dup2(devnull, 0), close(devnull);
+  std::vector<char*> argv;
+  for (auto& a : si.argv) argv.push_back((char*)a.c_str());
+  argv.push_back(nullptr);
+  execvp(argv[0], argv.data());
+  fprintf(stderr, "ibdbg: cannot run %s: %s\n", argv[0], strerror(errno));
+  _exit(127);
+}
+
 // Becomes process i of the image: its session and group first, then its
 // children (so that they inherit both and have it as parent), then itself.
 [[noreturn]] void SpawnNode(int i, const Shared& sh, std::vector<std::unique_ptr<Prepared>>& all,
@@ -762,6 +790,13 @@ void SetForegroundGroup(const Prepared& p, const Shared& sh, int status_fd) {
       }
       _exit(WEXITSTATUS(status));
     }
+  }
+  // Starters of other parts of the job (a remote shell it ran) start them again.
+  for (auto& si : sh.standins) {
+    if (si.ppid != pi.pid) continue;
+    long r = CloneWithPid(si.pid);
+    if (r < 0) ChildFail(p.status_w, "cannot recreate pid " + std::to_string(si.pid) + ": " + strerror(errno));
+    if (r == 0) ExecStandIn(si);
   }
   for (int c : p.children) {
     long r = CloneWithPid(all[c]->m.proc.pid);
@@ -1146,12 +1181,153 @@ void MakeConnections(const std::vector<std::unique_ptr<Prepared>>& all, Shared& 
       // Before bind: an IPv6 listener that takes IPv4 too would clash with
       // an IPv4 listener of the same port.
       if (fi.sock_opts & IBDBG_SOCKOPT_V6ONLY) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-      if (fd < 0 || BindReclaiming(fd, fi) != 0 || listen(fd, fi.sock_backlog ? fi.sock_backlog : 128) != 0)
+      bool bound = fd >= 0 && BindReclaiming(fd, fi) == 0;
+      if (fd >= 0 && !bound && (fi.sock_family == AF_INET || fi.sock_family == AF_INET6) &&
+          (errno == EADDRINUSE || errno == EADDRNOTAVAIL)) {
+        // Its port is another's here (parts of a job from several hosts on
+        // one), or its address is another host's: the same port on every
+        // address, else any port.  Who connected already stays connected;
+        // only a newcomer that knows the old address misses it.
+        int first = errno;
+        sockaddr_storage a{};
+        memcpy(&a, fi.sock_addr, fi.sock_addr_len);
+        if (first == EADDRNOTAVAIL) {
+          if (a.ss_family == AF_INET) ((sockaddr_in*)&a)->sin_addr.s_addr = htonl(INADDR_ANY);
+          else ((sockaddr_in6*)&a)->sin6_addr = in6addr_any;
+          bound = bind(fd, (sockaddr*)&a, fi.sock_addr_len) == 0;
+        }
+        if (!bound) {
+          if (a.ss_family == AF_INET) ((sockaddr_in*)&a)->sin_port = 0;
+          else ((sockaddr_in6*)&a)->sin6_port = 0;
+          bound = bind(fd, (sockaddr*)&a, fi.sock_addr_len) == 0;
+        }
+        sockaddr_storage got{};
+        socklen_t gl = sizeof got;
+        if (bound && getsockname(fd, (sockaddr*)&got, &gl) == 0)
+          fprintf(stderr, "ibdbg: pid %d fd %d listens on %s instead of %s (%s)\n", (int)p->m.proc.pid, fi.fd,
+                  InetAddrString(&got).c_str(), InetAddrString(fi.sock_addr).c_str(), strerror(first));
+      }
+      if (!bound || listen(fd, fi.sock_backlog ? fi.sock_backlog : 128) != 0)
         Fail("cannot listen again on the socket of pid " + std::to_string(p->m.proc.pid) + " fd " +
              std::to_string(fi.fd) + ": " + strerror(errno) + " (is the captured job still running?)");
       sh.socks[fi.sock_id] = fd;
       ours.push_back(fd);
     }
+}
+
+// Scratch files of the job that are gone (it removed its session directory
+// when it ended, or this is another machine) are made again from the image,
+// before anything opens or maps them.
+void RemakeScratchFiles(const std::vector<std::unique_ptr<Prepared>>& all) {
+  for (auto& p : all)
+    for (auto& f : p->m.fds) {
+      const ibdbg_fd_info& fi = f.info;
+      struct stat sb;
+      if (fi.kind != IBDBG_FD_FILE || fi.deleted != IBDBG_FD_SCRATCH_COPY || stat(fi.path, &sb) == 0) continue;
+      MakeParentDirs(fi.path);
+      int fd = open(fi.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, fi.mode & 07777);
+      if (fd < 0) continue;  // made by another record of it meanwhile, or not ours to make: reopen says
+      bool ok = WriteAll(fd, f.data.data(), f.data.size());
+      close(fd);
+      if (!ok) Fail(std::string("cannot make ") + fi.path + " again: " + strerror(errno));
+    }
+}
+
+// Connections between one of our processes and one of another part's (a
+// process captured on another host): the end whose address sorts first
+// listens on this host and publishes where through the coordinator, the
+// other looks that up and connects, naming the connection first.  Each end
+// then sends what the other had not read (its record is in the other part's
+// image, which we read).  Listeners all publish before anyone waits, so no
+// two parts wait on each other.
+void MakeCrossPart(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, std::vector<int>& ours,
+                   const ReplayOptions& opts) {
+  if (opts.peer_images.empty()) return;
+  auto inet = [](const ibdbg_fd_info& fi) {
+    return fi.kind == IBDBG_FD_SOCKET_CONN && (fi.sock_family == AF_INET || fi.sock_family == AF_INET6) &&
+           fi.peer_addr_len;
+  };
+  std::map<std::string, FdRecord> theirs;  // "local|peer" of the other parts' ends
+  for (auto& file : opts.peer_images) {
+    image::ImageReader r(file);
+    ImageMeta m;
+    image::Record first;
+    bool have_pages;
+    ReadMeta(r, m, first, &have_pages);
+    for (auto& f : m.fds)
+      if (inet(f.info)) theirs.emplace(InetAddrString(f.info.sock_addr) + "|" + InetAddrString(f.info.peer_addr), f);
+  }
+  struct End {
+    const FdRecord* mine;
+    const FdRecord* peer;
+    std::string key;
+    bool listens;
+    int fd = -1;
+  };
+  std::vector<End> ends;
+  std::set<uint64_t> seen;
+  for (auto& p : all)
+    for (auto& f : p->m.fds) {
+      if (!inet(f.info) || sh.socks.count(f.info.sock_id) || !seen.insert(f.info.sock_id).second) continue;
+      std::string l = InetAddrString(f.info.sock_addr), r = InetAddrString(f.info.peer_addr);
+      auto it = theirs.find(r + "|" + l);
+      if (it == theirs.end()) continue;  // a peer outside the job
+      bool listens = l < r;
+      ends.push_back({&f, &it->second, "tcp " + (listens ? l + "|" + r : r + "|" + l), listens});
+    }
+  if (ends.empty()) return;
+  if (!opts.ns_put || !opts.ns_get) Fail("connections to other parts of the job, but no coordinator to meet them");
+  for (auto& e : ends) {
+    if (!e.listens) continue;
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    socklen_t al = sizeof a;
+    if (lfd < 0 || bind(lfd, (sockaddr*)&a, sizeof a) != 0 || listen(lfd, 1) != 0 ||
+        getsockname(lfd, (sockaddr*)&a, &al) != 0)
+      Fail(std::string("cannot listen for a connection between hosts: ") + strerror(errno));
+    e.fd = lfd;
+    opts.ns_put(e.key, opts.reach_addr + ":" + std::to_string(ntohs(a.sin_port)));
+  }
+  auto send_key = [](int fd, const std::string& key) {
+    uint16_t n = (uint16_t)key.size();
+    return WriteAll(fd, &n, sizeof n) && WriteAll(fd, key.data(), key.size());
+  };
+  for (auto& e : ends) {
+    if (e.listens) continue;
+    std::string where = opts.ns_get(e.key);
+    size_t colon = where.rfind(':');
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)atoi(where.c_str() + colon + 1));
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (colon == std::string::npos || inet_pton(AF_INET, where.substr(0, colon).c_str(), &a.sin_addr) != 1 || fd < 0 ||
+        connect(fd, (sockaddr*)&a, sizeof a) != 0 || !send_key(fd, e.key))
+      Fail("cannot reconnect " + e.key.substr(4) + " through " + where + ": " + strerror(errno));
+    e.fd = fd;
+  }
+  for (auto& e : ends) {
+    if (!e.listens) continue;
+    pollfd pf = {e.fd, POLLIN, 0};
+    int acc = poll(&pf, 1, 60000) == 1 ? accept4(e.fd, nullptr, nullptr, SOCK_CLOEXEC) : -1;
+    close(e.fd);
+    uint16_t n = 0;
+    std::string key;
+    bool ok = acc >= 0 && recv(acc, &n, sizeof n, MSG_WAITALL) == (ssize_t)sizeof n;
+    if (ok) {
+      key.resize(n);
+      ok = recv(acc, key.data(), n, MSG_WAITALL) == (ssize_t)n && key == e.key;
+    }
+    if (!ok) Fail("the other host did not reconnect " + e.key.substr(4) + " in time");
+    e.fd = acc;
+  }
+  for (auto& e : ends) {
+    SetSockOpts(e.fd, e.mine->info);
+    if (!SendAll(e.fd, e.peer->data)) Fail("a connection held more unread bytes than a new one takes");
+    ApplyShutdown(e.fd, e.mine->info);
+    sh.socks[e.mine->info.sock_id] = e.fd;
+    ours.push_back(e.fd);
+  }
 }
 
 // A unix datagram name held by a socket file nobody answers on any more (the
@@ -1506,6 +1682,7 @@ void MakeFifos(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, st
         struct stat sb;
         bool made = false;
         if (stat(fi.path, &sb) != 0) {
+          MakeParentDirs(fi.path);
           if (mkfifo(fi.path, fi.mode & 07777) != 0)
             Fail(std::string("cannot make FIFO ") + fi.path + " again: " + strerror(errno));
           made = true;
@@ -1569,7 +1746,7 @@ void GatherSharedObjects(std::vector<std::unique_ptr<Prepared>>& all, Shared& sh
   for (auto& p : all)
     for (auto& f : p->m.fds) {
       const ibdbg_fd_info& fi = f.info;
-      if (fi.kind != IBDBG_FD_FILE || !fi.deleted || !fi.file_ino) continue;
+      if (fi.kind != IBDBG_FD_FILE || fi.deleted != 1 || !fi.file_ino) continue;
       std::pair<uint64_t, uint64_t> key(fi.file_dev, fi.file_ino);
       if (sh.shmem.count(key)) continue;
       std::string path = fi.path;
@@ -1699,10 +1876,13 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
   // bytes each end had not read yet.
   MakeConnections(all, sh, ours);
   MakeDgrams(all, sh, ours);
+  sh.standins = opts.standins;
+  MakeCrossPart(all, sh, ours, opts);
   MakeOutsideEnds(all, sh, ours);
   PlanPtys(all, sh, ours);
   MakeFifos(all, sh, ours);
   GatherSharedObjects(all, sh, ours);
+  RemakeScratchFiles(all);
   for (auto& pp : all) {
     Prepared& p = *pp;
     BuildVmas(p, sh);
@@ -1782,11 +1962,16 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
     gid_t gid = getegid();
     // An IPC namespace of its own, so that the job's SysV objects come back
     // with their ids and keys, which nothing else there holds.
-    int flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | (uid != 0 ? CLONE_NEWUSER : 0);
+    // A UTS namespace too: the job keeps the host name it was captured on
+    // (a part replayed on another host still calls itself what MPI and its
+    // peers knew it as).
+    int flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | (uid != 0 ? CLONE_NEWUSER : 0);
     if (unshare(flags) != 0)
       ChildFail(st0, std::string("cannot create namespaces for the replay (unshare: ") + strerror(errno) +
                          "); are unprivileged user namespaces disabled?");
     if (uid != 0 && !WriteMaps(uid, gid)) ChildFail(st0, "cannot write the user namespace's id maps");
+    const char* hn = all[roots[0]]->m.proc.hostname;
+    if (hn[0]) sethostname(hn, strnlen(hn, sizeof all[roots[0]]->m.proc.hostname));
     MakePtys(sh, st0);
     std::string ipc_err = RecreateSysv(sh.ipc);
     if (ipc_err.empty()) ipc_err = MakeDevShm(sh.ipc, sh.shm_files);

@@ -20,6 +20,23 @@ struct ReplayOptions {
   std::string job_dir;
   bool gdb = false;         // park threads for gdb instead of running them
   bool verbose = false;
+
+  // ---- a job of several parts (hosts); none of this is needed for one ----
+  // The images of the job's other parts: a TCP connection between one of our
+  // processes and one of theirs is made anew between the hosts the parts now
+  // run on, through the coordinator's name service.
+  std::vector<std::string> peer_images;
+  std::function<void(const std::string& key, const std::string& value)> ns_put;
+  std::function<std::string(const std::string& key)> ns_get;  // waits; throws when it cannot
+  std::string reach_addr;  // an IPv4 address of this host the other parts reach
+  // Processes not in the image that started another part through the remote
+  // shell: made again with their pid, as children of `ppid`, running argv
+  // (which starts that part again).
+  struct StandIn {
+    pid_t pid = 0, ppid = 0;
+    std::vector<std::string> argv;
+  };
+  std::vector<StandIn> standins;
 };
 
 struct Launched {

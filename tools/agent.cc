@@ -54,7 +54,8 @@ bool SendMsg(int fd, uint32_t type) {
 
 }  // namespace
 
-Agent::Agent(const JobDir& job, const std::string& via) : job_(job), via_(via) {
+Agent::Agent(const JobDir& job, const std::string& via, const std::string& part)
+    : job_(job), via_(via), part_(part) {
   // Fixed length, so that a replayed process can rewrite the name in its
   // environment in place.
   char pidhex[16];
@@ -70,7 +71,7 @@ Agent::Agent(const JobDir& job, const std::string& via) : job_(job), via_(via) {
   socklen_t len = (socklen_t)(offsetof(sockaddr_un, sun_path) + name_.size());
   if (bind(lfd_, (sockaddr*)&a, len) != 0 || listen(lfd_, 128) != 0)
     throw std::runtime_error(std::string("cannot create the agent socket: ") + strerror(errno));
-  coord_ = ConnectCoordinator(job_, "agent");
+  coord_ = ConnectCoordinator(job_, "agent", 5000, part_);
 }
 
 Agent::~Agent() {
@@ -146,7 +147,7 @@ bool IsAgentProcess(pid_t pid) {
   size_t z = all.find('\0');
   if (z == std::string::npos) return false;
   std::string arg1 = all.substr(z + 1, all.find('\0', z + 1) - z - 1);
-  return arg1 == "run";
+  return arg1 == "run" || (arg1 == "replay" && all.find(std::string("\0--part\0", 8)) != std::string::npos);
 }
 
 char ProcState(pid_t pid) {
@@ -272,7 +273,7 @@ void Agent::DoWrite(const std::string& dir, const std::string& job_id, const jso
   for (auto& [fd, l] : libs_) {
     if (!l.suspended || !metas_.count(fd)) continue;
     // Parts on other hosts have pids of their own: their files say whose.
-    std::string file = (via_.empty() ? "proc-" : "proc-" + std::string(un.nodename) + "-") +
+    std::string file = (via_.empty() ? "proc-" : "proc-" + std::string(metas_[fd].proc.hostname) + "-") +
                        std::to_string(metas_[fd].proc.pid) + ".img";
     std::string path = dir + "/" + file;
     int out = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -304,7 +305,11 @@ void Agent::DoWrite(const std::string& dir, const std::string& job_id, const jso
   }
   metas_.clear();
   if (err.empty()) {
-    json reply = {{"op", "captured"}, {"ok", true}, {"procs", procs}, {"kernel", un.release}, {"host", un.nodename}};
+    json reply = {{"op", "captured"},
+                  {"ok", true},
+                  {"procs", procs},
+                  {"kernel", un.release},
+                  {"host", part_.empty() ? std::string(un.nodename) : part_}};
     if (!via_.empty()) reply["via"] = via_;
     coord_.Send(reply);
   } else {
@@ -409,6 +414,7 @@ int Agent::Loop() {
   // Reap whatever else was ours (we are a subreaper) without waiting on it.
   while (waitpid(-1, nullptr, WNOHANG) > 0) {
   }
+  coord_.Send({{"op", "exit"}, {"status", ExitCode(status)}});
   coord_.Close();
   return ExitCode(status);
 }

@@ -20,7 +20,9 @@ class Agent {
  public:
   // `via`: "HOST:PID" of the process that started this agent through the
   // job's remote shell on another host ("" for the first agent of a job).
-  Agent(const JobDir& job, const std::string& via);
+  // `part`: the name of the job's part this agent replays (its original
+  // host's name), "" for an agent of `ibdbg run`.
+  Agent(const JobDir& job, const std::string& via, const std::string& part = "");
   ~Agent();
   // "@ibdbg-<job>-<pid>-<rand>": what IBDBG_AGENT / the restart info carry.
   const std::string& socket_name() const { return name_; }
@@ -50,6 +52,7 @@ class Agent {
 
   JobDir job_;
   std::string via_;
+  std::string part_;
   std::string name_;
   std::map<int, capture::ProcessMeta> metas_;  // of the capture under way
   int lfd_ = -1;

@@ -312,7 +312,8 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
         e["flags"] = OpenFlags(f.open_flags, f.fd_flags);
         e["offset"] = f.offset;
         e["path"] = CStr(f.path);
-        e["deleted"] = f.deleted != 0;
+        e["deleted"] = f.deleted == 1;
+        if (f.deleted == IBDBG_FD_SCRATCH_COPY) e["scratch_copy"] = true;
         e["size"] = f.size;
         e["data_bytes"] = extra;
         if (f.kind == IBDBG_FD_PIPE) e["pipe_id"] = f.pipe_id;
@@ -689,6 +690,7 @@ std::string RenderText(const ojson& doc) {
                       "  offset " + S(f["offset"]);
       if (!f["path"].get<std::string>().empty()) l += "  " + S(f["path"]);
       if (f["deleted"].get<bool>()) l += " (deleted)";
+      if (f.contains("scratch_copy")) l += " (scratch: content kept)";
       if (f.contains("pipe_id")) l += "  pipe " + S(f["pipe_id"]);
       if (f.contains("socket_address")) l += "  " + S(f["socket_address"]);
       if (f.contains("socket_peer")) l += " -> " + S(f["socket_peer"]);

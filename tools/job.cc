@@ -269,7 +269,7 @@ static int ConnectTcp(const std::string& host, int port, int timeout_ms) {
   return fd;
 }
 
-LineConn ConnectCoordinator(const JobDir& job, const std::string& role, int timeout_ms) {
+LineConn ConnectCoordinator(const JobDir& job, const std::string& role, int timeout_ms, const std::string& part) {
   auto addr = ReadCoordinatorAddr(job);
   if (!addr) Fail("job " + job.job_id + " has no running coordinator (is the job still running?)");
   int fd = ConnectTcp(addr->host, addr->port, timeout_ms);
@@ -278,7 +278,9 @@ LineConn ConnectCoordinator(const JobDir& job, const std::string& role, int time
   LineConn c(fd);
   char host[256] = {};
   gethostname(host, sizeof host - 1);
-  c.Send({{"op", "hello"}, {"role", role}, {"secret", job.secret}, {"host", host}, {"pid", getpid()}});
+  json hello = {{"op", "hello"}, {"role", role}, {"secret", job.secret}, {"host", host}, {"pid", getpid()}};
+  if (!part.empty()) hello["part"] = part;
+  c.Send(hello);
   auto r = c.Recv(timeout_ms);
   if (!r || !r->value("ok", false))
     Fail("the coordinator of job " + job.job_id + " refused us" + (r ? ": " + r->value("error", std::string()) : ""));
@@ -340,6 +342,8 @@ namespace {
 struct Peer {
   LineConn conn;
   std::string role;  // "" until hello
+  std::string part;  // a replayed part's agent: the part's name
+  int exit_status = 255;  // what an agent reported its job part ended with
   std::string host;
   int pid = 0;
   std::string addr;
@@ -442,6 +446,13 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
 
   std::map<int, Peer> peers;
   std::optional<Capture> cap;
+  // The replay's name service: parts of a job on different hosts publish
+  // where the new end of a connection between them listens, and look it up.
+  std::map<std::string, std::string> names;
+  std::multimap<std::string, int> name_waiters;  // key -> peer fds waiting for it
+  // Replayed parts whose agent is gone, with their exit status; and who waits.
+  std::map<std::string, int> parts_done;
+  std::multimap<std::string, int> part_waiters;
   bool had_agent = false;
   auto idle_since = std::chrono::steady_clock::now();
   int interval_s = 0;
@@ -567,6 +578,7 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
           p.role = m->value("role", "client");
           p.host = m->value("host", "");
           p.pid = m->value("pid", 0);
+          p.part = m->value("part", "");
           p.conn.Send({{"ok", true}, {"job_id", job.job_id}});
           if (p.role == "agent") {
             had_agent = true;
@@ -622,6 +634,28 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
         } else if (op == "capture") {
           if (auto err = start_capture(fd, m->value("stop", false), m->value("options", json::object())))
             p.conn.Send({{"ok", false}, {"error", *err}});
+        } else if (op == "exit" && p.role == "agent") {
+          p.exit_status = m->value("status", 255);
+        } else if (op == "wait_part") {
+          std::string part = m->value("part", "");
+          if (parts_done.count(part))
+            p.conn.Send({{"ok", true}, {"status", parts_done[part]}});
+          else
+            part_waiters.emplace(part, fd);
+        } else if (op == "ns_put") {
+          std::string key = m->value("key", ""), value = m->value("value", "");
+          names[key] = value;
+          auto range = name_waiters.equal_range(key);
+          for (auto it = range.first; it != range.second; ++it)
+            if (peers.count(it->second)) peers[it->second].conn.Send({{"ok", true}, {"key", key}, {"value", value}});
+          name_waiters.erase(key);
+          p.conn.Send({{"ok", true}});
+        } else if (op == "ns_get") {
+          std::string key = m->value("key", "");
+          if (names.count(key))
+            p.conn.Send({{"ok", true}, {"key", key}, {"value", names[key]}});
+          else
+            name_waiters.emplace(key, fd);
         } else if (op == "status") {
           json agents = json::array();
           for (auto& [afd, ap] : peers)
@@ -639,7 +673,18 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
       if (!alive) dead.push_back(fd);
     }
     for (int fd : dead) {
+      for (auto it = name_waiters.begin(); it != name_waiters.end();)
+        it = it->second == fd ? name_waiters.erase(it) : std::next(it);
+      for (auto it = part_waiters.begin(); it != part_waiters.end();)
+        it = it->second == fd ? part_waiters.erase(it) : std::next(it);
       Peer& p = peers[fd];
+      if (p.role == "agent" && !p.part.empty()) {
+        parts_done[p.part] = p.exit_status;
+        auto range = part_waiters.equal_range(p.part);
+        for (auto it = range.first; it != range.second; ++it)
+          if (peers.count(it->second)) peers[it->second].conn.Send({{"ok", true}, {"status", p.exit_status}});
+        part_waiters.erase(p.part);
+      }
       if (p.role == "agent") Log("agent " + p.host + ":" + std::to_string(p.pid) + " left");
       if (cap) {
         auto it = std::find(cap->waiting.begin(), cap->waiting.end(), fd);

@@ -65,7 +65,9 @@ class LineConn {
 };
 
 // Connects and authenticates; throws std::runtime_error (one line) on failure.
-LineConn ConnectCoordinator(const JobDir& job, const std::string& role, int timeout_ms = 5000);
+// `part`: a replayed part's agent names its part (see tools/main.cc).
+LineConn ConnectCoordinator(const JobDir& job, const std::string& role, int timeout_ms = 5000,
+                            const std::string& part = "");
 
 // Starts `ibdbg coordinator` for the job unless one answers; waits until it
 // does.  self_exe: path of the ibdbg binary.

@@ -1,5 +1,8 @@
 // ibdbg: capture, translate and replay jobs, with a debugger attached.
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -11,6 +14,8 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -194,9 +199,199 @@ std::vector<std::string> SplitCommands(const std::string& s) {
   return out;
 }
 
-int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const std::string& gdb_batch) {
+// ---- replays of jobs that span hosts ------------------------------------------
+// A job captured on several hosts is one part per host (its processes, and
+// the agent that served them).  Each part replays under an agent of its own,
+// in namespaces of its own, on the host --host maps it to (default: the host
+// it was captured on), started there through the remote shell.  A part that
+// another part's process started through the job's remote shell (an mpirun's
+// ssh to its daemons) is started again by a stand-in with that process's pid.
+
+struct ReplayTarget {
+  std::map<std::string, std::string> hosts;  // OLD -> NEW
+  std::string remote_shell = "ssh";
+  std::string Where(const std::string& part) const {
+    auto it = hosts.find(part);
+    return it == hosts.end() ? part : it->second;
+  }
+};
+
+struct JobPart {
+  std::string name;  // the host it was captured on
+  std::vector<std::string> files;
+  std::string via;   // "HOST:PID:PPID" of the process that started it, or ""
+};
+
+std::string ThisHost() {
+  char h[256] = "";
+  gethostname(h, sizeof h - 1);
+  return h;
+}
+
+std::map<std::string, JobPart> PartsOf(const std::string& idir, const Manifest& m) {
+  std::map<std::string, JobPart> parts;
+  for (auto& p : m.processes) {
+    JobPart& jp = parts[p.host];
+    jp.name = p.host;
+    jp.files.push_back(idir + "/" + p.image);
+  }
+  for (auto& h : m.hosts) {
+    std::string name = h.value("name", ""), via = h.value("via", "");
+    if (parts.count(name) && !via.empty()) parts[name].via = via;
+  }
+  return parts;
+}
+
+std::string ShellQuote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// The command that starts part `name` on its host, from a process on `from`.
+std::vector<std::string> PartCommand(const std::string& idir, const std::string& job_dir, const ReplayTarget& t,
+                                     const JobPart& part, const std::string& from) {
+  std::vector<std::string> cmd = {SelfExe(), "replay", idir, "--part", part.name, "--dir", job_dir,
+                                  "--remote-shell", t.remote_shell};
+  for (auto& [o, n] : t.hosts) cmd.insert(cmd.end(), {"--host", o + "=" + n});
+  if (!part.via.empty()) cmd.insert(cmd.end(), {"--via", part.via});
+  std::string where = t.Where(part.name);
+  if (where == from) return cmd;
+  std::string line = "exec";
+  for (auto& c : cmd) line += " " + ShellQuote(c);
+  return {t.remote_shell, where, line};
+}
+
+// Parses "HOST:PID:PPID".
+bool ParseVia(const std::string& via, std::string* host, pid_t* pid, pid_t* ppid) {
+  size_t b = via.rfind(':');
+  if (b == std::string::npos || b == 0) return false;
+  size_t a = via.rfind(':', b - 1);
+  if (a == std::string::npos) return false;
+  *host = via.substr(0, a);
+  *pid = atoi(via.c_str() + a + 1);
+  *ppid = atoi(via.c_str() + b + 1);
+  return *pid > 0 && *ppid > 0;
+}
+
+int CmdReplayPart(const std::string& image, const std::string& dir, const std::string& part_name,
+                  const std::string& via, const ReplayTarget& t) {
   std::string idir = ResolveImageDir(image);
   Manifest m = ReadManifest(idir);
+  auto parts = PartsOf(idir, m);
+  if (!parts.count(part_name)) throw std::runtime_error(idir + " has no part captured on host " + part_name);
+  if (dir.empty()) throw std::runtime_error("--part needs --dir");
+  JobDir job = LoadJob(dir);
+  Agent agent(job, via, part_name);
+  replay::ReplayOptions ro;
+  ro.restorer = Restorer();
+  ro.agent = agent.socket_name();
+  ro.job_dir = job.dir;
+  for (auto& [n, p] : parts) {
+    if (n == part_name) continue;
+    ro.peer_images.insert(ro.peer_images.end(), p.files.begin(), p.files.end());
+    std::string vhost;
+    pid_t vpid, vppid;
+    // Its starter comes back as a stand-in that ends as that part ends (the
+    // part itself is started by the replay's front, with all others, so that
+    // no part waits for another to be spawned).
+    if (ParseVia(p.via, &vhost, &vpid, &vppid) && vhost == part_name)
+      ro.standins.push_back({vpid, vppid, {SelfExe(), "replay", idir, "--dir", job.dir, "--wait-part", p.name}});
+  }
+  // The name service: a connection of our own to the coordinator.
+  auto ns = std::make_shared<LineConn>(ConnectCoordinator(job, "client"));
+  sockaddr_in me{};
+  socklen_t ml = sizeof me;
+  getsockname(ns->fd(), (sockaddr*)&me, &ml);
+  char ip[64] = "127.0.0.1";
+  inet_ntop(AF_INET, &me.sin_addr, ip, sizeof ip);
+  ro.reach_addr = ip;
+  ro.ns_put = [ns](const std::string& k, const std::string& v) {
+    ns->Send({{"op", "ns_put"}, {"key", k}, {"value", v}});
+    auto r = ns->Recv(30000);
+    if (!r) throw std::runtime_error("the coordinator went away");
+  };
+  ro.ns_get = [ns](const std::string& k) {
+    ns->Send({{"op", "ns_get"}, {"key", k}});
+    auto r = ns->Recv(120000);
+    if (!r) throw std::runtime_error("no other part of the job offered connection " + k.substr(4) + " in time");
+    return r->value("value", std::string());
+  };
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  replay::Launched L = replay::LaunchJob(parts[part_name].files, ro);
+  fprintf(stderr, "ibdbg: part %s of %s replaying on %s: %zu processes (job %s)\n", part_name.c_str(), idir.c_str(),
+          ThisHost().c_str(), parts[part_name].files.size(), job.job_id.c_str());
+  fflush(stderr);
+  signal(SIGINT, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
+  agent.Watch(L.launcher_child);
+  return agent.Loop();
+}
+
+// The stand-in of a process that started a part through the remote shell:
+// it ends when that part does, with its status.
+int CmdWaitPart(const std::string& dir, const std::string& part) {
+  JobDir job = LoadJob(dir);
+  LineConn c = ConnectCoordinator(job, "client");
+  c.Send({{"op", "wait_part"}, {"part", part}});
+  auto r = c.Recv(-1);
+  if (!r) return 255;
+  return r->value("status", 255);
+}
+
+// The replay of a job of several parts: starts each on its host.
+int CmdReplayParts(const std::string& idir, std::map<std::string, JobPart>& parts, const std::string& dir,
+                   const std::string& listen, const ReplayTarget& t) {
+  std::string here = ThisHost();
+  bool remote = false;
+  for (auto& [n, p] : parts) remote |= t.Where(n) != here;
+  if (remote && listen.rfind("127.", 0) == 0)
+    throw std::runtime_error("parts of the job replay on other hosts: give --listen ADDR, an address of this host "
+                             "they reach");
+  JobDir job = NewOrNamedJob(dir);
+  EnsureCoordinator(job, SelfExe(), listen);
+  fprintf(stderr, "ibdbg: replaying %s: %zu parts (job %s, images in %s/images)\n", idir.c_str(), parts.size(),
+          job.job_id.c_str(), job.dir.c_str());
+  fflush(stderr);
+  std::vector<pid_t> kids;
+  for (auto& [n, p] : parts) {
+    std::vector<std::string> cmd = PartCommand(idir, job.dir, t, p, here);
+    pid_t c = fork();
+    if (c < 0) throw std::runtime_error("fork failed");
+    if (c == 0) {
+      std::vector<char*> argv;
+      for (auto& a : cmd) argv.push_back((char*)a.c_str());
+      argv.push_back(nullptr);
+      execvp(argv[0], argv.data());
+      fprintf(stderr, "ibdbg: cannot run %s: %s\n", argv[0], strerror(errno));
+      _exit(127);
+    }
+    kids.push_back(c);
+  }
+  signal(SIGINT, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
+  int status = 0;
+  for (size_t i = 0; i < kids.size(); i++) {
+    int st;
+    while (waitpid(kids[i], &st, 0) < 0 && errno == EINTR) {
+    }
+    if (i == 0) status = st;
+  }
+  return ExitCode(status);
+}
+
+int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const std::string& gdb_batch,
+              const std::string& listen, const ReplayTarget& t) {
+  std::string idir = ResolveImageDir(image);
+  Manifest m = ReadManifest(idir);
+  auto parts = PartsOf(idir, m);
+  if (parts.size() > 1 || (parts.size() == 1 && t.Where(parts.begin()->first) != parts.begin()->first &&
+                           t.Where(parts.begin()->first) != ThisHost())) {
+    if (gdb || !gdb_batch.empty())
+      throw std::runtime_error("--gdb replays jobs of one host; this one spans " + std::to_string(parts.size()) +
+                               " (replay it without --gdb, or attach gdb to a part's process)");
+    return CmdReplayParts(idir, parts, dir, listen, t);
+  }
   std::vector<std::string> files;
   for (auto& p : m.processes) files.push_back(idir + "/" + p.image);
   std::string restorer = Restorer();
@@ -306,6 +501,19 @@ int main(int argc, char** argv) {
 
   auto* replay = app.add_subcommand("replay", "Restart an image (optionally under gdb, stopped at its capture point)");
   replay->add_option("image", image, "Image directory")->required();
+  ReplayTarget target;
+  std::vector<std::string> host_maps;
+  std::string part;
+  replay->add_option("--host", host_maps,
+                     "Replay the processes captured on host OLD on host NEW (OLD=NEW; default: where they were)");
+  replay->add_option("--remote-shell", target.remote_shell,
+                     "How to run commands on other hosts, used as one uses ssh (default ssh)");
+  replay->add_option("--listen", listen,
+                     "Address the replayed job's coordinator listens on (needed when parts go to other hosts)");
+  replay->add_option("--part", part, "")->group("");  // internal: replay this host's part only
+  replay->add_option("--via", via, "")->group("");    // internal: the part's starter
+  std::string wait_part;
+  replay->add_option("--wait-part", wait_part, "")->group("");  // internal: a starter's stand-in
   auto* g1 = replay->add_flag("--gdb", gdb, "Attach gdb, interactive, with the process stopped where it was captured");
   auto* g2 = replay->add_option("--gdb-batch", gdb_batch, "Run these gdb commands (';'-separated), then let it run on");
   g1->excludes(g2);
@@ -342,7 +550,17 @@ int main(int argc, char** argv) {
     if (*run) return CmdRun(dir, interval, listen, remote_shell, via, cmd);
     if (*capture) return CmdCapture(job_id, dir, stop, level, zthreads);
     if (*status) return CmdStatus(job_id, dir);
-    if (*replay) return CmdReplay(image, dir, gdb, gdb_batch);
+    if (*replay) {
+      for (auto& hm : host_maps) {
+        size_t eq = hm.find('=');
+        if (eq == std::string::npos || eq == 0 || eq + 1 == hm.size())
+          throw std::runtime_error("bad --host " + hm + ": expected OLD=NEW");
+        target.hosts[hm.substr(0, eq)] = hm.substr(eq + 1);
+      }
+      if (!wait_part.empty()) return CmdWaitPart(dir, wait_part);
+      if (!part.empty()) return CmdReplayPart(image, dir, part, via, target);
+      return CmdReplay(image, dir, gdb, gdb_batch, listen, target);
+    }
     if (*inspect) {
       std::cout << tools::InspectImage(image, json_out);
       return 0;

@@ -684,6 +684,10 @@ void WriteFds(pid_t pid, const ProcessMeta& meta, image::ImageWriter& w, WriteSt
         link.resize(link.size() - deleted_suffix.size());
         snprintf(fi->path, sizeof fi->path, "%s", link.c_str());
         data = ReadWholeFd(target);
+      } else if (S_ISREG(sb.st_mode) && (flags & O_ACCMODE) != O_RDONLY && (uint64_t)sb.st_size <= IBDBG_SCRATCH_MAX &&
+                 (link.rfind("/tmp/", 0) == 0 || link.rfind("/var/tmp/", 0) == 0)) {
+        fi->deleted = IBDBG_FD_SCRATCH_COPY;
+        data = ReadWholeFd(target);
       }
     } else if (link[0] == '/' && have_stat && S_ISFIFO(sb.st_mode)) {
       DescribeFifo(pid, fi.get(), sb, link, &drained_fifos, &data, refills);

@@ -177,7 +177,9 @@ struct ibdbg_fd_info {
   uint64_t size;
   uint64_t pipe_id; /* inode of the pipe */
   uint32_t mode;    /* st_mode */
-  int32_t deleted;  /* a regular file unlinked while open: content in FDDATA */
+  int32_t deleted;  /* a regular file unlinked while open: content in FDDATA;
+                       IBDBG_FD_SCRATCH_COPY: a scratch file's content, made
+                       again at replay where the file is missing */
   int32_t sock_family, sock_type;
   uint8_t sock_addr[128];
   uint32_t sock_addr_len;
@@ -206,6 +208,12 @@ struct ibdbg_pty_state {
 #define IBDBG_PTY_LOCKED 1u  /* TIOCGPTLCK: the slave may not be opened */
 #define IBDBG_PTY_PACKET 2u  /* TIOCGPKT: packet mode on the master */
 #define IBDBG_PTY_TERMIOS 4u /* termios and winsize are valid */
+/* A job's scratch file (under /tmp, /var/tmp or /dev/shm, open for writing,
+ * at most IBDBG_SCRATCH_MAX bytes): its content is kept, since the job may
+ * remove it when it ends (Open MPI's session directory) and another machine
+ * lacks it. */
+#define IBDBG_FD_SCRATCH_COPY 2
+#define IBDBG_SCRATCH_MAX (16u << 20)
 #define IBDBG_SOCKOPT_NODELAY 1u
 #define IBDBG_SOCKOPT_KEEPALIVE 2u
 /* The socket's own shutdown state (a half-closed connection). */
