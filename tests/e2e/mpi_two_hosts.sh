@@ -38,9 +38,9 @@ trap 'bash "$here/../hosts/hosts.sh" down "$work/hosts"; pkill -KILL -f "$work" 
 rsh=$work/hosts/nshost
 net=(--mca btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24)
 mpirun="mpirun --allow-run-as-root --oversubscribe --host h1:2,h2:2 -np 4 --mca plm_rsh_agent $rsh
-        --mca btl tcp,self,vader ${net[*]} --mca orte_tmpdir_base $TMPDIR"
+        --mca btl tcp,self,vader --mca mpi_yield_when_idle 1 ${net[*]} --mca orte_tmpdir_base $TMPDIR"
 mpirun=$(echo $mpirun)
-rounds=3000
+rounds=1000
 "$rsh" h1 "$mpirun $ring $rounds 0" > "$work/plain.out" 2>&1 || fail "the uninterrupted run failed"
 want=$(grep '^ring: 4 ranks' "$work/plain.out")
 case $want in *" OK") ;; *) fail "the uninterrupted run did not check out: $want" ;; esac
@@ -70,7 +70,6 @@ replay() { # name from-host listen-address options...
   local got
   got=$(grep '^ring: 4 ranks' "$work/run.out" "$work/$name.out" | head -1 | cut -d: -f2-)
   [ "$got" = "$want" ] || fail "replay $name printed '$got', the uninterrupted run '$want'"
-  grep -q "part h1 .* replaying on ${4:-h1}" "$work/$name.out" || true
   echo "replay $name: $got"
 }
 replay same h1 10.77.0.1
