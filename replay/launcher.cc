@@ -551,11 +551,11 @@ bool PipeComplete(const std::vector<std::unique_ptr<Prepared>>& all, uint64_t id
   return r && w;
 }
 
-// Whether a standard stream is a socket the replay recreates (a launcher
-// such as MPICH's hydra_pmi_proxy has a connection to a rank as its stdin).
+// Whether a standard stream is a connection with both ends in the job, which
+// the replay recreates (MPICH's hydra_pmi_proxy has one to a rank as its
+// stdin).  One to a peer outside stays the replaying terminal's stream.
 bool SocketInJob(const ibdbg_fd_info& fi, const Shared& sh) {
-  return (fi.kind == IBDBG_FD_SOCKET_CONN || fi.kind == IBDBG_FD_SOCKET_LISTEN || fi.kind == IBDBG_FD_SOCKET_DGRAM) &&
-         sh.socks.count(fi.sock_id);
+  return fi.kind == IBDBG_FD_SOCKET_CONN && sh.socks.count(fi.sock_id);
 }
 
 // The epoll instances in the order they can be rebuilt: one that watches
