@@ -190,6 +190,13 @@ void resolve_real() {
   real.pthread_sigmask = (decltype(real.pthread_sigmask))dlsym(RTLD_NEXT, "pthread_sigmask");
 }
 
+// Other libraries' constructors may run before ours and already call our
+// wrappers (UCX's ucs_init installs signal handlers from libucs's constructor).
+const RealFns& R() {
+  if (!real.pthread_sigmask) resolve_real();
+  return real;
+}
+
 // ---- recording a thread ---------------------------------------------------------
 void record_self(Slot* s, ucontext_t* uc) {
   ibdbg_thread_info* t = &s->info;
@@ -743,7 +750,7 @@ EXPORT int nanosleep(const struct timespec* req, struct timespec* rem) {
   struct timespec left = *req, r;
   for (;;) {
     unsigned before = t_interrupts;
-    int rc = real.nanosleep(&left, &r);
+    int rc = R().nanosleep(&left, &r);
     if (rc == -1 && errno == EINTR && t_interrupts != before) {
       left = r;
       continue;
@@ -757,7 +764,7 @@ EXPORT int clock_nanosleep(clockid_t clk, int flags, const struct timespec* req,
   struct timespec left = *req, r;
   for (;;) {
     unsigned before = t_interrupts;
-    int rc = real.clock_nanosleep(clk, flags, &left, &r);
+    int rc = R().clock_nanosleep(clk, flags, &left, &r);
     if (rc == EINTR && t_interrupts != before) {
       if (!(flags & TIMER_ABSTIME)) left = r;
       continue;
@@ -790,7 +797,7 @@ EXPORT int poll(struct pollfd* fds, nfds_t n, int timeout) {
   int64_t deadline = timeout > 0 ? mono_ms() + timeout : 0;
   for (;;) {
     unsigned before = t_interrupts;
-    int rc = real.poll(fds, n, timeout);
+    int rc = R().poll(fds, n, timeout);
     if (rc == -1 && errno == EINTR && t_interrupts != before) {
       if (timeout > 0) {
         int64_t left = deadline - mono_ms();
@@ -807,7 +814,7 @@ EXPORT int poll(struct pollfd* fds, nfds_t n, int timeout) {
 EXPORT int ppoll(struct pollfd* fds, nfds_t n, const struct timespec* tmo, const sigset_t* mask) {
   for (;;) {
     unsigned before = t_interrupts;
-    int rc = real.ppoll(fds, n, tmo, mask);
+    int rc = R().ppoll(fds, n, tmo, mask);
     if (rc == -1 && errno == EINTR && t_interrupts != before) continue;
     return rc;
   }
@@ -820,7 +827,7 @@ EXPORT int select(int nfds, fd_set* r, fd_set* w, fd_set* e, struct timeval* tv)
   if (e) e0 = *e;
   for (;;) {
     unsigned before = t_interrupts;
-    int rc = real.select(nfds, r, w, e, tv);  // Linux updates tv with the time left
+    int rc = R().select(nfds, r, w, e, tv);  // Linux updates tv with the time left
     if (rc == -1 && errno == EINTR && t_interrupts != before) {
       if (r) *r = r0;
       if (w) *w = w0;
@@ -835,7 +842,7 @@ EXPORT int epoll_wait(int ep, struct epoll_event* ev, int max, int timeout) {
   int64_t deadline = timeout > 0 ? mono_ms() + timeout : 0;
   for (;;) {
     unsigned before = t_interrupts;
-    int rc = real.epoll_wait(ep, ev, max, timeout);
+    int rc = R().epoll_wait(ep, ev, max, timeout);
     if (rc == -1 && errno == EINTR && t_interrupts != before) {
       if (timeout > 0) {
         int64_t left = deadline - mono_ms();
@@ -850,7 +857,7 @@ EXPORT int epoll_wait(int ep, struct epoll_event* ev, int max, int timeout) {
 EXPORT int epoll_pwait(int ep, struct epoll_event* ev, int max, int timeout, const sigset_t* mask) {
   for (;;) {
     unsigned before = t_interrupts;
-    int rc = real.epoll_pwait(ep, ev, max, timeout, mask);
+    int rc = R().epoll_pwait(ep, ev, max, timeout, mask);
     if (rc == -1 && errno == EINTR && t_interrupts != before) continue;
     return rc;
   }
@@ -937,19 +944,19 @@ EXPORT int sigaction(int sig, const struct sigaction* act, struct sigaction* old
     if (act) g_app_action = *act;
     return 0;
   }
-  return real.sigaction(sig, act, old);
+  return R().sigaction(sig, act, old);
 }
 
 EXPORT int sigprocmask(int how, const sigset_t* set, sigset_t* old) {
-  if (!set) return real.sigprocmask(how, set, old);
+  if (!set) return R().sigprocmask(how, set, old);
   sigset_t s = without_ours(set);
-  return real.sigprocmask(how, &s, old);
+  return R().sigprocmask(how, &s, old);
 }
 
 EXPORT int pthread_sigmask(int how, const sigset_t* set, sigset_t* old) {
-  if (!set) return real.pthread_sigmask(how, set, old);
+  if (!set) return R().pthread_sigmask(how, set, old);
   sigset_t s = without_ours(set);
-  return real.pthread_sigmask(how, &s, old);
+  return R().pthread_sigmask(how, &s, old);
 }
 
 // ---- exec: the new program is captured too ----------------------------------------

@@ -33,6 +33,7 @@
 #include <cstring>
 #include <dirent.h>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -605,6 +606,42 @@ bool PipeComplete(const std::vector<std::unique_ptr<Prepared>>& all, uint64_t id
   return r && w;
 }
 
+// Whether a standard stream is a connection with both ends in the job, which
+// the replay recreates (MPICH's hydra_pmi_proxy has one to a rank as its
+// stdin).  One to a peer outside stays the replaying terminal's stream.
+bool SocketInJob(const ibdbg_fd_info& fi, const Shared& sh) {
+  return fi.kind == IBDBG_FD_SOCKET_CONN && sh.socks.count(fi.sock_id);
+}
+
+// The epoll instances in the order they can be rebuilt: one that watches
+// another epoll instance (UCX nests its event sets) comes after it.
+std::vector<const FdRecord*> EpollCreationOrder(const std::vector<FdRecord>& fds) {
+  std::map<int, const FdRecord*> epolls;
+  for (const auto& f : fds)
+    if (f.info.kind == IBDBG_FD_EPOLL) epolls[f.info.fd] = &f;
+  std::vector<const FdRecord*> order;
+  std::set<int> done;
+  // The kernel refuses epoll loops, so this depth-first walk ends; the
+  // visiting set only guards against a corrupt image.
+  std::set<int> visiting;
+  std::function<void(const FdRecord*)> visit = [&](const FdRecord* f) {
+    if (done.count(f->info.fd) || !visiting.insert(f->info.fd).second) return;
+    size_t pos = 0;
+    while ((pos = f->data.find("tfd:", pos)) != std::string::npos) {
+      int tfd = -1;
+      if (sscanf(f->data.c_str() + pos, "tfd: %d", &tfd) == 1) {
+        auto it = epolls.find(tfd);
+        if (it != epolls.end()) visit(it->second);
+      }
+      pos += 4;
+    }
+    done.insert(f->info.fd);
+    order.push_back(f);
+  };
+  for (const auto& [fd, f] : epolls) visit(f);
+  return order;
+}
+
 void SetupDescriptors(Prepared& p, const Shared& sh, const std::vector<std::unique_ptr<Prepared>>& all) {
   int status_fd = p.status_w;
   // 1. Our descriptors go to close_from + i (two hops: no overlap), and every
@@ -628,14 +665,17 @@ void SetupDescriptors(Prepared& p, const Shared& sh, const std::vector<std::uniq
   status_fd = TargetOf(p, p.status_w);
   // 2. The image's descriptors, in ascending order (so no later one is
   //    clobbered); epoll instances last, once what they watch exists.
-  for (int pass = 0; pass < 2; pass++)
-  for (const auto& f : p.m.fds) {
+  std::vector<const FdRecord*> ordered;
+  for (const auto& f : p.m.fds)
+    if (f.info.kind != IBDBG_FD_EPOLL) ordered.push_back(&f);
+  for (const FdRecord* f : EpollCreationOrder(p.m.fds)) ordered.push_back(f);
+  for (const FdRecord* fp : ordered) {
+    const FdRecord& f = *fp;
     const ibdbg_fd_info& fi = f.info;
     if (fi.fd < 0 || fi.fd >= p.close_from) continue;
-    if ((fi.kind == IBDBG_FD_EPOLL) != (pass == 1)) continue;
     if (fi.fd <= 2 && fi.kind != IBDBG_FD_FILE && fi.kind != IBDBG_FD_DEVNULL && fi.kind != IBDBG_FD_FIFO &&
         fi.kind != IBDBG_FD_PTY_MASTER && fi.kind != IBDBG_FD_PTY_SLAVE &&
-        !(fi.kind == IBDBG_FD_PIPE && PipeComplete(all, fi.pipe_id)))
+        !(fi.kind == IBDBG_FD_PIPE && PipeComplete(all, fi.pipe_id)) && !SocketInJob(fi, sh))
       continue;  // ours serves
     int fd = OpenImageFd(f, p, sh, status_fd);
     if (fd < 0) ChildFail(status_fd, "cannot recreate fd " + std::to_string(fi.fd));
@@ -2071,7 +2111,12 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
             iovec local = {rec.data.data() + off, rec.data.size() - off};
             iovec remote = {(void*)(rec.arg + off), rec.data.size() - off};
             ssize_t n = process_vm_writev(p.outer_pid, &local, 1, &remote, 1, 0);
-            if (n <= 0) Fail(std::string("replay failed: cannot write the process's memory: ") + strerror(errno));
+            if (n <= 0) {
+              char where[96];
+              snprintf(where, sizeof where, " (pid %d at %#llx)", (int)p.m.proc.pid,
+                       (unsigned long long)(rec.arg + off));
+              Fail(std::string("replay failed: cannot write the process's memory") + where + ": " + strerror(errno));
+            }
             off += (size_t)n;
           }
         }
@@ -2080,8 +2125,14 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
       p.reader.reset();
       if (p.vdso_patch && !vdso_filled)
         Fail(p.image_file + ": captured on another kernel by an ibdbg that did not keep the vdso; cannot replay here");
+    }
+    // Only once every process's memory is in: memory shared between them
+    // (SysV segments, MPI's shared-memory queues) holds pages each of them
+    // stored, and a process running early would see its peers' part stale,
+    // or have what it writes there overwritten by a later fill.
+    for (auto& pp : all) {
       char d = IBDBG_RST_FILLED;
-      if (write(p.plan_w, &d, 1) != 1) Fail("replay failed: the restorer went away");
+      if (write(pp->plan_w, &d, 1) != 1) Fail("replay failed: the restorer went away");
     }
     for (auto& pp : all) {
       char c = ReadStatus(pp->status_r, &addr, &msg, 30000);

@@ -5,7 +5,8 @@ set -eu
 pkgs=(build-essential cmake pkg-config libzstd-dev libxxhash-dev nlohmann-json3-dev libcli11-dev
       libgtest-dev gdb util-linux procps iproute2 python3
       libibverbs-dev librdmacm-dev rdma-core ibverbs-utils perftest rdmacm-utils
-      openmpi-bin libopenmpi-dev)
+      openmpi-bin libopenmpi-dev
+      mpich libmpich-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 [ ${#missing[@]} -eq 0 ] && exit 0

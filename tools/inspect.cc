@@ -337,6 +337,9 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
         }
         if (f.sock_addr_len) e["socket_address"] = SockAddrString(f.sock_addr, f.sock_addr_len);
         if (f.peer_addr_len) e["socket_peer"] = SockAddrString(f.peer_addr, f.peer_addr_len);
+        // Which ends a replay pairs up (unix sockets name their peer's inode).
+        if (f.kind == IBDBG_FD_SOCKET_CONN && f.sock_id) e["socket_id"] = f.sock_id;
+        if (f.kind == IBDBG_FD_SOCKET_CONN && f.peer_id) e["socket_peer_id"] = f.peer_id;
         if (f.kind == IBDBG_FD_SOCKET_DGRAM || (f.kind == IBDBG_FD_SOCKET_CONN && f.sock_type == SOCK_SEQPACKET)) {
           // Queued messages: a header, the sender's address, the payload, each.
           uint64_t n = 0, off = sizeof f;
