@@ -1901,10 +1901,13 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
         it = sh.pipes.emplace(f.info.pipe_id, std::make_pair(pp[0], pp[1])).first;
         ours.push_back(pp[0]);
         ours.push_back(pp[1]);
+        // The capacity it had (pipe records say it in `size`).
+        if (f.info.size && f.info.size != (uint64_t)fcntl(pp[1], F_GETPIPE_SZ))
+          fcntl(pp[1], F_SETPIPE_SZ, (int)f.info.size);
       }
       if (!f.data.empty()) {
         int w = it->second.second;
-        if (f.data.size() > 65536) fcntl(w, F_SETPIPE_SZ, (int)f.data.size());
+        if (f.data.size() > (size_t)fcntl(w, F_GETPIPE_SZ)) fcntl(w, F_SETPIPE_SZ, (int)f.data.size());
         int fl = fcntl(w, F_GETFL);
         fcntl(w, F_SETFL, fl | O_NONBLOCK);
         bool ok = WriteAll(w, f.data.data(), f.data.size());

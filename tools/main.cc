@@ -275,7 +275,7 @@ bool ParseVia(const std::string& via, std::string* host, pid_t* pid, pid_t* ppid
 }
 
 int CmdReplayPart(const std::string& image, const std::string& dir, const std::string& part_name,
-                  const std::string& via, const ReplayTarget& t) {
+                  const std::string& via) {
   std::string idir = ResolveImageDir(image);
   Manifest m = ReadManifest(idir);
   auto parts = PartsOf(idir, m);
@@ -558,7 +558,7 @@ int main(int argc, char** argv) {
         target.hosts[hm.substr(0, eq)] = hm.substr(eq + 1);
       }
       if (!wait_part.empty()) return CmdWaitPart(dir, wait_part);
-      if (!part.empty()) return CmdReplayPart(image, dir, part, via, target);
+      if (!part.empty()) return CmdReplayPart(image, dir, part, via);
       return CmdReplay(image, dir, gdb, gdb_batch, listen, target);
     }
     if (*inspect) {

@@ -648,6 +648,12 @@ void WriteFds(pid_t pid, const ProcessMeta& meta, image::ImageWriter& w, WriteSt
       fi->kind = IBDBG_FD_PIPE;
       fi->pipe_id = have_stat ? sb.st_ino : 0;
       bool reader = (flags & O_ACCMODE) == O_RDONLY;
+      // Its capacity (F_GETPIPE_SZ), which the application may have set.
+      {
+        Fd pf(open(target.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+        int cap = pf.fd >= 0 ? fcntl(pf.fd, F_GETPIPE_SZ) : -1;
+        fi->size = cap > 0 ? (uint64_t)cap : 0;
+      }
       bool seen = std::find(drained_pipes.begin(), drained_pipes.end(), fi->pipe_id) != drained_pipes.end();
       if (reader && !seen) {
         drained_pipes.push_back(fi->pipe_id);

@@ -2,6 +2,8 @@
  * epoll (same interest list and user data) across capture and replay. */
 #include "zdtm.h"
 
+#include <sys/stat.h>
+
 #include <signal.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -24,6 +26,11 @@ int main(int argc, char **argv) {
   int sfd = signalfd(-1, &m, SFD_NONBLOCK);
   int p[2];
   pipe(p);
+  /* A pipe made bigger, with bytes in it: still a pipe of that size after. */
+  int big[2];
+  pipe(big);
+  int big_size = fcntl(big[1], F_SETPIPE_SZ, 256 * 1024);
+  write(big[1], "in flight", 9);
   int ep = epoll_create1(0);
   struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0x1122334455667788ull};
   epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev);
@@ -33,6 +40,12 @@ int main(int argc, char **argv) {
   zdtm_ready();
   zdtm_wait_go();
 
+  struct stat pst;
+  ZDTM_CHECK(fstat(big[0], &pst) == 0 && S_ISFIFO(pst.st_mode), "the pipe is no longer a pipe");
+  ZDTM_CHECK(big_size >= 256 * 1024 && fcntl(big[1], F_GETPIPE_SZ) == big_size, "pipe size %d, was %d",
+             fcntl(big[1], F_GETPIPE_SZ), big_size);
+  char pbuf[16] = {0};
+  ZDTM_CHECK(read(big[0], pbuf, sizeof pbuf) == 9 && memcmp(pbuf, "in flight", 9) == 0, "the pipe lost its bytes");
   uint64_t v = 0;
   ZDTM_CHECK(read(efd, &v, 8) == 8 && v == 5, "eventfd count %llu, expected 5", (unsigned long long)v);
   ZDTM_CHECK(read(efd, &v, 8) == -1 && errno == EAGAIN, "eventfd lost O_NONBLOCK");
