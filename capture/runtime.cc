@@ -139,6 +139,7 @@ char g_preload[512];   // our own entry of LD_PRELOAD
 char g_job_dir[IBDBG_PATH_MAX];
 char g_job_id[64];
 char g_rsh[256];                   // basename of the job's remote shell (ssh)
+char g_rsh_full[1024];             // ... as the job was told it
 char g_ibdbg_exe[IBDBG_PATH_MAX];  // ibdbg itself, run on the remote host
 volatile uint32_t g_capturing;     // handler ignores the signal unless set
 volatile uint32_t g_resume_gen;    // bumped to let stopped threads go
@@ -707,6 +708,7 @@ __attribute__((constructor)) void ibdbg_capture_init() {
   if (const char* jd = getenv("IBDBG_JOB_DIR")) scopy(g_job_dir, jd, sizeof g_job_dir);
   if (const char* ji = getenv("IBDBG_JOB_ID")) scopy(g_job_id, ji, sizeof g_job_id);
   if (const char* r = getenv("IBDBG_REMOTE_SHELL")) {
+    scopy(g_rsh_full, r, sizeof g_rsh_full);
     const char* base = r;
     for (const char* c = r; *c; c++)
       if (*c == '/') base = c + 1;
@@ -1043,7 +1045,8 @@ int with_env(char* const* envp, F call) {
 // A job reaches other hosts through its remote shell (ssh, or what `ibdbg run
 // --remote-shell` names); used as one uses ssh, it runs a command line on the
 // remote host.  That line is wrapped so that an agent of this job runs it
-// there: `ibdbg run --dir JOB --via HOST:PID:PPID -- sh -c 'LINE'`, which
+// there: `ibdbg run --dir JOB --via HOST:PID:PPID --remote-shell RSH -- sh
+// -c 'LINE'`, which
 // names this process and its parent, so that a replay can put the remote
 // part's launcher in its place.  Only the stack is used (a vfork child calls this too).
 
@@ -1114,7 +1117,7 @@ size_t remote_command_index(char* const argv[]) {
 
 // Fills `line` (room: wrapped_len) with the wrapped command.
 size_t wrapped_len(char* const argv[], size_t first) {
-  size_t n = 256 + quoted_len(g_ibdbg_exe) + quoted_len(g_job_dir) + 2;
+  size_t n = 256 + quoted_len(g_ibdbg_exe) + quoted_len(g_job_dir) + quoted_len(g_rsh_full) + 2;
   for (size_t i = first; argv[i]; i++) n += slen(argv[i]) + 1;
   return n * 4 + 16;  // quoting twice at worst
 }
@@ -1146,6 +1149,9 @@ void wrap_line(char* const argv[], size_t first, char* line, char* scratch) {
   d = put_quoted(d, g_job_dir);
   d = put(d, " --via ");
   d = put_quoted(d, via);
+  // That part may reach further hosts the same way (mpirun's tree spawn).
+  d = put(d, " --remote-shell ");
+  d = put_quoted(d, g_rsh_full);
   d = put(d, " -- sh -c ");
   d = put_quoted(d, scratch);
   *d = 0;

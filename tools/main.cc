@@ -94,6 +94,37 @@ JobDir NewOrNamedJob(const std::string& dir) {
   return OpenOrCreateJob(IbdbgHome() + "/jobs/" + id, id);
 }
 
+std::string ShellQuote(const std::string& s);
+
+// `ibdbg run -- ssh HOST CMD`: the job's first process is its remote shell,
+// which the capture library (not yet loaded here) would have wrapped; wrap it
+// alike (see capture/README.md), so that CMD runs under an agent there.
+std::vector<std::string> WrapRemoteShell(const std::vector<std::string>& cmd, const std::string& remote_shell,
+                                         const JobDir& job) {
+  auto base = [](const std::string& p) { return p.substr(p.rfind('/') + 1); };
+  if (cmd.empty() || base(cmd[0]) != base(remote_shell)) return cmd;
+  size_t i = 1;
+  while (i < cmd.size() && cmd[i].size() > 1 && cmd[i][0] == '-') {
+    if (cmd[i] == "--") {
+      i++;
+      break;
+    }
+    bool takes_arg = cmd[i].size() == 2 && std::string("BbcDEeFIiJLlmOoPpQRSWw").find(cmd[i][1]) != std::string::npos;
+    i += takes_arg ? 2 : 1;
+  }
+  if (i + 1 >= cmd.size()) return cmd;  // a login, no command
+  std::string line;
+  for (size_t k = i + 1; k < cmd.size(); k++) line += (k > i + 1 ? " " : "") + cmd[k];
+  char host[256] = "";
+  gethostname(host, sizeof host - 1);
+  std::string via = std::string(host) + ":" + std::to_string(getpid()) + ":" + std::to_string(getppid());
+  std::vector<std::string> out(cmd.begin(), cmd.begin() + (long)i + 1);
+  out.push_back("exec env -u LD_PRELOAD -u IBDBG_AGENT " + ShellQuote(SelfExe()) + " run --dir " + ShellQuote(job.dir) +
+                " --via " + ShellQuote(via) + " --remote-shell " + ShellQuote(remote_shell) + " -- sh -c " +
+                ShellQuote(line));
+  return out;
+}
+
 int CmdRun(const std::string& dir, int interval, const std::string& listen, const std::string& remote_shell,
            const std::string& via, const std::vector<std::string>& cmd) {
   if (cmd.empty()) throw std::runtime_error("nothing to run: ibdbg run [--dir DIR] -- CMD ARGS...");
@@ -136,8 +167,9 @@ int CmdRun(const std::string& dir, int interval, const std::string& listen, cons
     setenv("LD_BIND_NOW", "1", 0);
     signal(SIGINT, SIG_DFL);
     signal(SIGQUIT, SIG_DFL);
+    std::vector<std::string> run = WrapRemoteShell(cmd, remote_shell, job);
     std::vector<char*> argv;
-    for (auto& a : cmd) argv.push_back((char*)a.c_str());
+    for (auto& a : run) argv.push_back((char*)a.c_str());
     argv.push_back(nullptr);
     execvp(argv[0], argv.data());
     fprintf(stderr, "ibdbg: cannot run %s: %s\n", argv[0], strerror(errno));

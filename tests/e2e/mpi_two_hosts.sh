@@ -1,7 +1,9 @@
 #!/bin/bash
 # Open MPI across two hosts (network namespaces h1, h2 on a bridge; mpirun
-# reaches h2 through an ssh-like remote shell): the job is captured once,
-# mid-run, on both hosts, killed, and replayed
+# reaches h2 through an ssh-like remote shell).  The job's coordinator is on a
+# third host, h3, where `ibdbg run -- nshost h1 mpirun ...` starts it: no
+# process of the job runs there.  The job is captured once, mid-run, on both
+# hosts, killed, and replayed from h3
 #   (a) on the same hosts, (b) all onto h1, (c) with the hosts swapped,
 # each printing the same checksum as an uninterrupted run.
 #   mpi_two_hosts.sh BUILD_DIR [--as-user]
@@ -33,7 +35,7 @@ ibdbg=$build/bin/ibdbg ring=$build/bin/ring
 fail() { echo "FAIL(mpi2): $*"; for f in "$work"/*.out "$work"/*/coordinator.log; do [ -f "$f" ] && { echo "--- $f"; tail -25 "$f"; }; done; exit 1; }
 wait_for() { for _ in $(seq $(( $3 * 20 ))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 [ -x "$ring" ] || fail "$ring is missing (Open MPI's libopenmpi-dev was not found at build time: tools/deps.sh installs it)"
-bash "$here/../hosts/hosts.sh" up "$work/hosts" 2 || fail "cannot make the test hosts"
+bash "$here/../hosts/hosts.sh" up "$work/hosts" 3 || fail "cannot make the test hosts"
 trap 'bash "$here/../hosts/hosts.sh" down "$work/hosts"; pkill -KILL -f "$work" 2>/dev/null; rm -rf "$work"' EXIT
 rsh=$work/hosts/nshost
 net=(--mca btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24)
@@ -45,11 +47,11 @@ rounds=1000
 want=$(grep '^ring: 4 ranks' "$work/plain.out")
 case $want in *" OK") ;; *) fail "the uninterrupted run did not check out: $want" ;; esac
 
-"$rsh" h1 "$ibdbg run --dir $work/job --listen 10.77.0.1 --remote-shell $rsh -- $mpirun $ring $rounds 2000" \
+"$rsh" h3 "$ibdbg run --dir $work/job --listen 10.77.0.3 --remote-shell $rsh -- $rsh h1 $mpirun $ring $rounds 2000" \
   > "$work/run.out" 2>&1 &
 runner=$!
 wait_for "$work/run.out" "ring: running" 60 || fail "the job did not get going"
-img=$("$rsh" h1 "$ibdbg capture --dir $work/job --stop") || fail "capture failed"
+img=$("$rsh" h3 "$ibdbg capture --dir $work/job --stop") || fail "capture failed"
 wait $runner
 grep -q '^ring: 4 ranks' "$work/run.out" && fail "the captured job ran to its end instead of stopping"
 python3 - "$img" <<'PY' || fail "the image does not hold both hosts' parts"
@@ -58,7 +60,8 @@ m = json.load(open(sys.argv[1] + "/manifest.json"))
 hosts = sorted(p["host"] for p in m["processes"])
 assert hosts.count("h1") >= 3 and hosts.count("h2") >= 3, hosts   # mpirun + 2 ranks; orted + 2 ranks
 via = {h["name"]: h.get("via", "") for h in m["hosts"]}
-assert via.get("h1") == "" and via.get("h2", "").startswith("h1:"), via
+assert via.get("h1", "").startswith("h3:") and via.get("h2", "").startswith("h1:"), via
+assert "h3" not in hosts, hosts
 PY
 # The job's output file: each replay appends its answer after the capture's offset.
 cp "$work/run.out" "$work/run.captured"
@@ -72,9 +75,9 @@ replay() { # name from-host listen-address options...
   [ "$got" = "$want" ] || fail "replay $name printed '$got', the uninterrupted run '$want'"
   echo "replay $name: $got"
 }
-replay same h1 10.77.0.1
-replay onto-h1 h1 10.77.0.1 --host h2=h1
+replay same h3 10.77.0.3
+replay onto-h1 h3 10.77.0.3 --host h2=h1
 grep -q "part h2 of .* replaying on h1" "$work/onto-h1.out" || fail "part h2 did not replay on h1"
-replay swapped h2 10.77.0.2 --host h1=h2 --host h2=h1
+replay swapped h3 10.77.0.3 --host h1=h2 --host h2=h1
 grep -q "part h1 of .* replaying on h2" "$work/swapped.out" || fail "part h1 did not replay on h2"
 echo "PASS(mpi2): $want"
