@@ -322,28 +322,11 @@ namespace {
 // host right away can then reuse their addresses, which closed connections
 // would hold in TIME_WAIT for a minute.
 void ResetTcpOnExit(pid_t pid) {
-  std::string base = "/proc/" + std::to_string(pid) + "/fd";
-  DIR* d = opendir(base.c_str());
-  if (!d) return;
-  int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-  while (dirent* e = readdir(d)) {
-    if (pidfd < 0 || e->d_name[0] == '.') continue;
-    if (ReadLinkStr(base + "/" + e->d_name).rfind("socket:[", 0) != 0) continue;
-    int s = (int)syscall(SYS_pidfd_getfd, pidfd, atoi(e->d_name), 0);
-    if (s < 0) continue;
-    int dom = 0, type = 0;
-    socklen_t l = sizeof dom;
-    getsockopt(s, SOL_SOCKET, SO_DOMAIN, &dom, &l);
-    l = sizeof type;
-    getsockopt(s, SOL_SOCKET, SO_TYPE, &type, &l);
-    if ((dom == AF_INET || dom == AF_INET6) && type == SOCK_STREAM) {
-      linger lg = {1, 0};
-      setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    }
-    close(s);
-  }
-  if (pidfd >= 0) close(pidfd);
-  closedir(d);
+  capture::ForEachTcpSocket(pid, [](int, int s) {
+    linger lg = {1, 0};
+    setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    return true;
+  });
 }
 }  // namespace
 

@@ -430,15 +430,14 @@ void DescribeSocket(pid_t pid, ibdbg_fd_info* fi, uint64_t ino, std::string* dat
 
 }  // namespace
 
-std::string WaitTcpSent(pid_t pid, std::chrono::steady_clock::time_point until) {
+void ForEachTcpSocket(pid_t pid, const std::function<bool(int fd, int sock)>& fn) {
   std::string base = "/proc/" + std::to_string(pid) + "/fd";
   DIR* d = opendir(base.c_str());
-  if (!d) return "";
+  if (!d) return;
   std::vector<int> socks;
   while (dirent* e = readdir(d))
     if (e->d_name[0] != '.' && ReadLink(base + "/" + e->d_name).rfind("socket:[", 0) == 0) socks.push_back(atoi(e->d_name));
   closedir(d);
-  std::string err;
   for (int fd : socks) {
     int s = PidfdGetfd(pid, fd);
     if (s < 0) continue;
@@ -447,19 +446,26 @@ std::string WaitTcpSent(pid_t pid, std::chrono::steady_clock::time_point until) 
     getsockopt(s, SOL_SOCKET, SO_DOMAIN, &dom, &l);
     l = sizeof type;
     getsockopt(s, SOL_SOCKET, SO_TYPE, &type, &l);
+    bool go_on = !((dom == AF_INET || dom == AF_INET6) && type == SOCK_STREAM) || fn(fd, s);
+    close(s);
+    if (!go_on) break;
+  }
+}
+
+std::string WaitTcpSent(pid_t pid, std::chrono::steady_clock::time_point until) {
+  std::string err;
+  ForEachTcpSocket(pid, [&](int fd, int s) {
     int unsent = 0;
-    while ((dom == AF_INET || dom == AF_INET6) && type == SOCK_STREAM && ioctl(s, SIOCOUTQ, &unsent) == 0 &&
-           unsent > 0) {
+    while (ioctl(s, SIOCOUTQ, &unsent) == 0 && unsent > 0) {
       if (std::chrono::steady_clock::now() > until) {
         err = "process " + std::to_string(pid) + " fd " + std::to_string(fd) + ": " + std::to_string(unsent) +
               " bytes of a TCP connection do not reach its peer (is the peer outside the job, and not reading?)";
-        break;
+        return false;
       }
       usleep(1000);
     }
-    close(s);
-    if (!err.empty()) break;
-  }
+    return true;
+  });
   return err;
 }
 

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <chrono>
+#include <functional>
 #include <set>
 #include <string>
 #include <vector>
@@ -64,6 +65,11 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
                              std::vector<PipeRefill>* refills);
 
 // Puts drained pipe data back (best effort).
+// Calls fn(fd, sock) for each TCP socket of the process: sock is a copy of
+// its descriptor fd (pidfd_getfd), closed afterwards; fn returns false to
+// stop.
+void ForEachTcpSocket(pid_t pid, const std::function<bool(int fd, int sock)>& fn);
+
 // Waits (until `until`) for the process's TCP connections to have no byte
 // unacknowledged by their peers; "" when none is left, else why not.
 std::string WaitTcpSent(pid_t pid, std::chrono::steady_clock::time_point until);
