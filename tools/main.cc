@@ -417,6 +417,13 @@ int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const 
   std::string idir = ResolveImageDir(image);
   Manifest m = ReadManifest(idir);
   auto parts = PartsOf(idir, m);
+  for (auto& [old_host, new_host] : t.hosts)
+    if (!parts.count(old_host)) {
+      std::string have;
+      for (auto& [n, p] : parts) have += (have.empty() ? "" : ", ") + n;
+      throw std::runtime_error("--host " + old_host + "=" + new_host + ": the image has no processes of host " +
+                               old_host + " (it has: " + have + ")");
+    }
   if (parts.size() > 1 || (parts.size() == 1 && t.Where(parts.begin()->first) != parts.begin()->first &&
                            t.Where(parts.begin()->first) != ThisHost())) {
     if (gdb || !gdb_batch.empty())

@@ -93,7 +93,13 @@ TEST_F(CliImage, InspectGoodImage) {
   EXPECT_NE(r.out.find("4321"), std::string::npos);
   Result j = Ibdbg("inspect --json " + dir_);
   EXPECT_EQ(j.status, 0);
-  EXPECT_NO_THROW((void)nlohmann::json::parse(j.out));
+  EXPECT_NO_THROW({ auto parsed = nlohmann::json::parse(j.out); (void)parsed; });
+}
+
+TEST_F(CliImage, ReplayHostMappings) {
+  ExpectOneLineError(Ibdbg("replay " + dir_ + " --host nohost"), "expected OLD=NEW");
+  ExpectOneLineError(Ibdbg("replay " + dir_ + " --host =b"), "expected OLD=NEW");
+  ExpectOneLineError(Ibdbg("replay " + dir_ + " --host elsewhere=b"), "no processes of host elsewhere");
 }
 
 TEST_F(CliImage, TruncatedImage) {
