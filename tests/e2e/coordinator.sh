@@ -4,15 +4,12 @@
 # that capture cleanly: no image appears, earlier images stay whole, the job
 # keeps running.   coordinator.sh BUILD_DIR
 set -u
-for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
+. "$(dirname "$0")/lib.sh"
 build=$1
 ibdbg=$build/bin/ibdbg
 prog=$build/tests/e2e/zdtm-bigmem
-work=$(mktemp -d /tmp/ibdbg-e2e-coord.XXXXXX)
-export IBDBG_HOME="$work/home"
-trap 'pkill -KILL -f "$work" 2>/dev/null; rm -rf "$work"' EXIT
-fail() { echo "FAIL(coordinator): $*"; for f in "$work"/*.out "$work"/job*/coordinator.log; do [ -f "$f" ] && { echo "--- $f"; tail -20 "$f"; }; done; exit 1; }
-wait_for() { for _ in $(seq $(( $3 * 20 ))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+e2e_setup coord 0
+fail_name=coordinator fail_tail=20 fail_logs=('*.out' 'job*/coordinator.log')
 
 # --- periodic captures ---
 "$ibdbg" run --dir "$work/jobi" --interval 1 -- "$build/bin/heat" 2 250 10000 > "$work/interval.out" 2>&1 || fail "interval job failed"

@@ -3,26 +3,15 @@
 # frames at the capture point (not the restorer's), and after gdb detaches the
 # example finishes with the right result.   gdb_backtrace.sh BUILD_DIR [--as-user]
 set -u
-# Descriptors the test runner leaks (ctest keeps its log open) would be part of
-# the captured process and may not be reopenable by another user.
-for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
+. "$(dirname "$0")/lib.sh"
 build=$1
 ibdbg=$build/bin/ibdbg
-work=$(mktemp -d /tmp/ibdbg-e2e-gdb.XXXXXX)
-chmod 755 "$work"
-as=()
-if [ "${2:-}" = --as-user ]; then
-  chown nobody:nogroup "$work"
-  as=(setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME="$work" IBDBG_HOME="$work/home")
-else
-  export IBDBG_HOME="$work/home"
-fi
-trap 'pkill -KILL -f "$work" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
-fail() { echo "FAIL(gdb): $*"; for f in "$work"/*.out; do echo "--- $f"; tail -40 "$f"; done; exit 1; }
+as_user=0; [ "${2:-}" = --as-user ] && as_user=1
+e2e_setup gdb $as_user
+fail_name=gdb fail_tail=40 fail_logs=('*.out')
 
 ( "${as[@]}" "$ibdbg" run --dir "$work/job" -- "$build/bin/heat" 4 400 10000 2>&1 | cat > "$work/run.out" ) &
-for _ in $(seq 200); do grep -q "step 50" "$work/run.out" 2>/dev/null && break; sleep 0.05; done
-grep -q "step 50" "$work/run.out" || fail "heat did not start"
+wait_for "$work/run.out" "step 50" 10 || fail "heat did not start"
 img=$("${as[@]}" "$ibdbg" capture --dir "$work/job" --stop) || fail "capture failed"
 wait
 "${as[@]}" "$ibdbg" replay "$img" --dir "$work/job2" --gdb-batch 'info threads;thread apply all bt' > "$work/replay.out" 2>&1

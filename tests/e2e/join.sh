@@ -3,14 +3,11 @@
 # processes in status and in one image; capture --job ID finds the job.
 #   join.sh BUILD_DIR
 set -u
-for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
+. "$(dirname "$0")/lib.sh"
 build=$1
 ibdbg=$build/bin/ibdbg
-work=$(mktemp -d /tmp/ibdbg-e2e-join.XXXXXX)
-export IBDBG_HOME="$work/home"
-trap 'pkill -KILL -f "$work" 2>/dev/null; rm -rf "$work"' EXIT
-fail() { echo "FAIL(join): $*"; for f in "$work"/*.out "$work"/job/coordinator.log; do [ -f "$f" ] && { echo "--- $f"; tail -20 "$f"; }; done; exit 1; }
-wait_for() { for _ in $(seq $(( $3 * 20 ))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+e2e_setup join 0
+fail_name=join fail_tail=20 fail_logs=('*.out' 'job/coordinator.log')
 
 ( "$ibdbg" run --dir "$work/job" -- "$build/tests/e2e/zdtm-threads" "$work/go1" > "$work/a.out" 2>&1 ) &
 ( "$ibdbg" run --dir "$work/job" -- "$build/tests/e2e/zdtm-files" "$work/go2" > "$work/b.out" 2>&1 ) &

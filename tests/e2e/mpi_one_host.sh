@@ -5,7 +5,7 @@
 # print the same checksum as an uninterrupted run of the same job.
 #   mpi_one_host.sh BUILD_DIR [--as-user] [--mpi openmpi|mpich] [--btl LIST]
 set -u
-for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
+. "$(dirname "$0")/lib.sh"
 build=$(cd "$1" && pwd); shift
 as_user=0 btl=tcp,self,vader mpi=openmpi
 while [ $# -gt 0 ]; do
@@ -23,19 +23,9 @@ case $mpi in
   mpich) ring=$build/bin/ring-mpich ;;
   *) echo "unknown MPI $mpi (openmpi or mpich)" >&2; exit 2 ;;
 esac
-work=$(mktemp -d /tmp/ibdbg-e2e-mpi.XXXXXX)
-chmod 755 "$work"
-as=() mpi_root=(--allow-run-as-root)
-if [ $as_user = 1 ]; then
-  chown nobody:nogroup "$work"
-  as=(setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME="$work" IBDBG_HOME="$work/home")
-  mpi_root=()
-else
-  export IBDBG_HOME="$work/home"
-fi
-trap 'pkill -KILL -f "$work" 2>/dev/null; rm -rf "$work"' EXIT
-fail() { echo "FAIL(mpi $mpi): $*"; for f in "$work"/*.out "$work"/*/coordinator.log; do [ -f "$f" ] && { echo "--- $f"; tail -30 "$f"; }; done; exit 1; }
-wait_for() { for _ in $(seq $(( $3 * 20 ))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+mpi_root=(--allow-run-as-root); [ $as_user = 1 ] && mpi_root=()
+e2e_setup mpi $as_user
+fail_name="mpi $mpi" fail_tail=30 fail_logs=('*.out' '*/coordinator.log')
 if [ $mpi = openmpi ]; then
   [ -x "$ring" ] || fail "$ring is missing (Open MPI's libopenmpi-dev was not found at build time: tools/deps.sh installs it)"
   command -v mpirun >/dev/null || fail "mpirun not found (tools/deps.sh installs openmpi-bin)"

@@ -10,33 +10,31 @@
 # --as-user: everything runs as user nobody, the hosts made inside a user
 # namespace of nobody's own (no privilege anywhere).
 set -u
-for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
+. "$(dirname "$0")/lib.sh"
+e2e_close_leaked_fds
 build=$(cd "$1" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 if [ "${2:-}" = --as-user ]; then
-  work=$(mktemp -d /tmp/ibdbg-e2e-mpi2.XXXXXX)
-  chmod 755 "$work"
+  e2e_make_work mpi2
   chown nobody:nogroup "$work"
-  trap 'pkill -KILL -f "$work" 2>/dev/null; rm -rf "$work"' EXIT
-  setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME="$work" IBDBG_WORK="$work" \
+  trap e2e_cleanup EXIT
+  "${e2e_nobody[@]}" env HOME="$work" IBDBG_WORK="$work" \
     unshare --user --map-root-user -- "$0" "$build" --inside
   exit $?
 fi
 if [ "${2:-}" = --inside ]; then
   work=$IBDBG_WORK
 else
-  work=$(mktemp -d /tmp/ibdbg-e2e-mpi2.XXXXXX)
-  chmod 755 "$work"
-  trap 'pkill -KILL -f "$work" 2>/dev/null; rm -rf "$work"' EXIT
+  e2e_make_work mpi2
+  trap e2e_cleanup EXIT
 fi
 export IBDBG_HOME="$work/home" TMPDIR="$work/tmp"
 mkdir -p "$TMPDIR"
 ibdbg=$build/bin/ibdbg ring=$build/bin/ring
-fail() { echo "FAIL(mpi2): $*"; for f in "$work"/*.out "$work"/*/coordinator.log; do [ -f "$f" ] && { echo "--- $f"; tail -25 "$f"; }; done; exit 1; }
-wait_for() { for _ in $(seq $(( $3 * 20 ))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+fail_name=mpi2 fail_tail=25 fail_logs=('*.out' '*/coordinator.log')
 [ -x "$ring" ] || fail "$ring is missing (Open MPI's libopenmpi-dev was not found at build time: tools/deps.sh installs it)"
 bash "$here/../hosts/hosts.sh" up "$work/hosts" 3 || fail "cannot make the test hosts"
-trap 'bash "$here/../hosts/hosts.sh" down "$work/hosts"; pkill -KILL -f "$work" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'bash "$here/../hosts/hosts.sh" down "$work/hosts"; e2e_cleanup' EXIT
 rsh=$work/hosts/nshost
 net=(--mca btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24)
 mpirun="mpirun --allow-run-as-root --oversubscribe --host h1:2,h2:2 -np 4 --mca plm_rsh_agent $rsh

@@ -5,23 +5,14 @@
 #  pipeline: a bash pipeline in the middle of streaming (seq | awk | sort | tail)
 #  python:   a multi-threaded python3 program (4 threads hashing)
 set -u
-for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
+. "$(dirname "$0")/lib.sh"
 build=$(cd "$1" && pwd) what=$2
 shift 2
 as_user=0
 [ "${1:-}" = --as-user ] && as_user=1
 ibdbg=$build/bin/ibdbg
-work=$(mktemp -d /tmp/ibdbg-e2e-prog.XXXXXX)
-chmod 755 "$work"
-as=()
-if [ $as_user = 1 ]; then
-  as=(setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME="$work" IBDBG_HOME="$work/home")
-else
-  export IBDBG_HOME="$work/home"
-fi
-trap 'pkill -KILL -f "$work" 2>/dev/null; rm -rf "$work"' EXIT
-fail() { echo "FAIL($what): $*"; for f in "$work"/*.out "$work"/*/coordinator.log; do [ -f "$f" ] && { echo "--- $f"; tail -20 "$f"; }; done; exit 1; }
-wait_for() { for _ in $(seq $(( $3 * 20 ))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+e2e_setup prog $as_user
+fail_name=$what fail_tail=20 fail_logs=('*.out' '*/coordinator.log')
 
 case $what in
   pipeline)

@@ -14,17 +14,15 @@
 # --run-on captures once without --stop first: the job must run on intact
 # (bytes a capture takes out of pipes, FIFOs and ttys go back) until the real one.
 set -u
-# Descriptors the test runner leaks (ctest keeps its log open) would be part of
-# the captured process and may not be reopenable by another user.
-for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
+. "$(dirname "$0")/lib.sh"
 build=$1 prog=$2
 shift 2
-as_user=0 generations=1 keep=0 twice=0 max_image_mb=0 outside="" expect_log="" run_on=0
+as_user=0 generations=1 twice=0 max_image_mb=0 outside="" expect_log="" run_on=0
 while [ $# -gt 0 ]; do
   case $1 in
     --as-user) as_user=1 ;;
     --generations) generations=$2; shift ;;
-    --keep) keep=1 ;;
+    --keep) KEEP=1 ;;
     --twice) twice=1 ;;
     --max-image-mb) max_image_mb=$2; shift ;;
     --outside) outside=$2; shift ;;
@@ -36,39 +34,22 @@ while [ $# -gt 0 ]; do
 done
 ibdbg=$build/bin/ibdbg
 exe=$build/tests/e2e/zdtm-$prog
-work=$(mktemp -d /tmp/ibdbg-e2e-$prog.XXXXXX)
-chmod 755 "$work"
-as=()
-if [ $as_user = 1 ]; then
-  chown nobody:nogroup "$work"
-  as=(setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME="$work" IBDBG_HOME="$work/home")
-else
-  export IBDBG_HOME="$work/home"
-fi
+e2e_setup "$prog" $as_user
 outside_pid=""
 cleanup() {
   [ -n "$outside_pid" ] && { kill -KILL "$outside_pid"; wait "$outside_pid"; } 2>/dev/null
-  pkill -KILL -f "$work" 2>/dev/null
+  e2e_kill_work
   # IPC objects and /dev/shm files of the killed original outlive it.
   if [ -f "$work/ipc-cleanup" ]; then
     while read -r k id; do
       case $k in m|s|q) ipcrm -"$k" "$id" 2>/dev/null ;; f) rm -f "/dev/shm/${id##*/}" ;; esac
     done < "$work/ipc-cleanup"
   fi
-  [ $keep = 1 ] || rm -rf "$work"
+  e2e_remove_work
 }
 trap cleanup EXIT
-fail() { echo "FAIL($prog): $*"; for f in "$work"/out.* "$work"/*/coordinator.log; do [ -f "$f" ] && { echo "--- $f"; tail -30 "$f"; }; done; exit 1; }
+fail_name=$prog fail_tail=30 fail_logs=('out.*' '*/coordinator.log')
 
-# Waits for a background job, at most $2 seconds.
-wait_bounded() {
-  for _ in $(seq $(( $2 * 20 ))); do kill -0 "$1" 2>/dev/null || { wait "$1"; return 0; }; sleep 0.05; done
-  return 1
-}
-wait_for() { # file pattern seconds
-  for _ in $(seq $(( $3 * 20 ))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-  return 1
-}
 capture() { # job dir -> prints image path; retries until the replayed process has reconnected
   local out
   for _ in $(seq 100); do

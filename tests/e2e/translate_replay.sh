@@ -3,20 +3,16 @@
 # elsewhere: the original image no longer replays (clear error), the
 # translated one does and finishes correctly.   translate_replay.sh BUILD_DIR
 set -u
-# Descriptors the test runner leaks (ctest keeps its log open) would be part of
-# the captured process and may not be reopenable by another user.
-for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
+. "$(dirname "$0")/lib.sh"
 build=$1
 ibdbg=$build/bin/ibdbg
-work=$(mktemp -d /tmp/ibdbg-e2e-translate.XXXXXX)
-export IBDBG_HOME="$work/home"
-trap 'pkill -KILL -f "$work" 2>/dev/null; rm -rf "$work"' EXIT
-fail() { echo "FAIL(translate): $*"; for f in "$work"/*.out; do echo "--- $f"; tail -30 "$f"; done; exit 1; }
+e2e_setup translate 0
+fail_name=translate fail_tail=30 fail_logs=('*.out')
 
 mkdir -p "$work/site-a"
 cp "$build/bin/heat" "$work/site-a/heat"
 ( "$ibdbg" run --dir "$work/job" -- "$work/site-a/heat" 2 300 10000 2>&1 | cat > "$work/run.out" ) &
-for _ in $(seq 200); do grep -q "step 50" "$work/run.out" 2>/dev/null && break; sleep 0.05; done
+wait_for "$work/run.out" "step 50" 10
 img=$("$ibdbg" capture --dir "$work/job" --stop) || fail "capture failed"
 wait
 mv "$work/site-a" "$work/site-b"
