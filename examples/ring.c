@@ -6,7 +6,11 @@
  * checksum and whether it equals the one computed without any MPI at all.
  * A job replayed from an image prints the same line as one never interrupted.
  *
- *   mpirun -np 4 ./ring [ROUNDS [SLEEP_US [ELEMENTS]]]
+ * With MEET=1, each rank then also meets the rank two places on, which it
+ * never talked to before (after a replay: a connection made anew), and the
+ * line says whether all of them got what they should.
+ *
+ *   mpirun -np 4 ./ring [ROUNDS [SLEEP_US [ELEMENTS [MEET]]]]
  */
 #include <mpi.h>
 #include <stdint.h>
@@ -27,6 +31,7 @@ int main(int argc, char** argv) {
   long rounds = argc > 1 ? atol(argv[1]) : 2000;
   long sleep_us = argc > 2 ? atol(argv[2]) : 1000;
   long n = argc > 3 ? atol(argv[3]) : 1024;
+  int meet = argc > 4 ? atoi(argv[4]) : 0;
   uint64_t* buf = malloc(n * sizeof *buf);
   uint64_t sum = 0;
   int next = (rank + 1) % size, prev = (rank + size - 1) % size;
@@ -49,6 +54,14 @@ int main(int argc, char** argv) {
     }
     if (sleep_us) usleep((useconds_t)sleep_us);
   }
+  int met_all = 0;
+  if (meet && size > 2) {
+    long v = rank * 10;
+    int from = (rank + size - 2) % size;
+    MPI_Sendrecv_replace(&v, 1, MPI_LONG, (rank + 2) % size, 1, from, 1, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    int met = v == from * 10;
+    MPI_Reduce(&met, &met_all, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);
+  }
   if (rank == 0) {
     uint64_t want = 0;
     for (long r = 0; r < rounds; r++)
@@ -57,8 +70,13 @@ int main(int argc, char** argv) {
         for (int k = 1; k < size; k++) v += (uint64_t)(k + r);
         want = mix(want, v);
       }
-    printf("ring: %d ranks, %ld rounds, checksum %016llx %s\n", size, rounds, (unsigned long long)sum,
-           sum == want ? "OK" : "MISMATCH");
+    int ok = sum == want && (!meet || size <= 2 || met_all == size);
+    if (meet)
+      printf("ring: %d ranks, %ld rounds, checksum %016llx, new peers met %d of %d %s\n", size, rounds,
+             (unsigned long long)sum, met_all, size, ok ? "OK" : "MISMATCH");
+    else
+      printf("ring: %d ranks, %ld rounds, checksum %016llx %s\n", size, rounds, (unsigned long long)sum,
+             ok ? "OK" : "MISMATCH");
     fflush(stdout);
   }
   free(buf);

@@ -2,7 +2,8 @@
 # MPI on one host: `ibdbg run -- mpirun -np 4 --mca btl tcp,self,vader ring`
 # (Open MPI) or `ibdbg run -- mpiexec.mpich -n 4 ring-mpich` (MPICH, hydra
 # launcher, UCX underneath) is captured mid-run, killed, replayed, and must
-# print the same checksum as an uninterrupted run of the same job.
+# print the same checksum as an uninterrupted run of the same job.  At the end
+# each rank also meets a rank it never talked to before the capture.
 #   mpi_one_host.sh BUILD_DIR [--as-user] [--mpi openmpi|mpich] [--btl LIST]
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -47,11 +48,11 @@ else
   mpirun=(mpiexec.mpich -n 4)
   rounds=500 sleep_us=20000
 fi
-"${as[@]}" "${mpirun[@]}" "$ring" $rounds 0 > "$work/plain.out" 2>&1 || fail "the uninterrupted run failed"
+"${as[@]}" "${mpirun[@]}" "$ring" $rounds 0 1024 1 > "$work/plain.out" 2>&1 || fail "the uninterrupted run failed"
 want=$(grep '^ring: 4 ranks' "$work/plain.out")
 case $want in *" OK") ;; *) fail "the uninterrupted run did not check out: $want" ;; esac
 
-( "${as[@]}" "$ibdbg" run --dir "$work/job" -- "${mpirun[@]}" "$ring" $rounds $sleep_us > "$work/run.out" 2>&1 ) &
+( "${as[@]}" "$ibdbg" run --dir "$work/job" -- "${mpirun[@]}" "$ring" $rounds $sleep_us 1024 1 > "$work/run.out" 2>&1 ) &
 runner=$!
 wait_for "$work/run.out" "ring: running" 60 || fail "the job did not get going"
 img=$("${as[@]}" "$ibdbg" capture --dir "$work/job" --stop) || fail "capture failed"
