@@ -5,14 +5,18 @@
  * job sees: a gap between two beats is time it did not run (a capture that
  * stops it, a replay that has not yet resumed it).
  *
- * Commands come as a file CTL_DIR/cmd holding one word (polled every beat, so
- * the bench needs no pid and signals need not cross ibdbg's namespaces):
- *   report  write CTL_DIR/report.N: the longest gap since the last report, the
- *           memory's checksum now and the one at fill time, resident MiB
+ * Commands come as a file CTL_DIR/cmd holding a word and an argument (polled
+ * every beat, so the bench needs no pid and signals need not cross ibdbg's
+ * namespaces; the bench names the answers, as a replayed program's own
+ * counters are those of the moment it was captured):
+ *   report TAG  write CTL_DIR/report.TAG: the longest gap since the last
+ *           report, the memory's checksum now and the one at fill time, MiB resident
  *   dirty   change 1% of the pages (for incremental captures)
  *   flip    change one bit without telling anyone: the bench's self-test that a
  *           replay whose memory differs by a single bit is caught
- *   exit    print PASS if the memory checksum still equals the expected, exit
+ *   exit TAG  write PASS or FAIL to CTL_DIR/verdict.TAG (and stdout, which a
+ *           replay shares with the original) as the memory checksum still
+ *           equals the expected or not, and exit
  * Every gap over 50 ms is also appended to CTL_DIR/gaps as
  * "REALTIME_NS_AT_END GAP_NS", so that the bench can tell when the first
  * instruction after a replay ran (CLOCK_REALTIME: the bench compares it with
@@ -71,8 +75,9 @@ static void append(const char *name, const char *line) {
   close(fd);
 }
 
-/* Reads and removes CTL_DIR/cmd; returns the word or "" if there is none. */
-static const char *take_cmd(char *buf, size_t len) {
+/* Reads and removes CTL_DIR/cmd; returns the word or "" if there is none, and
+ * its argument in *arg. */
+static const char *take_cmd(char *buf, size_t len, const char **arg) {
   char path[4096];
   snprintf(path, sizeof path, "%s/cmd", ctl);
   int fd = open(path, O_RDONLY);
@@ -82,7 +87,10 @@ static const char *take_cmd(char *buf, size_t len) {
   unlink(path);
   if (n <= 0) return "";
   buf[n] = 0;
-  buf[strcspn(buf, " \n")] = 0;
+  buf[strcspn(buf, "\n")] = 0;
+  char *space = strchr(buf, ' ');
+  *arg = "";
+  if (space) *space = 0, *arg = space + 1;
   return buf;
 }
 
@@ -117,7 +125,6 @@ int main(int argc, char **argv) {
   printf("READY checksum=%016" PRIx64 " mib=%zu kind=%s\n", expected, bytes >> 20, argv[3]);
 
   int64_t last = now_ns(CLOCK_MONOTONIC), max_gap = 0;
-  int reports = 0;
   uint64_t dirty_seed = 1;
   for (;;) {
     struct timespec ts = {0, 1000000};
@@ -131,18 +138,19 @@ int main(int argc, char **argv) {
       append("gaps", line);
     }
     char buf[64];
-    const char *cmd = take_cmd(buf, sizeof buf);
+    const char *arg;
+    const char *cmd = take_cmd(buf, sizeof buf, &arg);
     if (!*cmd) continue;
     if (strcmp(cmd, "report") == 0) {
       uint64_t sum = checksum();
       char line[256], name[32];
       snprintf(line, sizeof line, "max_gap_ns=%" PRId64 " checksum=%016" PRIx64 " expected=%016" PRIx64 " rss_mib=%ld\n",
                max_gap, sum, expected, resident_mib());
-      snprintf(name, sizeof name, "report.%d.tmp", ++reports);
+      snprintf(name, sizeof name, "report.%.20s.tmp", arg);
       append(name, line);
       char from[4096], to[4096];
       snprintf(from, sizeof from, "%s/%s", ctl, name);
-      snprintf(to, sizeof to, "%s/report.%d", ctl, reports);
+      snprintf(to, sizeof to, "%s/report.%.20s", ctl, arg);
       rename(from, to);
       max_gap = 0;
     } else if (strcmp(cmd, "dirty") == 0) {
@@ -153,12 +161,15 @@ int main(int argc, char **argv) {
       mem[words / 3] ^= 1ull << 17;
     } else if (strcmp(cmd, "exit") == 0) {
       uint64_t sum = checksum();
-      if (sum == expected) {
-        printf("PASS\n");
-        return 0;
-      }
-      printf("FAIL: checksum %016" PRIx64 " expected %016" PRIx64 "\n", sum, expected);
-      return 1;
+      char line[128], name[32];
+      if (sum == expected)
+        snprintf(line, sizeof line, "PASS\n");
+      else
+        snprintf(line, sizeof line, "FAIL: checksum %016" PRIx64 " expected %016" PRIx64 "\n", sum, expected);
+      snprintf(name, sizeof name, "verdict.%.20s", arg);
+      append(name, line);
+      fputs(line, stdout);
+      return sum == expected ? 0 : 1;
     } else {
       fprintf(stderr, "heartbeat: unknown command %s\n", cmd);
     }

@@ -62,7 +62,7 @@ wait_file() { # file [pattern] seconds
   return 1
 }
 cold=0
-drop_caches() { sync; if [ "$(id -u)" = 0 ] && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then cold=1; fi; }
+drop_caches() { [ $check = 0 ] || return 0; sync; if [ "$(id -u)" = 0 ] && echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then cold=1; fi; }
 
 csv=$out/images.csv
 echo "size_gib,memory,mode,seconds,gbps,image_mib,pause_ms,first_beat_ms,resident_ms,checksum,goal" > "$csv"
@@ -78,9 +78,9 @@ ctl_cmd() { # one at a time: the program takes a command per beat
   for _ in $(seq 3000); do [ -e "$1/cmd" ] || break; sleep 0.01; done
   echo "$2" > "$1/cmd.tmp" && mv "$1/cmd.tmp" "$1/cmd"
 }
-report() { # ctl n -> the report's line
-  ctl_cmd "$1" report
-  wait_file "$1/report.$2" "" 60 || die "no report $2 from the heartbeat program"
+report() { # ctl tag -> the report's line
+  ctl_cmd "$1" "report $2"
+  wait_file "$1/report.$2" "" 30 || die "no report $2 from the heartbeat program"
   cat "$1/report.$2"
 }
 field() { sed -n "s/.*$2=\([^ ]*\).*/\1/p" <<< "$1"; }
@@ -103,16 +103,16 @@ replay_image() { # img ctl mib want tag
   [ -n "$first" ] || die "the replay of $img never beat"
   r_first_ns=$((first - t0))
   [ -z "${inject:-}" ] || ctl_cmd "$ctl" "$inject"
-  rep=$(report "$ctl" 1)
+  rep=$(report "$ctl" "$tag") || { echo "images.sh: replay of $img: no report" >&2; kill -KILL $rp; return 1; }
   r_sum=$(field "$rep" checksum) r_rss=$(field "$rep" rss_mib)
-  ctl_cmd "$ctl" exit
+  ctl_cmd "$ctl" "exit $tag"
   wait $rp
   local rc=$?
   if [ "$r_sum" != "$want" ]; then
     echo "images.sh: replay of $img: memory checksum $r_sum, before the capture $want" >&2
     return 1
   fi
-  grep -q "^PASS" "$work/replay-$tag.out" || { echo "images.sh: replay of $img did not pass (rc $rc)" >&2; tail -5 "$work/replay-$tag.out" >&2; return 1; }
+  grep -q "^PASS" "$ctl/verdict.$tag" 2>/dev/null || { echo "images.sh: replay of $img did not pass (rc $rc)" >&2; tail -5 "$work/replay-$tag.out" >&2; return 1; }
   return 0
 }
 
@@ -139,15 +139,14 @@ for size in $sizes; do
     runner=$!; bg+=("$runner")
     wait_file "$work/run$n.out" READY 300 || die "heartbeat did not get ready"
     want=$(field "$(grep READY "$work/run$n.out")" checksum)
-    reports=0
     declare -A img
     for level in 0 3; do
       mode=$([ $level = 0 ] && echo "capture plain" || echo "capture zstd")
-      report "$ctl" $((++reports)) > /dev/null # the pause is what the next report sees
+      report "$ctl" before$level > /dev/null # the pause is what the next report sees
       t0=$(ns)
       img[$level]=$("$ibdbg" capture --dir "$work/job$n" --level $level 2> "$work/capture$n.$level.out") || die "capture --level $level failed"
       t1=$(ns)
-      rep=$(report "$ctl" $((++reports)))
+      rep=$(report "$ctl" after$level) || die "no report after the capture"
       pause=$(ms "$(field "$rep" max_gap_ns)")
       size_mib=$(du -sm "${img[$level]}" | cut -f1)
       rate=$(gb $bytes $((t1 - t0)))
@@ -161,8 +160,9 @@ for size in $sizes; do
     done
     row "$size" "$kind" "capture forked" "" "" "" "" "" "" "" "not implemented"
     row "$size" "$kind" "capture incremental 1%" "" "" "" "" "" "" "" "not implemented"
-    ctl_cmd "$ctl" exit
-    wait $runner || die "the captured heartbeat program did not pass"
+    ctl_cmd "$ctl" "exit original"
+    wait $runner
+    grep -q "^PASS" "$ctl/verdict.original" 2>/dev/null || die "the captured heartbeat program did not pass"
     for level in 0 3; do
       from=$([ $level = 0 ] && echo plain || echo zstd)
       if [ $check = 1 ] && [ $level = 0 ]; then
@@ -178,7 +178,7 @@ for size in $sizes; do
       [ "${r_rss:-0}" -ge $((mib * 99 / 100)) ] && resident=$(ms $r_first_ns)
       goal=""
       [ $check = 0 ] && goal=$(verdict "$rate" 1 ">= 1 GB/s")
-      row "$size" "$kind" "replay eager ($from image$([ $cold = 1 ] && echo ", cold" || echo ", warm"))" "$(sec $r_first_ns)" "$rate" "" "" "$(ms $r_first_ns)" "$resident" "$ok" "$goal"
+      row "$size" "$kind" "replay eager ($from image; $([ $cold = 1 ] && echo cold || echo warm))" "$(sec $r_first_ns)" "$rate" "" "" "$(ms $r_first_ns)" "$resident" "$ok" "$goal"
     done
     row "$size" "$kind" "replay lazy" "" "" "" "" "" "" "" "not implemented"
     rm -rf "${img[0]}" "${img[3]}"
@@ -189,11 +189,15 @@ done
 {
   echo "ibdbg images benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(df -h --output=source,fstype "$work" | tail -1 | tr -s ' ')"
   echo "dd and replays $([ $cold = 1 ] && echo "from a cold page cache" || echo "with a WARM page cache (not root: could not drop caches)"); GB/s are of the process's memory; replay time is to the first heartbeat after it (eager: all memory is in place before that)"
-  column -t -s, -o ' | ' "$csv"
+  awk -F, '{ for (i = 1; i <= NF; i++) { w[NR, i] = $i; if (length($i) > m[i]) m[i] = length($i) } } END {
+    for (r = 1; r <= NR; r++) { line = ""; for (i = 1; i <= NF; i++) line = line sprintf("%-*s", m[i] + 2, w[r, i]); sub(/ +$/, "", line); print line } }' "$csv"
 } > "$out/table.txt"
 cat "$out/table.txt"
 if [ $plot = 1 ]; then
-  python3 "$here/plot.py" "$csv" "$out" || echo "images.sh: no plots (install python3-matplotlib: bench/setup.sh)" >&2
+  # Debian's python3-matplotlib is for Debian's python3, which another python3 may shadow.
+  py=python3
+  python3 -c "import matplotlib" 2>/dev/null || py=/usr/bin/python3
+  "$py" "$here/plot.py" "$csv" "$out" || echo "images.sh: no plots (install python3-matplotlib: bench/setup.sh)" >&2
 fi
 [ "$out" = "$work/results" ] || echo "results in $out"
 [ $fails = 0 ]
