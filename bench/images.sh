@@ -42,12 +42,12 @@ export IBDBG_HOME=$work/home
 bg=()
 cleanup() {
   for p in "${bg[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  pkill -KILL -f "$work" 2>/dev/null
   wait 2>/dev/null
   # Results asked for nowhere in particular outlive the scratch directory.
   if [ "$out" = "$work/results" ] && [ $check = 0 ]; then
     rm -rf /var/tmp/ibdbg-images-last && cp -r "$out" /var/tmp/ibdbg-images-last && echo "results in /var/tmp/ibdbg-images-last"
   fi
+  # The heartbeat programs (inside ibdbg's namespaces) exit once their control directory is gone.
   rm -rf "$work"
 }
 trap cleanup EXIT
