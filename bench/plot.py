@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Plots of bench/images.sh's CSV: GB/s of each mode against dd, and pauses.
+   plot.py images.csv OUT_DIR  ->  OUT_DIR/gbps.png, OUT_DIR/pauses.png"""
+import csv
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on a bench machine
+import matplotlib.pyplot as plt
+
+rows = list(csv.DictReader(open(sys.argv[1])))
+out = sys.argv[2]
+measured = [r for r in rows if r["gbps"]]
+sizes = sorted({r["size_gib"] for r in measured}, key=float)
+
+# One group of bars per mode and memory kind; one bar per size.
+labels = []
+for r in measured:
+    label = r["mode"] if r["memory"] == "any" else f'{r["mode"]}\n{r["memory"]}'
+    if label not in labels:
+        labels.append(label)
+fig, ax = plt.subplots(figsize=(max(8, len(labels) * 0.9), 5))
+width = 0.8 / max(1, len(sizes))
+for i, size in enumerate(sizes):
+    values = []
+    for label in labels:
+        v = [float(r["gbps"]) for r in measured if r["size_gib"] == size and
+             (r["mode"] if r["memory"] == "any" else f'{r["mode"]}\n{r["memory"]}') == label]
+        values.append(v[0] if v else 0)
+    ax.bar([x + i * width for x in range(len(labels))], values, width, label=f"{size} GiB")
+for r in measured:
+    if r["mode"] == "dd write fdatasync":
+        ax.axhline(float(r["gbps"]), linestyle="--", linewidth=0.8, color="grey")
+ax.set_xticks([x + width * (len(sizes) - 1) / 2 for x in range(len(labels))])
+ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+ax.set_ylabel("GB/s (of the process's memory)")
+ax.set_title("ibdbg capture and replay vs dd (dashed: dd write with fdatasync)")
+ax.legend()
+fig.tight_layout()
+fig.savefig(f"{out}/gbps.png", dpi=120)
+
+paused = [r for r in measured if r["pause_ms"]]
+fig, ax = plt.subplots(figsize=(8, 4))
+ax.bar([f'{r["mode"]}\n{r["memory"]} {r["size_gib"]} GiB' for r in paused], [float(r["pause_ms"]) for r in paused])
+ax.axhline(50, linestyle="--", color="red", linewidth=0.8, label="goal of forked capture: 50 ms")
+ax.set_yscale("log")
+ax.set_ylabel("longest pause the app saw (ms)")
+ax.tick_params(axis="x", labelsize=7, rotation=60)
+ax.legend()
+fig.tight_layout()
+fig.savefig(f"{out}/pauses.png", dpi=120)

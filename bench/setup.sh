@@ -1,0 +1,6 @@
+#!/bin/bash
+# What the benchmarks need beyond the build (tools/deps.sh): matplotlib for the plots.
+set -eu
+/usr/bin/python3 -c "import matplotlib" 2>/dev/null && exit 0
+apt-get update
+DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-matplotlib
