@@ -616,6 +616,17 @@ std::string RenderText(const ojson& doc) {
   if (!doc["host"].get<std::string>().empty())
     line("host       " + S(doc["host"]) + ", kernel " + S(doc["kernel"]) + " (" +
          S(doc["machine"]) + ")");
+  if (doc.contains("hosts") && doc["hosts"].size() > 1)
+    for (const auto& h : doc["hosts"]) {
+      std::string l = "part       host " + S(h["name"]) + ": " + S(h["processes"]) + " processes";
+      if (h.contains("started_by")) {
+        // HOST:PID:PPID of the process whose remote shell started it.
+        std::string v = h["started_by"].get<std::string>();
+        size_t b = v.rfind(':');
+        l += ", started from " + v.substr(0, b == std::string::npos ? v.size() : b) + " (pid) through the remote shell";
+      }
+      line(l);
+    }
   const ojson& chain = doc["provenance"];
   if (chain.empty()) {
     line("provenance original capture");
@@ -805,6 +816,20 @@ std::string InspectImage(const std::string& image, bool as_json) {
     doc["kernel"] = procs[0]["kernel"];
     doc["machine"] = procs[0]["machine"];
   }
+  // Jobs across hosts: each host's part, and which process started it.
+  ojson hosts = ojson::array();
+  for (const auto& h : m.hosts) {
+    ojson e;
+    e["name"] = h.value("name", "");
+    e["kernel"] = h.value("kernel", "");
+    size_t n = 0;
+    for (const auto& p : procs)
+      if (p["host"] == e["name"]) n++;
+    e["processes"] = n;
+    if (h.contains("via")) e["started_by"] = h.value("via", "");
+    hosts.push_back(std::move(e));
+  }
+  doc["hosts"] = std::move(hosts);
   doc["processes"] = std::move(procs);
   ojson tot;
   tot["processes"] = m.processes.size();

@@ -61,6 +61,9 @@ via = {h["name"]: h.get("via", "") for h in m["hosts"]}
 assert via.get("h1", "").startswith("h3:") and via.get("h2", "").startswith("h1:"), via
 assert "h3" not in hosts, hosts
 PY
+"$ibdbg" inspect "$img" > "$work/inspect.out" || fail "inspect failed"
+grep -Eq "^part       host h2: [3-9] processes, started from h1:[0-9]+ \(pid\) through the remote shell" "$work/inspect.out" ||
+  fail "inspect does not show h2's part and its starter"
 # The job's output file: each replay appends its answer after the capture's offset.
 cp "$work/run.out" "$work/run.captured"
 replay() { # name from-host listen-address options...
