@@ -44,6 +44,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ibdbg/sockaddr.h"
 #include "ibdbg/image_file.h"
 #include "ibdbg/maps.h"
 #include "ibdbg/proto.h"
@@ -987,21 +988,6 @@ void SetSockOpts(int fd, const ibdbg_fd_info& fi) {
   if (fi.sock_opts & IBDBG_SOCKOPT_KEEPALIVE) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
 }
 
-std::string InetAddrString(const void* sa) {
-  char host[INET6_ADDRSTRLEN] = "?";
-  const sockaddr* s = (const sockaddr*)sa;
-  int port = 0;
-  if (s->sa_family == AF_INET) {
-    inet_ntop(AF_INET, &((const sockaddr_in*)sa)->sin_addr, host, sizeof host);
-    port = ntohs(((const sockaddr_in*)sa)->sin_port);
-  } else if (s->sa_family == AF_INET6) {
-    inet_ntop(AF_INET6, &((const sockaddr_in6*)sa)->sin6_addr, host, sizeof host);
-    port = ntohs(((const sockaddr_in6*)sa)->sin6_port);
-    return "[" + std::string(host) + "]:" + std::to_string(port);
-  }
-  return std::string(host) + ":" + std::to_string(port);
-}
-
 // Connects two fresh TCP sockets through a listener of ours at `laddr` and
 // the client bound to `caddr` (nullptr: any).  Returns false with errno set.
 bool TcpPairAt(int family, const sockaddr* laddr, socklen_t llen, const sockaddr* caddr, socklen_t clen,
@@ -1058,11 +1044,9 @@ std::pair<int, int> ConnectTcp(const ibdbg_fd_info& a, const ibdbg_fd_info& b) {
     else ((sockaddr_in6*)&lo)->sin6_addr = in6addr_loopback;
     ok = TcpPairAt(a.sock_family, (sockaddr*)&lo, a.sock_addr_len, nullptr, 0, &fds);
   }
-  if (!ok)
-    Fail("cannot reconnect TCP " + InetAddrString(b.sock_addr) + " -> " + InetAddrString(a.sock_addr) + ": " +
-         strerror(errno));
-  fprintf(stderr, "ibdbg: TCP %s -> %s reconnected on other ports (%s)\n", InetAddrString(b.sock_addr).c_str(),
-          InetAddrString(a.sock_addr).c_str(), strerror(first));
+  std::string from = SockAddrText(b.sock_addr, b.sock_addr_len), to = SockAddrText(a.sock_addr, a.sock_addr_len);
+  if (!ok) Fail("cannot reconnect TCP " + from + " -> " + to + ": " + strerror(errno));
+  fprintf(stderr, "ibdbg: TCP %s -> %s reconnected on other ports (%s)\n", from.c_str(), to.c_str(), strerror(first));
   return fds;
 }
 
@@ -1129,34 +1113,6 @@ bool SendQueued(int fd, const ibdbg_fd_info& reader, const std::string& data) {
 void ApplyShutdown(int fd, const ibdbg_fd_info& fi) {
   bool rd = fi.sock_opts & IBDBG_SOCKOPT_SHUT_RD, wr = fi.sock_opts & IBDBG_SOCKOPT_SHUT_WR;
   if (rd || wr) shutdown(fd, rd && wr ? SHUT_RDWR : rd ? SHUT_RD : SHUT_WR);
-}
-
-// A socket address for messages: 1.2.3.4:5, [::1]:5, a unix path, @abstract.
-std::string AddrText(const uint8_t* a, uint32_t len) {
-  if (len < sizeof(sa_family_t)) return "(unnamed)";
-  sa_family_t fam;
-  memcpy(&fam, a, sizeof fam);
-  char host[INET6_ADDRSTRLEN] = "?";
-  if (fam == AF_INET && len >= sizeof(sockaddr_in)) {
-    sockaddr_in in;
-    memcpy(&in, a, sizeof in);
-    inet_ntop(AF_INET, &in.sin_addr, host, sizeof host);
-    return std::string(host) + ":" + std::to_string(ntohs(in.sin_port));
-  }
-  if (fam == AF_INET6 && len >= sizeof(sockaddr_in6)) {
-    sockaddr_in6 in;
-    memcpy(&in, a, sizeof in);
-    inet_ntop(AF_INET6, &in.sin6_addr, host, sizeof host);
-    return "[" + std::string(host) + "]:" + std::to_string(ntohs(in.sin6_port));
-  }
-  if (fam == AF_UNIX) {
-    const char* p = (const char*)a + sizeof(sa_family_t);
-    size_t n = len - sizeof(sa_family_t);
-    if (n == 0) return "(unnamed)";
-    if (p[0]) return std::string(p, strnlen(p, n));
-    return "@" + std::string(p + 1, n - 1);
-  }
-  return "(address of family " + std::to_string(fam) + ")";
 }
 
 void MakeConnections(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, std::vector<int>& ours) {
@@ -1245,7 +1201,8 @@ void MakeConnections(const std::vector<std::unique_ptr<Prepared>>& all, Shared& 
         socklen_t gl = sizeof got;
         if (bound && getsockname(fd, (sockaddr*)&got, &gl) == 0)
           fprintf(stderr, "ibdbg: pid %d fd %d listens on %s instead of %s (%s)\n", (int)p->m.proc.pid, fi.fd,
-                  InetAddrString(&got).c_str(), InetAddrString(fi.sock_addr).c_str(), strerror(first));
+                  SockAddrText(&got, gl).c_str(), SockAddrText(fi.sock_addr, fi.sock_addr_len).c_str(),
+                  strerror(first));
       }
       if (!bound || listen(fd, fi.sock_backlog ? fi.sock_backlog : 128) != 0)
         Fail("cannot listen again on the socket of pid " + std::to_string(p->m.proc.pid) + " fd " +
@@ -1287,6 +1244,8 @@ void MakeCrossPart(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh
     return fi.kind == IBDBG_FD_SOCKET_CONN && (fi.sock_family == AF_INET || fi.sock_family == AF_INET6) &&
            fi.peer_addr_len;
   };
+  auto local = [](const ibdbg_fd_info& fi) { return SockAddrText(fi.sock_addr, fi.sock_addr_len); };
+  auto peer = [](const ibdbg_fd_info& fi) { return SockAddrText(fi.peer_addr, fi.peer_addr_len); };
   std::map<std::string, FdRecord> theirs;  // "local|peer" of the other parts' ends
   for (auto& file : opts.peer_images) {
     image::ImageReader r(file);
@@ -1295,7 +1254,7 @@ void MakeCrossPart(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh
     bool have_pages;
     ReadMeta(r, m, first, &have_pages);
     for (auto& f : m.fds)
-      if (inet(f.info)) theirs.emplace(InetAddrString(f.info.sock_addr) + "|" + InetAddrString(f.info.peer_addr), f);
+      if (inet(f.info)) theirs.emplace(local(f.info) + "|" + peer(f.info), f);
   }
   struct End {
     const FdRecord* mine;
@@ -1309,7 +1268,7 @@ void MakeCrossPart(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh
   for (auto& p : all)
     for (auto& f : p->m.fds) {
       if (!inet(f.info) || sh.socks.count(f.info.sock_id) || !seen.insert(f.info.sock_id).second) continue;
-      std::string l = InetAddrString(f.info.sock_addr), r = InetAddrString(f.info.peer_addr);
+      std::string l = local(f.info), r = peer(f.info);
       auto it = theirs.find(r + "|" + l);
       if (it == theirs.end()) continue;  // a peer outside the job
       bool listens = l < r;
@@ -1460,7 +1419,7 @@ void MakeDgrams(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, s
     if (fi.sock_opts & IBDBG_SOCKOPT_REUSEPORT) setsockopt(d.fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (fi.sock_opts & IBDBG_SOCKOPT_BROADCAST) setsockopt(d.fd, SOL_SOCKET, SO_BROADCAST, &one, sizeof one);
     if (HasName(fi) && BindDgram(d.fd, fi) != 0)
-      Fail("cannot bind the datagram socket of " + where(d) + " to " + AddrText(fi.sock_addr, fi.sock_addr_len) +
+      Fail("cannot bind the datagram socket of " + where(d) + " to " + SockAddrText(fi.sock_addr, fi.sock_addr_len) +
            ": " + strerror(errno) + " (is the captured job still running?)");
   }
   for (auto& [id, d] : socks) {
@@ -1492,12 +1451,12 @@ void MakeDgrams(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, s
         if (from_len && BindDgram(tmp, *sender) != 0) {
           if (fi.sock_family != AF_UNIX) {
             fprintf(stderr, "ibdbg replay: %s: a datagram queued from %s cannot be sent again from that address (%s); dropped\n",
-                    where(d).c_str(), AddrText(from, from_len).c_str(), strerror(errno));
+                    where(d).c_str(), SockAddrText(from, from_len).c_str(), strerror(errno));
             close(tmp);
             return true;
           }
           fprintf(stderr, "ibdbg replay: %s: a message queued from %s comes from an unnamed socket now (%s)\n",
-                  where(d).c_str(), AddrText(from, from_len).c_str(), strerror(errno));
+                  where(d).c_str(), SockAddrText(from, from_len).c_str(), strerror(errno));
           from_len = 0;
         }
         sfd = tmp;
@@ -1542,11 +1501,11 @@ void MakeDgrams(const std::vector<std::unique_ptr<Prepared>>& all, Shared& sh, s
       if (outside) {
         // Its peer (a system daemon, say) is not part of the replay.
         fprintf(stderr, "ibdbg replay: %s: unix datagram socket connected to %s outside the job: it is closed now\n",
-                where(d).c_str(), AddrText(fi.peer_addr, fi.peer_addr_len).c_str());
+                where(d).c_str(), SockAddrText(fi.peer_addr, fi.peer_addr_len).c_str());
         shutdown(d.fd, SHUT_RDWR);
       } else if (connect(d.fd, (const sockaddr*)fi.peer_addr, fi.peer_addr_len) != 0) {
         Fail("cannot connect the datagram socket of " + where(d) + " to " +
-             AddrText(fi.peer_addr, fi.peer_addr_len) + " again: " + strerror(errno));
+             SockAddrText(fi.peer_addr, fi.peer_addr_len) + " again: " + strerror(errno));
       }
     }
     ApplyShutdown(d.fd, fi);
@@ -1616,7 +1575,7 @@ void MakeOutsideEnds(const std::vector<std::unique_ptr<Prepared>>& all, Shared& 
                 (int)p->m.proc.pid, fi.fd, what);
       else
         fprintf(stderr, "ibdbg replay: pid %d fd %d: %s connection to %s was outside the job: it is closed now\n",
-                (int)p->m.proc.pid, fi.fd, what, AddrText(fi.peer_addr, fi.peer_addr_len).c_str());
+                (int)p->m.proc.pid, fi.fd, what, SockAddrText(fi.peer_addr, fi.peer_addr_len).c_str());
       sh.socks[fi.sock_id] = keep;
       ours.push_back(keep);
     }

@@ -1,10 +1,7 @@
 #include "inspect.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -17,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "ibdbg/sockaddr.h"
 #include "ibdbg/image_file.h"
 #include "ibdbg/manifest.h"
 #include "ibdbg/proto.h"
@@ -162,28 +160,6 @@ const char* VmaKindName(uint32_t kind) {
     case IBDBG_IVMA_SYSV_SHM: return "sysv-shm";
   }
   return "unknown";
-}
-
-// "127.0.0.1:80", "[::1]:80", "/path", "@abstract", "unnamed".
-std::string SockAddrString(const void* addr, uint32_t len) {
-  const sockaddr* sa = (const sockaddr*)addr;
-  char host[INET6_ADDRSTRLEN] = "?";
-  if (sa->sa_family == AF_INET && len >= sizeof(sockaddr_in)) {
-    inet_ntop(AF_INET, &((const sockaddr_in*)addr)->sin_addr, host, sizeof host);
-    return std::string(host) + ":" + std::to_string(ntohs(((const sockaddr_in*)addr)->sin_port));
-  }
-  if (sa->sa_family == AF_INET6 && len >= sizeof(sockaddr_in6)) {
-    inet_ntop(AF_INET6, &((const sockaddr_in6*)addr)->sin6_addr, host, sizeof host);
-    return "[" + std::string(host) + "]:" + std::to_string(ntohs(((const sockaddr_in6*)addr)->sin6_port));
-  }
-  if (sa->sa_family == AF_UNIX) {
-    const sockaddr_un* un = (const sockaddr_un*)addr;
-    size_t n = len > offsetof(sockaddr_un, sun_path) ? len - offsetof(sockaddr_un, sun_path) : 0;
-    if (n == 0) return "unnamed";
-    if (un->sun_path[0] == 0) return "@" + std::string(un->sun_path + 1, n - 1);
-    return std::string(un->sun_path, strnlen(un->sun_path, n));
-  }
-  return "family " + std::to_string(sa->sa_family);
 }
 
 const char* FdKindName(uint32_t kind) {
@@ -335,8 +311,8 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
           e["socket_type"] = f.sock_type;
           e["socket_backlog"] = f.sock_backlog;
         }
-        if (f.sock_addr_len) e["socket_address"] = SockAddrString(f.sock_addr, f.sock_addr_len);
-        if (f.peer_addr_len) e["socket_peer"] = SockAddrString(f.peer_addr, f.peer_addr_len);
+        if (f.sock_addr_len) e["socket_address"] = SockAddrText(f.sock_addr, f.sock_addr_len);
+        if (f.peer_addr_len) e["socket_peer"] = SockAddrText(f.peer_addr, f.peer_addr_len);
         // Which ends a replay pairs up (unix sockets name their peer's inode).
         if (f.kind == IBDBG_FD_SOCKET_CONN && f.sock_id) e["socket_id"] = f.sock_id;
         if (f.kind == IBDBG_FD_SOCKET_CONN && f.peer_id) e["socket_peer_id"] = f.peer_id;
