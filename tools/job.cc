@@ -365,6 +365,32 @@ struct Capture {
   std::string error;
 };
 
+// Answers a peer may ask for before another peer has given them: a question
+// waits until its key is posted.  Serves the replay's name service and the
+// wait for a replayed part's end.
+struct Board {
+  std::map<std::string, json> posted;
+  std::multimap<std::string, int> asking;  // key -> fds of the peers that wait
+
+  template <typename Send>
+  void Post(const std::string& key, const json& answer, Send send) {
+    posted[key] = answer;
+    auto range = asking.equal_range(key);
+    for (auto it = range.first; it != range.second; ++it) send(it->second, answer);
+    asking.erase(key);
+  }
+  template <typename Send>
+  void Ask(const std::string& key, int fd, Send send) {
+    if (auto it = posted.find(key); it != posted.end())
+      send(fd, it->second);
+    else
+      asking.emplace(key, fd);
+  }
+  void Forget(int fd) {
+    for (auto it = asking.begin(); it != asking.end();) it = it->second == fd ? asking.erase(it) : std::next(it);
+  }
+};
+
 // Constant time, so that response timing tells a stranger nothing.
 bool SameSecret(const std::string& a, const std::string& b) {
   unsigned char d = 0;
@@ -448,11 +474,12 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
   std::optional<Capture> cap;
   // The replay's name service: parts of a job on different hosts publish
   // where the new end of a connection between them listens, and look it up.
-  std::map<std::string, std::string> names;
-  std::multimap<std::string, int> name_waiters;  // key -> peer fds waiting for it
-  // Replayed parts whose agent is gone, with their exit status; and who waits.
-  std::map<std::string, int> parts_done;
-  std::multimap<std::string, int> part_waiters;
+  Board names;
+  // Replayed parts whose agent is gone, with their exit status.
+  Board parts_done;
+  auto send_to = [&](int to, const json& j) {
+    if (peers.count(to)) peers[to].conn.Send(j);
+  };
   bool had_agent = false;
   auto idle_since = std::chrono::steady_clock::now();
   int interval_s = 0;
@@ -637,25 +664,13 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
         } else if (op == "exit" && p.role == "agent") {
           p.exit_status = m->value("status", 255);
         } else if (op == "wait_part") {
-          std::string part = m->value("part", "");
-          if (parts_done.count(part))
-            p.conn.Send({{"ok", true}, {"status", parts_done[part]}});
-          else
-            part_waiters.emplace(part, fd);
+          parts_done.Ask(m->value("part", ""), fd, send_to);
         } else if (op == "ns_put") {
-          std::string key = m->value("key", ""), value = m->value("value", "");
-          names[key] = value;
-          auto range = name_waiters.equal_range(key);
-          for (auto it = range.first; it != range.second; ++it)
-            if (peers.count(it->second)) peers[it->second].conn.Send({{"ok", true}, {"key", key}, {"value", value}});
-          name_waiters.erase(key);
+          std::string key = m->value("key", "");
+          names.Post(key, {{"ok", true}, {"key", key}, {"value", m->value("value", "")}}, send_to);
           p.conn.Send({{"ok", true}});
         } else if (op == "ns_get") {
-          std::string key = m->value("key", "");
-          if (names.count(key))
-            p.conn.Send({{"ok", true}, {"key", key}, {"value", names[key]}});
-          else
-            name_waiters.emplace(key, fd);
+          names.Ask(m->value("key", ""), fd, send_to);
         } else if (op == "status") {
           json agents = json::array();
           for (auto& [afd, ap] : peers)
@@ -673,17 +688,11 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
       if (!alive) dead.push_back(fd);
     }
     for (int fd : dead) {
-      for (auto it = name_waiters.begin(); it != name_waiters.end();)
-        it = it->second == fd ? name_waiters.erase(it) : std::next(it);
-      for (auto it = part_waiters.begin(); it != part_waiters.end();)
-        it = it->second == fd ? part_waiters.erase(it) : std::next(it);
+      names.Forget(fd);
+      parts_done.Forget(fd);
       Peer& p = peers[fd];
       if (p.role == "agent" && !p.part.empty()) {
-        parts_done[p.part] = p.exit_status;
-        auto range = part_waiters.equal_range(p.part);
-        for (auto it = range.first; it != range.second; ++it)
-          if (peers.count(it->second)) peers[it->second].conn.Send({{"ok", true}, {"status", p.exit_status}});
-        part_waiters.erase(p.part);
+        parts_done.Post(p.part, {{"ok", true}, {"status", p.exit_status}}, send_to);
       }
       if (p.role == "agent") Log("agent " + p.host + ":" + std::to_string(p.pid) + " left");
       if (cap) {
