@@ -94,35 +94,14 @@ JobDir NewOrNamedJob(const std::string& dir) {
   return OpenOrCreateJob(IbdbgHome() + "/jobs/" + id, id);
 }
 
-std::string ShellQuote(const std::string& s);
-
-// `ibdbg run -- ssh HOST CMD`: the job's first process is its remote shell,
-// which the capture library (not yet loaded here) would have wrapped; wrap it
-// alike (see capture/README.md), so that CMD runs under an agent there.
-std::vector<std::string> WrapRemoteShell(const std::vector<std::string>& cmd, const std::string& remote_shell,
-                                         const JobDir& job) {
-  auto base = [](const std::string& p) { return p.substr(p.rfind('/') + 1); };
-  if (cmd.empty() || base(cmd[0]) != base(remote_shell)) return cmd;
-  size_t i = 1;
-  while (i < cmd.size() && cmd[i].size() > 1 && cmd[i][0] == '-') {
-    if (cmd[i] == "--") {
-      i++;
-      break;
-    }
-    bool takes_arg = cmd[i].size() == 2 && std::string("BbcDEeFIiJLlmOoPpQRSWw").find(cmd[i][1]) != std::string::npos;
-    i += takes_arg ? 2 : 1;
-  }
-  if (i + 1 >= cmd.size()) return cmd;  // a login, no command
-  std::string line;
-  for (size_t k = i + 1; k < cmd.size(); k++) line += (k > i + 1 ? " " : "") + cmd[k];
-  char host[256] = "";
-  gethostname(host, sizeof host - 1);
-  std::string via = std::string(host) + ":" + std::to_string(getpid()) + ":" + std::to_string(getppid());
-  std::vector<std::string> out(cmd.begin(), cmd.begin() + (long)i + 1);
-  out.push_back("exec env -u LD_PRELOAD -u IBDBG_AGENT " + ShellQuote(SelfExe()) + " run --dir " + ShellQuote(job.dir) +
-                " --via " + ShellQuote(via) + " --remote-shell " + ShellQuote(remote_shell) + " -- sh -c " +
-                ShellQuote(line));
-  return out;
+// Replaces this (forked) process with argv; never returns.
+[[noreturn]] void ExecOrExit(const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back((char*)a.c_str());
+  argv.push_back(nullptr);
+  execvp(argv[0], argv.data());
+  fprintf(stderr, "ibdbg: cannot run %s: %s\n", argv[0], strerror(errno));
+  _exit(127);
 }
 
 int CmdRun(const std::string& dir, int interval, const std::string& listen, const std::string& remote_shell,
@@ -167,13 +146,15 @@ int CmdRun(const std::string& dir, int interval, const std::string& listen, cons
     setenv("LD_BIND_NOW", "1", 0);
     signal(SIGINT, SIG_DFL);
     signal(SIGQUIT, SIG_DFL);
-    std::vector<std::string> run = WrapRemoteShell(cmd, remote_shell, job);
-    std::vector<char*> argv;
-    for (auto& a : run) argv.push_back((char*)a.c_str());
-    argv.push_back(nullptr);
-    execvp(argv[0], argv.data());
-    fprintf(stderr, "ibdbg: cannot run %s: %s\n", argv[0], strerror(errno));
-    _exit(127);
+    // `ibdbg run -- ssh HOST CMD`: the job's first process is its remote
+    // shell.  Started by sh, it is exec'd with the capture library loaded,
+    // whose exec wrapper sends CMD to an agent on HOST (capture/README.md),
+    // as for every remote shell the job starts later.
+    std::string base = cmd[0].substr(cmd[0].rfind('/') + 1);
+    std::vector<std::string> run = cmd;
+    if (base == remote_shell.substr(remote_shell.rfind('/') + 1))
+      run.insert(run.begin(), {"/bin/sh", "-c", "exec \"$@\"", "sh"});
+    ExecOrExit(run);
   }
   // The job decides what an interrupt means; we only outlive it.
   signal(SIGINT, SIG_IGN);
@@ -390,14 +371,7 @@ int CmdReplayParts(const std::string& idir, std::map<std::string, JobPart>& part
     std::vector<std::string> cmd = PartCommand(idir, job.dir, t, p, here);
     pid_t c = fork();
     if (c < 0) throw std::runtime_error("fork failed");
-    if (c == 0) {
-      std::vector<char*> argv;
-      for (auto& a : cmd) argv.push_back((char*)a.c_str());
-      argv.push_back(nullptr);
-      execvp(argv[0], argv.data());
-      fprintf(stderr, "ibdbg: cannot run %s: %s\n", argv[0], strerror(errno));
-      _exit(127);
-    }
+    if (c == 0) ExecOrExit(cmd);
     kids.push_back(c);
   }
   signal(SIGINT, SIG_IGN);
@@ -476,12 +450,7 @@ int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const 
     if (g == 0) {
       signal(SIGINT, SIG_DFL);
       signal(SIGQUIT, SIG_DFL);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back((char*)a.c_str());
-      argv.push_back(nullptr);
-      execvp("gdb", argv.data());
-      fprintf(stderr, "ibdbg: cannot run gdb: %s\n", strerror(errno));
-      _exit(127);
+      ExecOrExit(args);
     }
     int st;
     while (waitpid(g, &st, 0) < 0 && errno == EINTR) {
