@@ -165,7 +165,6 @@ std::vector<pid_t> Agent::UnregisteredDescendants() {
   std::set<pid_t> known;
   for (auto& [fd, l] : libs_) known.insert(l.pid);
   std::string self = ReadLinkStr("/proc/self/exe");
-  std::string restorer_dir = self.substr(0, self.rfind('/'));
   std::vector<pid_t> out, todo = ChildrenOf(getpid());
   while (!todo.empty()) {
     pid_t p = todo.back();
