@@ -44,6 +44,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ibdbg/atomic_dir.h"
 #include "ibdbg/sockaddr.h"
 #include "ibdbg/image_file.h"
 #include "ibdbg/maps.h"
@@ -60,10 +61,7 @@ namespace {
 // The directories above a file the replay makes again (a job's scratch
 // directory that it removed when it ended, or that another machine lacks):
 // private to the user, as such directories are.
-void MakeParentDirs(const std::string& path) {
-  for (size_t i = path.find('/', 1); i != std::string::npos; i = path.find('/', i + 1))
-    mkdir(path.substr(0, i).c_str(), 0700);
-}
+void MakeParentDirs(const std::string& path) { image::MakeDirs(path.substr(0, path.rfind('/')), 0700); }
 
 struct FdRecord {
   ibdbg_fd_info info;
