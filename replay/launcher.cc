@@ -986,6 +986,19 @@ void SetSockOpts(int fd, const ibdbg_fd_info& fi) {
   if (fi.sock_opts & IBDBG_SOCKOPT_KEEPALIVE) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
 }
 
+// An IPv4 or IPv6 address made to mean any port.
+void SetAnyPort(sockaddr_storage& s) {
+  if (s.ss_family == AF_INET) ((sockaddr_in*)&s)->sin_port = 0;
+  else ((sockaddr_in6*)&s)->sin6_port = 0;
+}
+
+// An IPv4 or IPv6 address made to name loopback, or else every address of
+// this host.
+void SetHost(sockaddr_storage& s, bool loopback) {
+  if (s.ss_family == AF_INET) ((sockaddr_in*)&s)->sin_addr.s_addr = htonl(loopback ? INADDR_LOOPBACK : INADDR_ANY);
+  else ((sockaddr_in6*)&s)->sin6_addr = loopback ? in6addr_loopback : in6addr_any;
+}
+
 // Connects two fresh TCP sockets through a listener of ours at `laddr` and
 // the client bound to `caddr` (nullptr: any).  Returns false with errno set.
 bool TcpPairAt(int family, const sockaddr* laddr, socklen_t llen, const sockaddr* caddr, socklen_t clen,
@@ -1027,19 +1040,14 @@ std::pair<int, int> ConnectTcp(const ibdbg_fd_info& a, const ibdbg_fd_info& b) {
   sockaddr_storage la{}, ca{};
   memcpy(&la, a.sock_addr, a.sock_addr_len);
   memcpy(&ca, b.sock_addr, b.sock_addr_len);
-  auto clear_port = [](sockaddr_storage& s) {
-    if (s.ss_family == AF_INET) ((sockaddr_in*)&s)->sin_port = 0;
-    else ((sockaddr_in6*)&s)->sin6_port = 0;
-  };
-  clear_port(la);
-  clear_port(ca);
+  SetAnyPort(la);
+  SetAnyPort(ca);
   bool ok = TcpPairAt(a.sock_family, (sockaddr*)&la, a.sock_addr_len, (sockaddr*)&ca, b.sock_addr_len, &fds);
   if (!ok) {
     // Addresses of another host: loopback carries the stream as well.
     sockaddr_storage lo{};
     lo.ss_family = (sa_family_t)a.sock_family;
-    if (a.sock_family == AF_INET) ((sockaddr_in*)&lo)->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    else ((sockaddr_in6*)&lo)->sin6_addr = in6addr_loopback;
+    SetHost(lo, true);
     ok = TcpPairAt(a.sock_family, (sockaddr*)&lo, a.sock_addr_len, nullptr, 0, &fds);
   }
   std::string from = SockAddrText(b.sock_addr, b.sock_addr_len), to = SockAddrText(a.sock_addr, a.sock_addr_len);
@@ -1186,13 +1194,11 @@ void MakeConnections(const std::vector<std::unique_ptr<Prepared>>& all, Shared& 
         sockaddr_storage a{};
         memcpy(&a, fi.sock_addr, fi.sock_addr_len);
         if (first == EADDRNOTAVAIL) {
-          if (a.ss_family == AF_INET) ((sockaddr_in*)&a)->sin_addr.s_addr = htonl(INADDR_ANY);
-          else ((sockaddr_in6*)&a)->sin6_addr = in6addr_any;
+          SetHost(a, false);
           bound = bind(fd, (sockaddr*)&a, fi.sock_addr_len) == 0;
         }
         if (!bound) {
-          if (a.ss_family == AF_INET) ((sockaddr_in*)&a)->sin_port = 0;
-          else ((sockaddr_in6*)&a)->sin6_port = 0;
+          SetAnyPort(a);
           bound = bind(fd, (sockaddr*)&a, fi.sock_addr_len) == 0;
         }
         sockaddr_storage got{};
