@@ -90,6 +90,13 @@ void scopy(char* dst, const char* src, size_t cap) {
   for (; src[i] && i + 1 < cap; i++) dst[i] = src[i];
   dst[i] = 0;
 }
+// What follows the last '/'.
+const char* base_name(const char* path) {
+  const char* base = path;
+  for (const char* c = path; *c; c++)
+    if (*c == '/') base = c + 1;
+  return base;
+}
 // Reads a small /proc file into buf with plain syscalls.
 long read_file(const char* path, char* buf, size_t cap) {
   int fd = (int)sys(SYS_openat, AT_FDCWD, (long)path, O_RDONLY | O_CLOEXEC);
@@ -681,6 +688,7 @@ __attribute__((constructor)) void ibdbg_capture_init() {
   // ibdbg itself (an agent for another host's part, started by the job's
   // remote shell, inherits the job's environment) is never part of a job.
   if (const char* me = getenv("IBDBG_EXE"); me && *me) {
+    scopy(g_ibdbg_exe, me, sizeof g_ibdbg_exe);
     char self[IBDBG_PATH_MAX];
     long l = sys(SYS_readlinkat, AT_FDCWD, (long)"/proc/self/exe", (long)self, sizeof self - 1);
     if (l > 0) {
@@ -709,12 +717,8 @@ __attribute__((constructor)) void ibdbg_capture_init() {
   if (const char* ji = getenv("IBDBG_JOB_ID")) scopy(g_job_id, ji, sizeof g_job_id);
   if (const char* r = getenv("IBDBG_REMOTE_SHELL")) {
     scopy(g_rsh_full, r, sizeof g_rsh_full);
-    const char* base = r;
-    for (const char* c = r; *c; c++)
-      if (*c == '/') base = c + 1;
-    scopy(g_rsh, base, sizeof g_rsh);
+    scopy(g_rsh, base_name(r), sizeof g_rsh);
   }
-  if (const char* e = getenv("IBDBG_EXE")) scopy(g_ibdbg_exe, e, sizeof g_ibdbg_exe);
   const char* s = getenv("IBDBG_SIGNAL");
   g_sig = s && *s ? atoi(s) : SIGRTMAX - 2;
   if (g_sig <= 0 || g_sig >= 65) g_sig = SIGRTMAX - 2;
@@ -813,13 +817,21 @@ EXPORT int poll(struct pollfd* fds, nfds_t n, int timeout) {
   }
 }
 
-EXPORT int ppoll(struct pollfd* fds, nfds_t n, const struct timespec* tmo, const sigset_t* mask) {
+// Makes `call` again while our checkpoint signal is what interrupted it:
+// for calls whose arguments need no update on the way (no time left to
+// recompute), the application never sees EINTR of ours.
+template <class Call>
+auto again_if_ours(Call call) {
   for (;;) {
     unsigned before = t_interrupts;
-    int rc = R().ppoll(fds, n, tmo, mask);
+    auto rc = call();
     if (rc == -1 && errno == EINTR && t_interrupts != before) continue;
     return rc;
   }
+}
+
+EXPORT int ppoll(struct pollfd* fds, nfds_t n, const struct timespec* tmo, const sigset_t* mask) {
+  return again_if_ours([&] { return R().ppoll(fds, n, tmo, mask); });
 }
 
 EXPORT int select(int nfds, fd_set* r, fd_set* w, fd_set* e, struct timeval* tv) {
@@ -857,12 +869,7 @@ EXPORT int epoll_wait(int ep, struct epoll_event* ev, int max, int timeout) {
 }
 
 EXPORT int epoll_pwait(int ep, struct epoll_event* ev, int max, int timeout, const sigset_t* mask) {
-  for (;;) {
-    unsigned before = t_interrupts;
-    int rc = R().epoll_pwait(ep, ev, max, timeout, mask);
-    if (rc == -1 && errno == EINTR && t_interrupts != before) continue;
-    return rc;
-  }
+  return again_if_ours([&] { return R().epoll_pwait(ep, ev, max, timeout, mask); });
 }
 
 // SysV IPC waits are never restarted after a handler (signal(7)); an
@@ -886,12 +893,7 @@ int (*g_real_msgsnd)(int, const void*, size_t, int);
 
 EXPORT int semop(int id, struct sembuf* ops, size_t n) {
   auto f = real_fn(&g_real_semop, "semop");
-  for (;;) {
-    unsigned before = t_interrupts;
-    int rc = f(id, ops, n);
-    if (rc == -1 && errno == EINTR && t_interrupts != before) continue;
-    return rc;
-  }
+  return again_if_ours([&] { return f(id, ops, n); });
 }
 
 EXPORT int semtimedop(int id, struct sembuf* ops, size_t n, const struct timespec* tmo) {
@@ -921,22 +923,12 @@ EXPORT int semtimedop(int id, struct sembuf* ops, size_t n, const struct timespe
 
 EXPORT ssize_t msgrcv(int id, void* msg, size_t size, long type, int flags) {
   auto f = real_fn(&g_real_msgrcv, "msgrcv");
-  for (;;) {
-    unsigned before = t_interrupts;
-    ssize_t rc = f(id, msg, size, type, flags);
-    if (rc == -1 && errno == EINTR && t_interrupts != before) continue;
-    return rc;
-  }
+  return again_if_ours([&] { return f(id, msg, size, type, flags); });
 }
 
 EXPORT int msgsnd(int id, const void* msg, size_t size, int flags) {
   auto f = real_fn(&g_real_msgsnd, "msgsnd");
-  for (;;) {
-    unsigned before = t_interrupts;
-    int rc = f(id, msg, size, flags);
-    if (rc == -1 && errno == EINTR && t_interrupts != before) continue;
-    return rc;
-  }
+  return again_if_ours([&] { return f(id, msg, size, flags); });
 }
 
 // ---- keeping the checkpoint signal ours ----------------------------------------
@@ -1093,10 +1085,7 @@ char* put(char* d, const char* s) {
 
 bool is_remote_shell(const char* path) {
   if (!capturing_enabled() || !g_rsh[0] || !g_ibdbg_exe[0] || !g_job_dir[0] || !path) return false;
-  const char* base = path;
-  for (const char* c = path; *c; c++)
-    if (*c == '/') base = c + 1;
-  return strcmp(base, g_rsh) == 0;
+  return strcmp(base_name(path), g_rsh) == 0;
 }
 
 // The index of the first word of the remote command, or 0 when there is none
