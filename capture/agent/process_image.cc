@@ -471,20 +471,24 @@ std::string WaitTcpSent(pid_t pid, std::chrono::steady_clock::time_point until) 
 
 namespace {
 
+// Everything a non-blocking pipe or FIFO holds now.
+std::string ReadAvailable(int fd) {
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    out.append(buf, (size_t)n);
+  }
+  return out;
+}
+
 std::string DrainPipe(pid_t pid, int fd) {
   std::string path = "/proc/" + std::to_string(pid) + "/fd/" + std::to_string(fd);
   // A fresh open of the pipe: non-blocking without touching the process's own
   // descriptor flags.
   Fd f(open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
-  if (f.fd < 0) return {};
-  std::string out;
-  char buf[65536];
-  for (;;) {
-    ssize_t n = read(f.fd, buf, sizeof buf);
-    if (n <= 0) break;
-    out.append(buf, (size_t)n);
-  }
-  return out;
+  return f.fd < 0 ? std::string() : ReadAvailable(f.fd);
 }
 
 // A pty master of the job (mpirun holds one per rank): its pair's state and
@@ -654,16 +658,16 @@ void WriteFds(pid_t pid, const ProcessMeta& meta, image::ImageWriter& w, WriteSt
       fi->kind = IBDBG_FD_PIPE;
       fi->pipe_id = have_stat ? sb.st_ino : 0;
       bool reader = (flags & O_ACCMODE) == O_RDONLY;
-      // Its capacity (F_GETPIPE_SZ), which the application may have set.
-      {
-        Fd pf(open(target.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
-        int cap = pf.fd >= 0 ? fcntl(pf.fd, F_GETPIPE_SZ) : -1;
-        fi->size = cap > 0 ? (uint64_t)cap : 0;
-      }
+      // A fresh open of the pipe: its capacity (F_GETPIPE_SZ, which the
+      // application may have set), and its bytes, read non-blocking without
+      // touching the process's own descriptor flags.
+      Fd pf(open(target.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+      int cap = pf.fd >= 0 ? fcntl(pf.fd, F_GETPIPE_SZ) : -1;
+      fi->size = cap > 0 ? (uint64_t)cap : 0;
       bool seen = std::find(drained_pipes.begin(), drained_pipes.end(), fi->pipe_id) != drained_pipes.end();
-      if (reader && !seen) {
+      if (reader && !seen && pf.fd >= 0) {
         drained_pipes.push_back(fi->pipe_id);
-        data = DrainPipe(pid, fd);
+        data = ReadAvailable(pf.fd);
         if (!data.empty() && refills) refills->push_back({fd, data});
       }
     } else if (link == "anon_inode:[eventfd]" || link == "anon_inode:[timerfd]" ||
