@@ -42,14 +42,8 @@ int main(int argc, char **argv) {
   send(sq[0], "pkt", 3, 0);
   shutdown(sq[0], SHUT_WR);
 
-  int lst = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  int one = 1;
-  setsockopt(lst, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  bind(lst, (struct sockaddr *)&a, sizeof a);
-  listen(lst, 1);
-  socklen_t al = sizeof a;
-  getsockname(lst, (struct sockaddr *)&a, &al);
+  struct sockaddr_in a;
+  int lst = zdtm_loopback_listener(&a);
   int sync[2];
   socketpair(AF_UNIX, SOCK_STREAM, 0, sync);
   pid_t c = fork();

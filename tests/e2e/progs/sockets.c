@@ -27,18 +27,13 @@ int main(int argc, char **argv) {
   socketpair(AF_UNIX, SOCK_STREAM, 0, self);
   socketpair(AF_UNIX, SOCK_STREAM, 0, pc);
   write(self[0], "to-self", 7);
-  int lst = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  int one = 1;
-  setsockopt(lst, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  bind(lst, (struct sockaddr *)&a, sizeof a);
-  listen(lst, 1);
-  socklen_t al = sizeof a;
-  getsockname(lst, (struct sockaddr *)&a, &al);
+  struct sockaddr_in a;
+  int lst = zdtm_loopback_listener(&a);
   pid_t c = fork();
   if (c == 0) {
     close(pc[0]);
     int t = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
     setsockopt(t, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (connect(t, (struct sockaddr *)&a, sizeof a)) _exit(3);
     struct sockaddr_in me, peer;

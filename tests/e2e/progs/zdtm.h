@@ -7,11 +7,14 @@
 #ifndef ZDTM_H
 #define ZDTM_H
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,6 +49,19 @@ static void zdtm_fail(const char *fmt, ...) {
   do {                        \
     if (!(cond)) zdtm_fail(__VA_ARGS__); \
   } while (0)
+
+/* A TCP listener on a free loopback port; *a says where. */
+__attribute__((unused)) static int zdtm_loopback_listener(struct sockaddr_in *a) {
+  int lst = socket(AF_INET, SOCK_STREAM, 0);
+  *a = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  int one = 1;
+  setsockopt(lst, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  bind(lst, (struct sockaddr *)a, sizeof *a);
+  listen(lst, 1);
+  socklen_t al = sizeof *a;
+  getsockname(lst, (struct sockaddr *)a, &al);
+  return lst;
+}
 
 static int zdtm_verdict(void) {
   printf(zdtm_failed ? "RESULT: FAIL\n" : "PASS\n");
