@@ -55,6 +55,10 @@ int RunSoftRdma(const std::string& mode, const std::vector<std::string>& argv) {
   }
   Prepend("LD_LIBRARY_PATH", dir, ':');
   Prepend("LD_PRELOAD", dir + "/libibverbs.so.1", ' ');
+  // The device's sysfs entries for programs that read them directly (UCX,
+  // Open MPI); optional: without it plain verbs programs still work.
+  if (access((dir + "/libsoftrdma-sysfs.so").c_str(), R_OK) == 0)
+    Prepend("LD_PRELOAD", dir + "/libsoftrdma-sysfs.so", ' ');
   setenv("SOFTRDMA_MODE", mode.c_str(), 1);
   // rdma-core's own provider lookup is not involved, but keep its config
   // from pointing programs at kernel devices in librdmacm.
