@@ -60,6 +60,11 @@ int RunSoftRdma(const std::string& mode, const std::vector<std::string>& argv) {
   if (access((dir + "/libsoftrdma-sysfs.so").c_str(), R_OK) == 0)
     Prepend("LD_PRELOAD", dir + "/libsoftrdma-sysfs.so", ' ');
   setenv("SOFTRDMA_MODE", mode.c_str(), 1);
+  // Open MPI's openib BTL takes its per-device settings from INI files by
+  // vendor/part id; softrdma's is next to the library. mpirun passes OMPI_MCA_*
+  // on to every rank, remote ones included. A value the user set stays.
+  std::string ini = dir + "/openib-device-params.ini";
+  if (access(ini.c_str(), R_OK) == 0) setenv("OMPI_MCA_btl_openib_device_param_files", ini.c_str(), 0);
   // rdma-core's own provider lookup is not involved, but keep its config
   // from pointing programs at kernel devices in librdmacm.
   std::vector<char*> args;

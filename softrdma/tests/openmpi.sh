@@ -10,9 +10,9 @@
 # Either on one host (loopback) or, with --two-hosts, on two network-namespace
 # hosts (tests/hosts/hosts.sh, root; exit 77 otherwise), 2 ranks each.
 # Fails when the answer is wrong or the messages went another way.
-#   openmpi.sh SOFTRDMA_RUN RING INI openib|ucx [--two-hosts]
+#   openmpi.sh SOFTRDMA_RUN RING openib|ucx [--two-hosts]
 set -u
-run=$1 ring=$2 ini=$3 variant=$4 two=${5:-}
+run=$1 ring=$2 variant=$3 two=${4:-}
 here=$(cd "$(dirname "$0")" && pwd)
 command -v mpirun >/dev/null || { echo "FAIL mpirun not found (softrdma/deps.sh installs openmpi-bin)"; exit 1; }
 [ -x "$ring" ] || { echo "FAIL $ring is missing (built from examples/ring.c when Open MPI's libopenmpi-dev is installed)"; exit 1; }
@@ -54,8 +54,7 @@ case $variant in
 openib)
   out=$work/openib.out
   at "$run" --mode ib "${ip[@]}" -- "${mpi[@]}" --mca btl openib,self --mca btl_openib_allow_ib 1 \
-    --mca btl_openib_cpc_include udcm --mca btl_openib_device_param_files "$ini:/usr/share/openmpi/mca-btl-openib-device-params.ini" \
-    --mca btl_openib_warn_no_device_params_found 1 --mca btl_base_verbose 100 \
+    --mca btl_openib_cpc_include udcm --mca btl_openib_warn_no_device_params_found 1 --mca btl_base_verbose 100 \
     "$ring" $rounds 0 1024 1 > "$out" 2>&1
   rc=$?
   # Each rank sends to its successor and to the rank two on (the ring and
@@ -89,7 +88,7 @@ ucx)
       "$ring" $rounds 0 1024 1 > "$out" 2>&1
     rc=$?
     # UCX logs each endpoint configuration: each rank's remote peers over rc_verbs
-    n=$(grep "ep_cfg\[[0-9]*\]: tag(rc_verbs/softrdma0:1)" "$out" | grep -Eo '\[[a-z0-9]+:[0-9]+:' | sort -u | wc -l)
+    n=$(grep "ep_cfg\[[0-9]*\]: tag(rc_verbs/softrdma0:1)" "$out" | grep -Eo '\[[a-z0-9]+:[0-9]+ *:' | sort -u | wc -l)
     other=$(grep "ep_cfg" "$out" | grep -Ev "tag\(((self|rc_verbs|ud_verbs)/[a-z0-9:]+ ?)+\)" | head -3)
     if [ $rc = 0 ] && answer_ok "$out" && [ "$n" = 4 ] && [ -z "$other" ]; then
       ok "UCX rc_verbs ($mode), $where: $(grep '^ring: 4' "$out")"
@@ -99,7 +98,7 @@ ucx)
     fi
   done
   ;;
-*) echo "usage: openmpi.sh SOFTRDMA_RUN RING INI openib|ucx [--two-hosts]"; exit 2 ;;
+*) echo "usage: openmpi.sh SOFTRDMA_RUN RING openib|ucx [--two-hosts]"; exit 2 ;;
 esac
 echo "openmpi $variant ($where): $pass passed, $fail failed"
 [ $fail = 0 ]
