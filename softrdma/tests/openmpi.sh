@@ -30,6 +30,9 @@ ok() { pass=$((pass+1)); echo "ok   $*"; }
 bad() { fail=$((fail+1)); echo "FAIL $*"; }
 
 rounds=300
+# 32 KiB messages: past the eager limits, so openib and UCX use RDMA (get/put,
+# zero-copy) for the ring and send/receive for the small ones (the meeting).
+elems=4096
 ip=()
 mpi=(mpirun --oversubscribe -np 4 -x TMPDIR --mca orte_tmpdir_base "$work")
 [ "$(id -u)" = 0 ] && mpi+=(--allow-run-as-root)
@@ -55,7 +58,7 @@ openib)
   out=$work/openib.out
   at "$run" --mode ib "${ip[@]}" -- "${mpi[@]}" --mca btl openib,self --mca btl_openib_allow_ib 1 \
     --mca btl_openib_cpc_include udcm --mca btl_openib_warn_no_device_params_found 1 --mca btl_base_verbose 100 \
-    "$ring" $rounds 0 1024 1 > "$out" 2>&1
+    "$ring" $rounds 0 $elems 1 > "$out" 2>&1
   rc=$?
   # Each rank sends to its successor and to the rank two on (the ring and
   # the meeting): both paths must be openib.  Open MPI makes an endpoint when
@@ -85,7 +88,7 @@ ucx)
     out=$work/ucx-$mode.out
     at env UCX_TLS=rc_verbs,ud_verbs,self UCX_LOG_LEVEL=info "$run" --mode $mode "${ip[@]}" -- "${mpi[@]}" \
       -x UCX_TLS -x UCX_LOG_LEVEL --mca pml ucx --mca pml_ucx_devices any --mca btl self \
-      "$ring" $rounds 0 1024 1 > "$out" 2>&1
+      "$ring" $rounds 0 $elems 1 > "$out" 2>&1
     rc=$?
     # UCX logs each endpoint configuration: each rank's remote peers over rc_verbs
     n=$(grep "ep_cfg\[[0-9]*\]: tag(rc_verbs/softrdma0:1)" "$out" | grep -Eo '\[[a-z0-9]+:[0-9]+ *:' | sort -u | wc -l)
