@@ -79,6 +79,12 @@ static void LoadSyms(void) {
   real_readlinkat = dlsym(RTLD_NEXT, "readlinkat");
 }
 #define SYMS() pthread_once(&g_sym_once, LoadSyms)
+/* A libc without one of them (say, no statx): the call fails as unsupported. */
+#define CALL(fn, ...) (fn ? fn(__VA_ARGS__) : (errno = ENOSYS, -1))
+#define CALLP(fn, ...) (fn ? fn(__VA_ARGS__) : (errno = ENOSYS, (void*)0))
+
+/* The 64-bit variants share the plain ones' structures (LP64). */
+_Static_assert(sizeof(struct stat) == sizeof(struct stat64), "struct stat64 differs from struct stat");
 
 /* ------------------------------------------------------------ the tree ---- */
 static pthread_once_t g_tree_once = PTHREAD_ONCE_INIT;
@@ -288,19 +294,19 @@ static int WantsMode(int flags) {
 
 EXPORT int open(const char* path, int flags, ...) {
   OPEN_BODY(path)
-  return real_open(p, flags, mode);
+  return CALL(real_open, p, flags, mode);
 }
 EXPORT int open64(const char* path, int flags, ...) {
   OPEN_BODY(path)
-  return real_open(p, flags | O_LARGEFILE, mode);
+  return CALL(real_open, p, flags | O_LARGEFILE, mode);
 }
 EXPORT int openat(int dfd, const char* path, int flags, ...) {
   OPEN_BODY(path)
-  return real_openat(dfd, p, flags, mode);
+  return CALL(real_openat, dfd, p, flags, mode);
 }
 EXPORT int openat64(int dfd, const char* path, int flags, ...) {
   OPEN_BODY(path)
-  return real_openat(dfd, p, flags | O_LARGEFILE, mode);
+  return CALL(real_openat, dfd, p, flags | O_LARGEFILE, mode);
 }
 /* _FORTIFY_SOURCE versions (no mode argument) */
 EXPORT int __open_2(const char* path, int flags) { return open(path, flags); }
@@ -311,26 +317,26 @@ EXPORT int __openat64_2(int dfd, const char* path, int flags) { return openat64(
 EXPORT FILE* fopen(const char* path, const char* m) {
   char buf[PATH_MAX];
   const char* p = Map(path, buf);
-  return real_fopen(p, m);
+  return CALLP(real_fopen, p, m);
 }
 EXPORT FILE* fopen64(const char* path, const char* m) { return fopen(path, m); }
 
 EXPORT int stat(const char* path, struct stat* st) {
   char buf[PATH_MAX];
   const char* p = Map(path, buf);
-  return real_stat(p, st);
+  return CALL(real_stat, p, st);
 }
 EXPORT int stat64(const char* path, struct stat64* st) { return stat(path, (struct stat*)st); }
 EXPORT int lstat(const char* path, struct stat* st) {
   char buf[PATH_MAX];
   const char* p = Map(path, buf);
-  return real_lstat(p, st);
+  return CALL(real_lstat, p, st);
 }
 EXPORT int lstat64(const char* path, struct stat64* st) { return lstat(path, (struct stat*)st); }
 EXPORT int fstatat(int dfd, const char* path, struct stat* st, int flags) {
   char buf[PATH_MAX];
   const char* p = Map(path, buf);
-  return real_fstatat(dfd, p, st, flags);
+  return CALL(real_fstatat, dfd, p, st, flags);
 }
 EXPORT int fstatat64(int dfd, const char* path, struct stat64* st, int flags) {
   return fstatat(dfd, path, (struct stat*)st, flags);
@@ -338,23 +344,19 @@ EXPORT int fstatat64(int dfd, const char* path, struct stat64* st, int flags) {
 EXPORT int statx(int dfd, const char* path, int flags, unsigned mask, struct statx* st) {
   char buf[PATH_MAX];
   const char* p = Map(path, buf);
-  if (!real_statx) {
-    errno = ENOSYS;
-    return -1;
-  }
-  return real_statx(dfd, p, flags, mask, st);
+  return CALL(real_statx, dfd, p, flags, mask, st);
 }
 /* Programs built against glibc before 2.33 call these instead of stat(). */
 EXPORT int __xstat(int ver, const char* path, struct stat* st) {
   char buf[PATH_MAX];
   const char* p = Map(path, buf);
-  return real_xstat(ver, p, st);
+  return CALL(real_xstat, ver, p, st);
 }
 EXPORT int __xstat64(int ver, const char* path, struct stat64* st) { return __xstat(ver, path, (struct stat*)st); }
 EXPORT int __lxstat(int ver, const char* path, struct stat* st) {
   char buf[PATH_MAX];
   const char* p = Map(path, buf);
-  return real_lxstat(ver, p, st);
+  return CALL(real_lxstat, ver, p, st);
 }
 EXPORT int __lxstat64(int ver, const char* path, struct stat64* st) {
   return __lxstat(ver, path, (struct stat*)st);
@@ -362,7 +364,7 @@ EXPORT int __lxstat64(int ver, const char* path, struct stat64* st) {
 EXPORT int __fxstatat(int ver, int dfd, const char* path, struct stat* st, int flags) {
   char buf[PATH_MAX];
   const char* p = Map(path, buf);
-  return real_fxstatat(ver, dfd, p, st, flags);
+  return CALL(real_fxstatat, ver, dfd, p, st, flags);
 }
 EXPORT int __fxstatat64(int ver, int dfd, const char* path, struct stat64* st, int flags) {
   return __fxstatat(ver, dfd, path, (struct stat*)st, flags);
@@ -371,33 +373,33 @@ EXPORT int __fxstatat64(int ver, int dfd, const char* path, struct stat64* st, i
 EXPORT int access(const char* path, int m) {
   char buf[PATH_MAX];
   const char* p = Map(path, buf);
-  return real_access(p, m);
+  return CALL(real_access, p, m);
 }
 EXPORT int faccessat(int dfd, const char* path, int m, int flags) {
   char buf[PATH_MAX];
   const char* p = Map(path, buf);
-  return real_faccessat(dfd, p, m, flags);
+  return CALL(real_faccessat, dfd, p, m, flags);
 }
 
 EXPORT DIR* opendir(const char* path) {
   char buf[PATH_MAX];
   const char* p = Map(path, buf);
-  return real_opendir(p);
+  return CALLP(real_opendir, p);
 }
 
 EXPORT char* realpath(const char* path, char* resolved) {
   char buf[PATH_MAX];
   const char* p = Map(path, buf);
-  return Unmap(real_realpath(p, resolved));
+  return Unmap(CALLP(real_realpath, p, resolved));
 }
 
 EXPORT ssize_t readlink(const char* path, char* out, size_t n) {
   char buf[PATH_MAX];
   const char* p = Map(path, buf);
-  return real_readlink(p, out, n);
+  return CALL(real_readlink, p, out, n);
 }
 EXPORT ssize_t readlinkat(int dfd, const char* path, char* out, size_t n) {
   char buf[PATH_MAX];
   const char* p = Map(path, buf);
-  return real_readlinkat(dfd, p, out, n);
+  return CALL(real_readlinkat, dfd, p, out, n);
 }
