@@ -8,7 +8,8 @@
 #           memory), in both personalities (roce makes UCX read the GID types
 #           and net devices from sysfs).
 # Either on one host (loopback) or, with --two-hosts, on two network-namespace
-# hosts (tests/hosts/hosts.sh, root; exit 77 otherwise), 2 ranks each.
+# hosts (tests/hosts/hosts.sh; as root, or as root of a user namespace of our
+# own when unprivileged; exit 77 when neither is possible), 2 ranks each.
 # Fails when the answer is wrong or the messages went another way.
 #   openmpi.sh SOFTRDMA_RUN RING openib|ucx [--two-hosts]
 set -u
@@ -16,8 +17,14 @@ run=$1 ring=$2 variant=$3 two=${4:-}
 here=$(cd "$(dirname "$0")" && pwd)
 command -v mpirun >/dev/null || { echo "FAIL mpirun not found (softrdma/deps.sh installs openmpi-bin)"; exit 1; }
 [ -x "$ring" ] || { echo "FAIL $ring is missing (built from examples/ring.c when Open MPI's libopenmpi-dev is installed)"; exit 1; }
+if [ -n "$two" ] && [ "$(id -u)" != 0 ] && [ -z "${SOFTRDMA_MPI_USERNS:-}" ] &&
+   unshare --user --map-root-user true 2>/dev/null; then
+  # Unprivileged: the hosts are made as root of a user namespace of our own
+  # (as tests/e2e/mpi_two_hosts.sh --as-user does).
+  SOFTRDMA_MPI_USERNS=1 exec unshare --user --map-root-user -- bash "$0" "$@"
+fi
 if [ -n "$two" ] && { [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; }; then
-  echo "SKIP: two hosts need root and iproute2 for network namespaces"; exit 77
+  echo "SKIP: two hosts need root (or user namespaces) and iproute2 for network namespaces"; exit 77
 fi
 work=$(mktemp -d /tmp/softrdma-mpi.XXXXXX)
 hosts=$work/hosts
