@@ -218,6 +218,12 @@ static int Usable(const char* path) {
          !(st.st_mode & (S_IWGRP | S_IWOTH));
 }
 
+/* Without a tree the paths stay as they are (absent); say why when asked. */
+static void NoTree(const char* what, const char* path) {
+  const char* d = getenv("SOFTRDMA_DEBUG");
+  if (d && *d && *d != '0') fprintf(stderr, "softrdma-sysfs: no tree: %s %s: %s\n", what, path, strerror(errno));
+}
+
 static void MakeTree(void) {
   SYMS();
   const char* m = getenv("SOFTRDMA_MODE");
@@ -231,14 +237,22 @@ static void MakeTree(void) {
            ib ? "ib" : "roce", ip >> 24, (ip >> 16) & 0xff, (ip >> 8) & 0xff, ip & 0xff, ifname);
   if (!Usable(final)) {
     snprintf(work, sizeof work, "%s/softrdma-sysfs.tmp.XXXXXX", tmp);
-    if (!mkdtemp(work)) return;
+    if (!mkdtemp(work)) {
+      NoTree("cannot make", work);
+      return;
+    }
     if (Populate(work, ib, ip, ifname) != 0 || chmod(work, 0755) != 0 ||
         (rename(work, final) != 0 && errno != EEXIST && errno != ENOTEMPTY)) {
+      NoTree("cannot make", final);
       RemoveTree(work);
       return;
     }
     RemoveTree(work); /* another process made it first: its copy is the same */
-    if (!Usable(final)) return;
+    if (!Usable(final)) {
+      errno = EPERM;
+      NoTree("not ours, or writable by others:", final);
+      return;
+    }
   }
   snprintf(g_root, sizeof g_root, "%s", final);
   g_root_len = strlen(g_root);
