@@ -24,7 +24,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -102,6 +104,12 @@ struct Conn {
   uint32_t batch_resp = 0;
   uint32_t batch_sq_end = 0;
   bool batch_uc = false;
+  // one-copy (same host): the responder accepted this stream (cma, with the
+  // requester's pid) or the requester was told so (cma_ok)
+  bool cma = false;
+  bool cma_ok = false;
+  uint32_t peer_pid = 0;
+  uint64_t td[kTxHdrs][2 * kMaxSge];  // descriptors of the batch's frames
 };
 
 namespace {
@@ -137,6 +145,96 @@ struct Engine {
 Engine* g_eng = nullptr;
 pthread_once_t g_eng_once = PTHREAD_ONCE_INIT;
 bool g_eng_ok = false;
+
+// ------------------------------------------------------------ one-copy ----
+// Within one host the payload of large RC requests does not travel on the
+// stream: the requester sends descriptors of its own (registered) memory and
+// the responder, after the same checks as for a streamed payload, copies
+// straight between the two address spaces with process_vm_readv/writev.
+// SOFTRDMA_TRANSPORT: tcp (never), auto (default: peers in the same network
+// namespace of the same boot), cma (also across network namespaces; a peer
+// that cannot do it is refused, so tests know which path ran).
+enum CmaMode { kCmaOff, kCmaAuto, kCmaRequired };
+int g_cma_mode = kCmaAuto;
+uint64_t g_cma_min = 16384;  // smaller messages are cheaper on the stream
+uint64_t g_boot = 0;         // hash of the boot id
+uint32_t g_netns = 0;
+uint64_t g_cookie = 0;       // a peer reads it to prove it can reach our memory
+
+void CmaInit() {
+  const char* t = getenv("SOFTRDMA_TRANSPORT");
+  if (t && strcmp(t, "tcp") == 0) g_cma_mode = kCmaOff;
+  else if (t && strcmp(t, "cma") == 0) g_cma_mode = kCmaRequired;
+  const char* m = getenv("SOFTRDMA_CMA_MIN");
+  if (m && *m) g_cma_min = strtoull(m, nullptr, 0);
+  char id[64] = {};
+  int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+  ssize_t n = fd >= 0 ? read(fd, id, sizeof id - 1) : -1;
+  if (fd >= 0) close(fd);
+  if (n <= 0) {
+    g_cma_mode = kCmaOff;  // cannot tell whether a peer shares our kernel
+    return;
+  }
+  uint64_t h = 1469598103934665603ull;
+  for (ssize_t i = 0; i < n; i++) h = (h ^ uint8_t(id[i])) * 1099511628211ull;
+  g_boot = h;
+  struct stat st;
+  if (stat("/proc/self/ns/net", &st) == 0) g_netns = uint32_t(st.st_ino);
+  if (getrandom(&g_cookie, sizeof g_cookie, GRND_NONBLOCK) != sizeof g_cookie) g_cookie = NowNs();
+  g_cookie |= 1;
+}
+
+// Responder, on a HELLO that offers one-copy: same kernel, and can we really
+// read the requester's memory (same uid, no Yama, same pid namespace)?
+bool CmaAccept(const WireHdr& h) {
+  if (g_cma_mode == kCmaOff || !(h.flags & kFCma) || h.arg0 != g_boot) return false;
+  if (h.imm != g_netns && g_cma_mode != kCmaRequired && !(h.flags & kFCmaAny)) return false;
+  uint64_t v = 0;
+  struct iovec l = {&v, sizeof v};
+  struct iovec r = {reinterpret_cast<void*>(h.arg1), sizeof v};
+  return process_vm_readv(pid_t(h.psn), &l, 1, &r, 1, 0) == ssize_t(sizeof v) && v == h.raddr;
+}
+
+// Copies between our iovecs and the peer's descriptors; false unless all of
+// len bytes moved (the requester unmapped its memory meanwhile).
+bool CmaCopy(uint32_t pid, bool to_peer, struct iovec* loc, int nloc, const char* desc, uint32_t ndesc,
+             uint64_t len) {
+  struct iovec rem[kMaxSge];
+  if (ndesc > kMaxSge) return false;
+  for (uint32_t i = 0; i < ndesc; i++) {
+    uint64_t d[2];
+    memcpy(d, desc + 16 * i, 16);
+    rem[i].iov_base = reinterpret_cast<void*>(d[0]);
+    rem[i].iov_len = d[1];
+  }
+  int li = 0, ri = 0;
+  while (len) {
+    ssize_t n = to_peer ? process_vm_writev(pid_t(pid), loc + li, unsigned(nloc - li), rem + ri, ndesc - ri, 0)
+                        : process_vm_readv(pid_t(pid), loc + li, unsigned(nloc - li), rem + ri, ndesc - ri, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    len -= uint64_t(n) < len ? uint64_t(n) : len;
+    // a call moves at most ~2 GiB: advance both sides for the next one
+    for (size_t k = size_t(n); k;) {
+      size_t a = loc[li].iov_len < k ? loc[li].iov_len : k;
+      loc[li].iov_base = static_cast<char*>(loc[li].iov_base) + a;
+      loc[li].iov_len -= a;
+      k -= a;
+      if (!loc[li].iov_len) li++;
+    }
+    for (size_t k = size_t(n); k;) {
+      size_t a = rem[ri].iov_len < k ? rem[ri].iov_len : k;
+      rem[ri].iov_base = static_cast<char*>(rem[ri].iov_base) + a;
+      rem[ri].iov_len -= a;
+      k -= a;
+      if (!rem[ri].iov_len) ri++;
+    }
+    while (li < nloc && !loc[li].iov_len) li++;
+    while (ri < int(ndesc) && !rem[ri].iov_len) ri++;
+    if (len && (li == nloc || ri == int(ndesc))) return false;
+  }
+  return true;
+}
 
 inline bool PsnLe(uint32_t a, uint32_t b) { return ((b - a) & 0xffffff) < 0x800000; }
 
@@ -286,6 +384,14 @@ void PumpOut(Qp* qp) {
       h.qkey = (qp->ex.qp_base.qp_type == IBV_QPT_RC ? kKindRc : kKindUc) |
                (uint32_t(qp->attr.rnr_retry & 7) << 8) | (uint32_t(qp->attr.retry_cnt & 7) << 12) |
                (uint32_t(qp->attr.timeout & 31) << 16);
+      if (g_cma_mode != kCmaOff && qp->ex.qp_base.qp_type == IBV_QPT_RC) {
+        h.flags |= kFCma | (g_cma_mode == kCmaRequired ? kFCmaAny : 0);
+        h.psn = uint32_t(getpid());
+        h.arg0 = g_boot;
+        h.arg1 = reinterpret_cast<uint64_t>(&g_cookie);
+        h.raddr = g_cookie;
+        h.imm = g_netns;
+      }
       TxAddHdr(c, h);
       c->hello_sent = true;
     }
@@ -352,7 +458,36 @@ void PumpOut(Qp* qp) {
         }
         if (w->send_flags & IBV_SEND_SOLICITED) h.flags |= kFSolicited;
         h.len = uint32_t(w->length);
-        TxAddHdr(c, h);
+        bool cma = c->cma_ok && w->length >= g_cma_min && w->length &&
+                   (payload || w->opcode == IBV_WR_RDMA_READ);
+        if (cma) {
+          // descriptors instead of the payload: where the responder reads
+          // our data (or, for a READ, writes its own)
+          uint64_t* d = c->td[c->thn];
+          uint32_t nd = 0;
+          if (w->inline_len) {
+            d[0] = reinterpret_cast<uint64_t>(&w->sge[w->num_sge]);
+            d[1] = w->inline_len;
+            nd = 1;
+          } else {
+            for (uint32_t i = 0; i < w->num_sge; i++) {
+              if (!w->sge[i].length) continue;
+              Mr* m = LookupKey(w->sge[i].lkey);
+              d[2 * nd] = reinterpret_cast<uint64_t>(m ? MrPtr(m, w->sge[i].addr, w->sge[i].length) : nullptr);
+              d[2 * nd + 1] = w->sge[i].length;
+              nd++;
+            }
+          }
+          h.flags |= kFCma;
+          h.arg0 = nd;
+          TxAddHdr(c, h);
+          c->tiov[c->tn].iov_base = d;
+          c->tiov[c->tn].iov_len = 16 * nd;
+          c->tn++;
+          payload = false;
+        } else {
+          TxAddHdr(c, h);
+        }
         if (payload && w->length) {
           if (w->inline_len) {
             c->tiov[c->tn].iov_base = reinterpret_cast<char*>(&w->sge[w->num_sge]);
@@ -661,6 +796,16 @@ Verdict DispatchIn(Conn* c, Qp* qp) {
         char* p = CheckRemote(qp, h.rkey, h.raddr, h.len, IBV_ACCESS_REMOTE_READ);
         if (!p) return nak(qp->attr.qp_access_flags & IBV_ACCESS_REMOTE_READ ? kNakAccess : kNakInvReq);
         c->st_off += sizeof(WireHdr);
+        if (h.flags & kFCma) {
+          // one-copy: place the data now, in order with the requests before it
+          struct iovec src = {p, h.len};
+          if (!CmaCopy(c->peer_pid, true, &src, 1, c->stage + c->st_off, uint32_t(h.arg0), h.len)) {
+            c->st_off -= sizeof(WireHdr);
+            return nak(kNakOp);
+          }
+          QueueResp(qp, kOpReadResp, h.psn, kSynCmaPlaced);
+          return kVDone;
+        }
         QueueResp(qp, kOpReadResp, h.psn, 0, reinterpret_cast<uint64_t>(p), h.len);
         return kVDone;
       }
@@ -751,8 +896,16 @@ Verdict DispatchOut(Conn* c, Qp* qp) {
       FailHead(qp, NakStatus(h.syndrome));
       return kVDone;
     }
+    case kOpCmaOk:
+      c->cma_ok = true;
+      SR_LOG("softrdma: qp 0x%x: one-copy path to qp 0x%x", qp->ex.qp_base.qp_num, qp->attr.dest_qp_num);
+      return kVDone;
     case kOpReadResp: {
       SendWqe* w = FindPsn(qp, h.psn);
+      if (w && h.syndrome == kSynCmaPlaced && h.len == 0 && w->opcode == IBV_WR_RDMA_READ) {
+        CompleteUpTo(qp, h.psn);
+        return kVDone;
+      }
       if (!w || w->opcode != IBV_WR_RDMA_READ || h.len != w->length) return kVClose;
       // The destination was validated at post time.
       c->niov = c->iov_i = 0;
@@ -920,6 +1073,12 @@ RxStatus RxRun(Conn* c, Qp* qp) {
       int rc;
       if (!Ensure(c, sizeof(WireHdr), &rc)) return rc == -1 ? kRxAgain : kRxClosed;
       memcpy(&c->h, c->stage + c->st_off, sizeof(WireHdr));
+      uint32_t ndesc = 0;
+      if (c->role == Role::kIn && (c->h.flags & kFCma)) {
+        if (!c->cma || c->h.arg0 > kMaxSge) return kRxClosed;
+        ndesc = uint32_t(c->h.arg0);
+        if (!Ensure(c, sizeof(WireHdr) + 16 * ndesc, &rc)) return rc == -1 ? kRxAgain : kRxClosed;
+      }
       Verdict v;
       switch (c->role) {
         case Role::kPending: v = DispatchHello(c); break;
@@ -931,6 +1090,20 @@ RxStatus RxRun(Conn* c, Qp* qp) {
       if (v == kVPark) return kRxParked;
       if (v == kVClose) return kRxClosed;
       if (v == kVNeedMore) return kRxAgain;
+      if (ndesc || (c->role == Role::kIn && (c->h.flags & kFCma))) {
+        // the payload is in the requester's memory, not on the stream
+        const char* desc = c->stage + c->st_off;
+        c->st_off += 16 * ndesc;
+        if (v == kVPayload) {
+          if (!c->discard && c->niov && !CmaCopy(c->peer_pid, false, c->iov, c->niov, desc, ndesc, c->h.len)) {
+            if (c->fin == kFinRecv) RecvCompletion(qp, c, IBV_WC_GENERAL_ERR, 0);
+            c->fin = kFinNakErr;
+            c->fin_nak = kNakOp;
+          }
+          c->remaining = 0;
+          c->niov = c->iov_i = 0;
+        }
+      }
       if (v == kVDone) {
         if (c->role == Role::kPending || (c->role == Role::kIn && qp != c->qp.load())) return kRxBudget;
         continue;
@@ -1021,6 +1194,12 @@ Verdict DispatchHello(Conn* c) {
     return kVPark;
   }
   if (qp->st == QpState::kErr) return reject();
+  bool cma = kind == kKindRc && CmaAccept(h);
+  if (!cma && kind == kKindRc && g_cma_mode == kCmaRequired) {
+    SR_LOG("softrdma: qp 0x%x: SOFTRDMA_TRANSPORT=cma and qp 0x%x cannot use one-copy: refused",
+           qp->ex.qp_base.qp_num, h.src_qpn);
+    return reject();
+  }
   c->st_off += sizeof(WireHdr);
   if (qp->in) {
     Conn* old = qp->in;
@@ -1037,6 +1216,11 @@ Verdict DispatchHello(Conn* c) {
   qp->in = c;
   qp->resp_head = qp->resp_count = 0;
   qp->goto_err_after_resp = false;
+  c->cma = cma;
+  if (cma) {
+    c->peer_pid = h.psn;
+    QueueResp(qp, kOpCmaOk, 0);
+  }
   return kVDone;
 }
 
@@ -1178,6 +1362,10 @@ void RetryWaiting(uint64_t now) {
         QueueResp(qp, kOpNak, c->h.psn, kNakRnr);
         c->st_off += sizeof(WireHdr);
         uint64_t payload = c->h.len;
+        if (c->h.flags & kFCma) {
+          c->st_off += 16 * uint32_t(c->h.arg0);
+          payload = 0;
+        }
         BeginDiscard(c, payload);
         c->fin = kFinDrop;
         c->in_payload = true;
@@ -1312,6 +1500,7 @@ void EngineInit() {
   e->ep = epoll_create1(EPOLL_CLOEXEC);
   e->wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (e->ep < 0 || e->wake < 0) return;
+  CmaInit();
   struct epoll_event ev;
   ev.events = EPOLLIN;
   ev.data.ptr = &e->wake_tag;
