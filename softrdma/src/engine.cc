@@ -77,6 +77,7 @@ struct Conn {
   bool hello_sent = false;
   bool parked = false;
   bool waiting = false;  // in the engine's waiting list (pending or parked)
+  bool in_again = false;  // in the engine's again list
   uint32_t events = 0;
   uint64_t deadline = 0;
   uint32_t peer_qpn = 0;
@@ -137,6 +138,7 @@ struct Engine {
   std::atomic<bool> kicked{false};
   // progress thread only
   std::vector<Conn*> waiting;
+  std::vector<Conn*> again;  // stopped by their budget with frames still buffered
   std::vector<Conn*> to_free;
   std::mutex umu;
   std::vector<UdOut*> ud;
@@ -1156,7 +1158,15 @@ RxStatus RxRun(Conn* c, Qp* qp) {
     }
     c->in_payload = false;
     FinishFrame(c, qp);
-    if (budget < c->h.len + 64) return kRxBudget;
+    if (budget < c->h.len + 64) {
+      // Frames already in the stage buffer raise no epoll event: come back
+      // to them after the other connections had their turn.
+      if (c->st_off < c->st_len && !c->in_again) {
+        c->in_again = true;
+        g_eng->again.push_back(c);
+      }
+      return kRxBudget;
+    }
     budget -= c->h.len + 64;
   }
 }
@@ -1423,6 +1433,7 @@ void* ProgressMain(void*) {
   uint64_t last_timer = NowNs();
   for (;;) {
     int timeout = (g_eng->nqps.load() || !g_eng->waiting.empty()) ? 10 : -1;
+    if (!g_eng->again.empty()) timeout = 0;
     int n = epoll_wait(g_eng->ep, evs, 64, timeout);
     if (n < 0 && errno != EINTR) continue;
     bool woke = false;
@@ -1452,6 +1463,12 @@ void* ProgressMain(void*) {
         HandleConn(static_cast<Conn*>(evs[i].data.ptr), evs[i].events);
       }
     }
+    if (!g_eng->again.empty()) {
+      std::vector<Conn*> again;
+      again.swap(g_eng->again);
+      for (Conn* c : again) c->in_again = false;
+      for (Conn* c : again) HandleConn(c, EPOLLIN);
+    }
     uint64_t now = NowNs();
     bool kicked = g_eng->kicked.exchange(false);
     if (kicked || woke || now - last_timer >= 10000000ull) {
@@ -1470,6 +1487,13 @@ void* ProgressMain(void*) {
     }
     for (Conn* c : req) KillConn(c);
     for (Conn* c : g_eng->to_free) {
+      if (c->in_again) {
+        for (size_t k = 0; k < g_eng->again.size(); k++)
+          if (g_eng->again[k] == c) {
+            g_eng->again.erase(g_eng->again.begin() + long(k));
+            break;
+          }
+      }
       if (c->waiting) {
         for (size_t k = 0; k < g_eng->waiting.size(); k++)
           if (g_eng->waiting[k] == c) {
