@@ -4,11 +4,16 @@
 // runs). BUF = MSG (the default) is what ib_write_bw does: perftest writes
 // the same message buffer again and again, so it stays in the caches; a BUF
 // larger than the caches gives the memory's bandwidth.
-//   memcpy_bw [MSG [BUF]]  ->  "memcpy MSG BUF GB/s"
+// With "cma" the copies are process_vm_readv() from the process itself: the
+// kernel's cross-memory copy, the ceiling of softrdma's one-copy path.
+//   memcpy_bw [MSG [BUF [cma]]]  ->  "memcpy|cma MSG BUF GB/s"
+#define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 static double now(void) {
   struct timespec t;
@@ -19,6 +24,7 @@ static double now(void) {
 int main(int argc, char** argv) {
   size_t msg = argc > 1 ? strtoull(argv[1], 0, 0) : 65536;
   size_t total = argc > 2 ? strtoull(argv[2], 0, 0) : msg;
+  int cma = argc > 3 && strcmp(argv[3], "cma") == 0;
   if (msg == 0 || msg > total) return 2;
   // page-aligned like perftest's buffers: a copy whose source and destination
   // are misaligned to each other is several times slower on some CPUs
@@ -33,7 +39,12 @@ int main(int argc, char** argv) {
     double t0 = now(), t;
     size_t bytes = 0, off = 0;
     do {
-      memcpy(b + off, a + off, msg);
+      if (cma) {
+        struct iovec l = {b + off, msg}, r = {a + off, msg};
+        if (process_vm_readv(getpid(), &l, 1, &r, 1, 0) != (ssize_t)msg) return 1;
+      } else {
+        memcpy(b + off, a + off, msg);
+      }
       bytes += msg;
       off += msg;
       if (off + msg > total) off = 0;
@@ -45,6 +56,6 @@ int main(int argc, char** argv) {
   // keep the copies observable
   volatile char sink = b[total / 2];
   (void)sink;
-  printf("memcpy %zu %zu %.3f\n", msg, total, best);
+  printf("%s %zu %zu %.3f\n", cma ? "cma" : "memcpy", msg, total, best);
   return 0;
 }

@@ -39,6 +39,7 @@ for c in ib_write_bw ib_send_lat; do
   command -v $c >/dev/null || { echo "softrdma.sh: $c missing (bash softrdma/deps.sh)" >&2; exit 1; }
 done
 mkdir -p "$out"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
 csv=$out/softrdma.csv
 echo "where,mode,what,value,unit,yardstick,yardstick_value,ratio,goal,verdict" > "$csv"
 log=$out/softrdma.log
@@ -83,6 +84,8 @@ gbps_of() { # perftest --report_gbits client output -> GB/s (10^9 bytes)
   [ -n "$v" ] && awk -v g="$v" 'BEGIN { printf "%.3f", g / 8 }'
 }
 
+row machine any "load average (1 min) at the start" "$(cut -d' ' -f1 /proc/loadavg)" "" "" "" "" ""
+
 # ---------------------------------------------------------------- one host --
 # perftest writes one 64 KiB buffer again and again (cache-hot): so does the
 # yardstick; the copy through memory (64 MiB) is shown for information.
@@ -91,6 +94,10 @@ mcm=$("$memcpy_bw" 65536 $((64 << 20)) | awk '{ print $4 }')
 echo "memcpy 64 KiB single core: $mc GB/s (cache-hot), $mcm GB/s (64 MiB buffers)"
 row one-host any "memcpy 64 KiB (1 core)" "$mc" GB/s "" "" "" ""
 row one-host any "memcpy 64 KiB over 64 MiB (1 core)" "$mcm" GB/s "" "" "" ""
+# the kernel's cross-memory copy (process_vm_readv), which the one-copy path uses
+cma=$("$memcpy_bw" 65536 65536 cma | awk '{ print $4 }')
+echo "process_vm_readv 64 KiB: $cma GB/s"
+row one-host any "process_vm_readv 64 KiB (1 core)" "$cma" GB/s "memcpy 1 core" "$mc" "" ""
 LOCAL=("$run" --mode roce --ip 127.0.0.1 --)
 for transport in auto tcp; do
   SRV=(env SOFTRDMA_TRANSPORT=$transport "${LOCAL[@]}"); CLI=("${SRV[@]}")
@@ -132,7 +139,7 @@ else
   tcp_lat=$(ip netns exec "$b" "$pingpong" -c $net.1 -p 18701 -n 20000 | awk '{ print $3 }')
   wait
   echo "tcp ping-pong one-way: ${tcp_lat:-failed} us"
-  row two-hosts any "TCP ping-pong (2 B, one way)" "$tcp_lat" us "" "" "" ""
+  row two-hosts any "TCP ping-pong 2 B (typical one way)" "$tcp_lat" us "" "" "" ""
 
   port=18710
   for mode in $modes; do
@@ -151,6 +158,7 @@ else
   done
 fi
 
+row machine any "load average (1 min) at the end" "$(cut -d' ' -f1 /proc/loadavg)" "" "" "" "" ""
 # columns of the CSV, empty fields kept
 awk -F, '{ printf "%-10s %-5s %-34s %-8s %-5s %-16s %-8s %-6s %-7s %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }' \
   "$csv" | tee "$out/softrdma.txt"

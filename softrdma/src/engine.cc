@@ -13,7 +13,11 @@
 // progress thread does all reception and sends responses, taking qp->mu of the
 // QP a connection belongs to. Connections are closed and freed only by the
 // progress thread; QP destruction waits for a barrier so that the progress
-// thread holds no pointer to the QP any more.
+// thread holds no pointer to the QP any more. "Progress thread" below means
+// whichever thread runs a Pass() under g_eng->pass: usually that thread, but
+// an application thread polling an empty CQ runs one itself when it can.
+//
+// One host: large RC payloads skip the stream (see "one-copy" below).
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -140,6 +144,9 @@ struct Engine {
   std::vector<Conn*> waiting;
   std::vector<Conn*> again;  // stopped by their budget with frames still buffered
   std::vector<Conn*> to_free;
+  std::mutex pass;  // held while a thread runs Pass(); guards the "progress thread only" state
+  uint64_t last_timer = 0;
+  std::atomic<int> next_timeout{-1};
   std::mutex umu;
   std::vector<UdOut*> ud;
 };
@@ -1425,17 +1432,18 @@ void Timers(uint64_t now) {
   }
 }
 
-void* ProgressMain(void*) {
-  sigset_t all;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, nullptr);
+// One pass of the device's work: what is readable now, waiting streams,
+// timers, close requests, the destruction barrier. Whoever holds g_eng->pass
+// runs it: the progress thread, or an application thread whose poll of an
+// empty CQ would otherwise only wait for the progress thread to be scheduled.
+// True when there was something to do.
+bool Pass() {
   struct epoll_event evs[64];
-  uint64_t last_timer = NowNs();
-  for (;;) {
-    int timeout = (g_eng->nqps.load() || !g_eng->waiting.empty()) ? 10 : -1;
-    if (!g_eng->again.empty()) timeout = 0;
-    int n = epoll_wait(g_eng->ep, evs, 64, timeout);
-    if (n < 0 && errno != EINTR) continue;
+  {
+    int n = epoll_wait(g_eng->ep, evs, 64, 0);
+    uint64_t& last_timer = g_eng->last_timer;
+    if (n < 0) n = 0;
+    bool busy = n > 0 || !g_eng->again.empty();
     bool woke = false;
     for (int i = 0; i < n; i++) {
       int tag = *static_cast<int*>(evs[i].data.ptr);
@@ -1513,6 +1521,23 @@ void* ProgressMain(void*) {
         pthread_cond_broadcast(&g_eng->ccv);
       }
     }
+    int timeout = (g_eng->nqps.load() || !g_eng->waiting.empty()) ? 10 : -1;
+    if (!g_eng->again.empty()) timeout = 0;
+    g_eng->next_timeout.store(timeout, std::memory_order_relaxed);
+    return busy;
+  }
+}
+
+void* ProgressMain(void*) {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, nullptr);
+  for (;;) {
+    // Sleep until there is work; the pass itself looks again under the lock.
+    struct epoll_event ev;
+    epoll_wait(g_eng->ep, &ev, 1, g_eng->next_timeout.load(std::memory_order_relaxed));
+    std::lock_guard<std::mutex> g(g_eng->pass);
+    Pass();
   }
   return nullptr;
 }
@@ -1529,6 +1554,7 @@ void EngineInit() {
   ev.events = EPOLLIN;
   ev.data.ptr = &e->wake_tag;
   epoll_ctl(e->ep, EPOLL_CTL_ADD, e->wake, &ev);
+  e->last_timer = NowNs();
   g_eng = e;
   pthread_attr_t a;
   pthread_attr_init(&a);
@@ -1620,6 +1646,15 @@ void StartConnect(Qp* qp) {
 }  // namespace
 
 // ------------------------------------------------------------------ API ----
+bool EngineProgressFromPoll() {
+  if (!g_eng || !g_eng->pass.try_lock()) return false;
+  int saved = errno;
+  bool busy = Pass();
+  g_eng->pass.unlock();
+  errno = saved;
+  return busy;
+}
+
 bool EngineStart() {
   pthread_once(&g_eng_once, EngineInit);
   return g_eng_ok;

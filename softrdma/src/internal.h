@@ -281,6 +281,9 @@ void EngineTxLocked(Qp* qp);
 // A receive WQE was posted to a QP (or to its SRQ): resume a parked stream.
 void EngineKick(Qp* qp);
 void EngineKickSrq(Srq* srq);
+// An application thread found its CQ empty: do the progress thread's work
+// now unless another thread is at it. False when there was nothing to do.
+bool EngineProgressFromPoll();
 // UD: send one datagram synchronously (blocking send on a cached connection).
 int EngineUdSend(Qp* qp, SendWqe* w, const void* data, uint32_t len);
 // Called with qp->mu held: move to error, flush both queues.
