@@ -72,8 +72,14 @@ perf_pair() {
   timeout 120 "${srv[@]}" "$@" > "$out/srv.txt" 2>&1 &
   local sp=$!
   sleep 0.5
-  timeout 120 "${cli[@]}" "$@" "$addr" > "$pf_out" 2>&1
-  local rc=$?
+  local rc try
+  # a loaded machine may start the server late: connect again while it is not listening
+  for try in 1 2 3 4 5; do
+    timeout 120 "${cli[@]}" "$@" "$addr" > "$pf_out" 2>&1
+    rc=$?
+    [ $rc = 0 ] || ! grep -q "Couldn't connect" "$pf_out" || ! kill -0 $sp 2>/dev/null && break
+    sleep 1
+  done
   wait $sp
   { echo "== $* ($addr): client rc $rc"; cat "$pf_out"; echo "-- server"; cat "$out/srv.txt"; } >> "$log"
   return $rc
@@ -128,7 +134,11 @@ else
 
   ip netns exec "$a" iperf3 -s -1 -p 18700 > "$out/iperf-srv.txt" 2>&1 &
   sleep 0.5
-  ip netns exec "$b" iperf3 -c $net.1 -p 18700 -t "$secs" -f g > "$out/iperf.txt" 2>&1
+  for try in 1 2 3 4 5; do
+    ip netns exec "$b" iperf3 -c $net.1 -p 18700 -t "$secs" -f g > "$out/iperf.txt" 2>&1 && break
+    grep -q "unable to connect" "$out/iperf.txt" || break
+    sleep 1
+  done
   wait
   cat "$out/iperf.txt" >> "$log"
   tcp_bw=$(awk '/receiver/ { for (i = 1; i < NF; i++) if ($(i+1) == "Gbits/sec") v = $i } END { if (v != "") printf "%.3f", v / 8 }' "$out/iperf.txt")
