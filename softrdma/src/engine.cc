@@ -32,6 +32,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <vector>
@@ -47,6 +48,7 @@ constexpr int kTxHdrs = 32;
 constexpr uint32_t kMaxListeners = 255;
 constexpr uint64_t kPendingHelloNs = 5ull * 1000000000ull;
 constexpr uint64_t kReconnectNs = 20ull * 1000000ull;
+constexpr uint64_t kStepAsideNs = 200000;
 
 enum Tag { kTagListener = 1, kTagWake = 2, kTagConn = 3 };
 
@@ -147,6 +149,7 @@ struct Engine {
   std::mutex pass;  // held while a thread runs Pass(); guards the "progress thread only" state
   uint64_t last_timer = 0;
   std::atomic<int> next_timeout{-1};
+  std::atomic<uint64_t> poll_ns{0};  // last time an application thread ran a pass
   std::mutex umu;
   std::vector<UdOut*> ud;
 };
@@ -1536,6 +1539,14 @@ void* ProgressMain(void*) {
     // Sleep until there is work; the pass itself looks again under the lock.
     struct epoll_event ev;
     epoll_wait(g_eng->ep, &ev, 1, g_eng->next_timeout.load(std::memory_order_relaxed));
+    // An application thread is polling and so doing this work itself: do
+    // not take the CPU from it (2 threads on a small machine), look again soon.
+    uint64_t polled = g_eng->poll_ns.load(std::memory_order_relaxed);
+    if (polled && NowNs() - polled < kStepAsideNs) {
+      struct timespec ts = {0, long(kStepAsideNs)};
+      nanosleep(&ts, nullptr);
+      continue;
+    }
     std::lock_guard<std::mutex> g(g_eng->pass);
     Pass();
   }
@@ -1649,6 +1660,7 @@ void StartConnect(Qp* qp) {
 bool EngineProgressFromPoll() {
   if (!g_eng || !g_eng->pass.try_lock()) return false;
   int saved = errno;
+  g_eng->poll_ns.store(NowNs(), std::memory_order_relaxed);
   bool busy = Pass();
   g_eng->pass.unlock();
   errno = saved;
