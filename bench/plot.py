@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Plots of bench/images.sh's CSV: GB/s of each mode against dd, and pauses.
-   plot.py images.csv OUT_DIR  ->  OUT_DIR/gbps.png, OUT_DIR/pauses.png"""
+"""Plots of the benchmarks' CSVs.
+   plot.py images.csv OUT_DIR  ->  OUT_DIR/gbps.png, OUT_DIR/pauses.png   (bench/images.sh)
+   plot.py --softrdma softrdma.csv OUT_DIR  ->  OUT_DIR/softrdma.png      (bench/softrdma.sh)"""
 import csv
 import sys
 
@@ -8,6 +9,40 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on a bench machine
 import matplotlib.pyplot as plt
+
+
+
+def plot_softrdma(path, out):
+    """Each measured pair side by side (softrdma and its yardstick), one panel per unit, ratio and goal as labels."""
+    rows = [r for r in csv.DictReader(open(path)) if r["value"] and r["yardstick"]]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, unit, title in ((axes[0], "GB/s", "bandwidth (higher is better)"),
+                            (axes[1], "us", "latency (lower is better)")):
+        sel = [r for r in rows if r["unit"] == unit]
+        xs = range(len(sel))
+        ax.bar([x - 0.2 for x in xs], [float(r["value"]) for r in sel], 0.4, label="softrdma")
+        ax.bar([x + 0.2 for x in xs], [float(r["yardstick_value"] or 0) for r in sel], 0.4, label="yardstick")
+        for x, r in zip(xs, sel):
+            note = f'{r["ratio"]}x'
+            if r["goal"]:
+                note += f'\ngoal {r["goal"]}\n{r["verdict"]}'
+            top = max(float(r["value"]), float(r["yardstick_value"] or 0))
+            ax.annotate(note, (x, top), ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([f'{r["where"]} {r["mode"]}\n{r["what"]}\nvs {r["yardstick"]}' for r in sel],
+                           fontsize=7, rotation=20, ha="right")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.margins(y=0.25)
+        ax.legend(fontsize=8)
+    fig.suptitle("softrdma vs its yardsticks (one run)")
+    fig.tight_layout()
+    fig.savefig(f"{out}/softrdma.png", dpi=120)
+
+
+if sys.argv[1] == "--softrdma":
+    plot_softrdma(sys.argv[2], sys.argv[3])
+    sys.exit(0)
 
 rows = list(csv.DictReader(open(sys.argv[1])))
 out = sys.argv[2]

@@ -13,7 +13,11 @@
 // progress thread does all reception and sends responses, taking qp->mu of the
 // QP a connection belongs to. Connections are closed and freed only by the
 // progress thread; QP destruction waits for a barrier so that the progress
-// thread holds no pointer to the QP any more.
+// thread holds no pointer to the QP any more. "Progress thread" below means
+// whichever thread runs a Pass() under g_eng->pass: usually that thread, but
+// an application thread polling an empty CQ runs one itself when it can.
+//
+// One host: large RC payloads skip the stream (see "one-copy" below).
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -24,8 +28,11 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <vector>
@@ -41,6 +48,7 @@ constexpr int kTxHdrs = 32;
 constexpr uint32_t kMaxListeners = 255;
 constexpr uint64_t kPendingHelloNs = 5ull * 1000000000ull;
 constexpr uint64_t kReconnectNs = 20ull * 1000000ull;
+constexpr uint64_t kStepAsideNs = 200000;
 
 enum Tag { kTagListener = 1, kTagWake = 2, kTagConn = 3 };
 
@@ -75,6 +83,7 @@ struct Conn {
   bool hello_sent = false;
   bool parked = false;
   bool waiting = false;  // in the engine's waiting list (pending or parked)
+  bool in_again = false;  // in the engine's again list
   uint32_t events = 0;
   uint64_t deadline = 0;
   uint32_t peer_qpn = 0;
@@ -102,6 +111,12 @@ struct Conn {
   uint32_t batch_resp = 0;
   uint32_t batch_sq_end = 0;
   bool batch_uc = false;
+  // one-copy (same host): the responder accepted this stream (cma, with the
+  // requester's pid) or the requester was told so (cma_ok)
+  bool cma = false;
+  bool cma_ok = false;
+  uint32_t peer_pid = 0;
+  uint64_t td[kTxHdrs][2 * kMaxSge];  // descriptors of the batch's frames
 };
 
 namespace {
@@ -129,7 +144,12 @@ struct Engine {
   std::atomic<bool> kicked{false};
   // progress thread only
   std::vector<Conn*> waiting;
+  std::vector<Conn*> again;  // stopped by their budget with frames still buffered
   std::vector<Conn*> to_free;
+  std::mutex pass;  // held while a thread runs Pass(); guards the "progress thread only" state
+  uint64_t last_timer = 0;
+  std::atomic<int> next_timeout{-1};
+  std::atomic<uint64_t> poll_ns{0};  // last time an application thread ran a pass
   std::mutex umu;
   std::vector<UdOut*> ud;
 };
@@ -137,6 +157,96 @@ struct Engine {
 Engine* g_eng = nullptr;
 pthread_once_t g_eng_once = PTHREAD_ONCE_INIT;
 bool g_eng_ok = false;
+
+// ------------------------------------------------------------ one-copy ----
+// Within one host the payload of large RC requests does not travel on the
+// stream: the requester sends descriptors of its own (registered) memory and
+// the responder, after the same checks as for a streamed payload, copies
+// straight between the two address spaces with process_vm_readv/writev.
+// SOFTRDMA_TRANSPORT: tcp (never), auto (default: peers in the same network
+// namespace of the same boot), cma (also across network namespaces; a peer
+// that cannot do it is refused, so tests know which path ran).
+enum CmaMode { kCmaOff, kCmaAuto, kCmaRequired };
+int g_cma_mode = kCmaAuto;
+uint64_t g_cma_min = 16384;  // smaller messages are cheaper on the stream
+uint64_t g_boot = 0;         // hash of the boot id
+uint32_t g_netns = 0;
+uint64_t g_cookie = 0;       // a peer reads it to prove it can reach our memory
+
+void CmaInit() {
+  const char* t = getenv("SOFTRDMA_TRANSPORT");
+  if (t && strcmp(t, "tcp") == 0) g_cma_mode = kCmaOff;
+  else if (t && strcmp(t, "cma") == 0) g_cma_mode = kCmaRequired;
+  const char* m = getenv("SOFTRDMA_CMA_MIN");
+  if (m && *m) g_cma_min = strtoull(m, nullptr, 0);
+  char id[64] = {};
+  int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+  ssize_t n = fd >= 0 ? read(fd, id, sizeof id - 1) : -1;
+  if (fd >= 0) close(fd);
+  if (n <= 0) {
+    g_cma_mode = kCmaOff;  // cannot tell whether a peer shares our kernel
+    return;
+  }
+  uint64_t h = 1469598103934665603ull;
+  for (ssize_t i = 0; i < n; i++) h = (h ^ uint8_t(id[i])) * 1099511628211ull;
+  g_boot = h;
+  struct stat st;
+  if (stat("/proc/self/ns/net", &st) == 0) g_netns = uint32_t(st.st_ino);
+  if (getrandom(&g_cookie, sizeof g_cookie, GRND_NONBLOCK) != sizeof g_cookie) g_cookie = NowNs();
+  g_cookie |= 1;
+}
+
+// Responder, on a HELLO that offers one-copy: same kernel, and can we really
+// read the requester's memory (same uid, no Yama, same pid namespace)?
+bool CmaAccept(const WireHdr& h) {
+  if (g_cma_mode == kCmaOff || !(h.flags & kFCma) || h.arg0 != g_boot) return false;
+  if (h.imm != g_netns && g_cma_mode != kCmaRequired && !(h.flags & kFCmaAny)) return false;
+  uint64_t v = 0;
+  struct iovec l = {&v, sizeof v};
+  struct iovec r = {reinterpret_cast<void*>(h.arg1), sizeof v};
+  return process_vm_readv(pid_t(h.psn), &l, 1, &r, 1, 0) == ssize_t(sizeof v) && v == h.raddr;
+}
+
+// Copies between our iovecs and the peer's descriptors; false unless all of
+// len bytes moved (the requester unmapped its memory meanwhile).
+bool CmaCopy(uint32_t pid, bool to_peer, struct iovec* loc, int nloc, const char* desc, uint32_t ndesc,
+             uint64_t len) {
+  struct iovec rem[kMaxSge];
+  if (ndesc > kMaxSge) return false;
+  for (uint32_t i = 0; i < ndesc; i++) {
+    uint64_t d[2];
+    memcpy(d, desc + 16 * i, 16);
+    rem[i].iov_base = reinterpret_cast<void*>(d[0]);
+    rem[i].iov_len = d[1];
+  }
+  int li = 0, ri = 0;
+  while (len) {
+    ssize_t n = to_peer ? process_vm_writev(pid_t(pid), loc + li, unsigned(nloc - li), rem + ri, ndesc - ri, 0)
+                        : process_vm_readv(pid_t(pid), loc + li, unsigned(nloc - li), rem + ri, ndesc - ri, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    len -= uint64_t(n) < len ? uint64_t(n) : len;
+    // a call moves at most ~2 GiB: advance both sides for the next one
+    for (size_t k = size_t(n); k;) {
+      size_t a = loc[li].iov_len < k ? loc[li].iov_len : k;
+      loc[li].iov_base = static_cast<char*>(loc[li].iov_base) + a;
+      loc[li].iov_len -= a;
+      k -= a;
+      if (!loc[li].iov_len) li++;
+    }
+    for (size_t k = size_t(n); k;) {
+      size_t a = rem[ri].iov_len < k ? rem[ri].iov_len : k;
+      rem[ri].iov_base = static_cast<char*>(rem[ri].iov_base) + a;
+      rem[ri].iov_len -= a;
+      k -= a;
+      if (!rem[ri].iov_len) ri++;
+    }
+    while (li < nloc && !loc[li].iov_len) li++;
+    while (ri < int(ndesc) && !rem[ri].iov_len) ri++;
+    if (len && (li == nloc || ri == int(ndesc))) return false;
+  }
+  return true;
+}
 
 inline bool PsnLe(uint32_t a, uint32_t b) { return ((b - a) & 0xffffff) < 0x800000; }
 
@@ -286,6 +396,14 @@ void PumpOut(Qp* qp) {
       h.qkey = (qp->ex.qp_base.qp_type == IBV_QPT_RC ? kKindRc : kKindUc) |
                (uint32_t(qp->attr.rnr_retry & 7) << 8) | (uint32_t(qp->attr.retry_cnt & 7) << 12) |
                (uint32_t(qp->attr.timeout & 31) << 16);
+      if (g_cma_mode != kCmaOff && qp->ex.qp_base.qp_type == IBV_QPT_RC) {
+        h.flags |= kFCma | (g_cma_mode == kCmaRequired ? kFCmaAny : 0);
+        h.psn = uint32_t(getpid());
+        h.arg0 = g_boot;
+        h.arg1 = reinterpret_cast<uint64_t>(&g_cookie);
+        h.raddr = g_cookie;
+        h.imm = g_netns;
+      }
       TxAddHdr(c, h);
       c->hello_sent = true;
     }
@@ -352,7 +470,36 @@ void PumpOut(Qp* qp) {
         }
         if (w->send_flags & IBV_SEND_SOLICITED) h.flags |= kFSolicited;
         h.len = uint32_t(w->length);
-        TxAddHdr(c, h);
+        bool cma = c->cma_ok && w->length >= g_cma_min && w->length &&
+                   (payload || w->opcode == IBV_WR_RDMA_READ);
+        if (cma) {
+          // descriptors instead of the payload: where the responder reads
+          // our data (or, for a READ, writes its own)
+          uint64_t* d = c->td[c->thn];
+          uint32_t nd = 0;
+          if (w->inline_len) {
+            d[0] = reinterpret_cast<uint64_t>(&w->sge[w->num_sge]);
+            d[1] = w->inline_len;
+            nd = 1;
+          } else {
+            for (uint32_t i = 0; i < w->num_sge; i++) {
+              if (!w->sge[i].length) continue;
+              Mr* m = LookupKey(w->sge[i].lkey);
+              d[2 * nd] = reinterpret_cast<uint64_t>(m ? MrPtr(m, w->sge[i].addr, w->sge[i].length) : nullptr);
+              d[2 * nd + 1] = w->sge[i].length;
+              nd++;
+            }
+          }
+          h.flags |= kFCma;
+          h.arg0 = nd;
+          TxAddHdr(c, h);
+          c->tiov[c->tn].iov_base = d;
+          c->tiov[c->tn].iov_len = 16 * nd;
+          c->tn++;
+          payload = false;
+        } else {
+          TxAddHdr(c, h);
+        }
         if (payload && w->length) {
           if (w->inline_len) {
             c->tiov[c->tn].iov_base = reinterpret_cast<char*>(&w->sge[w->num_sge]);
@@ -661,6 +808,16 @@ Verdict DispatchIn(Conn* c, Qp* qp) {
         char* p = CheckRemote(qp, h.rkey, h.raddr, h.len, IBV_ACCESS_REMOTE_READ);
         if (!p) return nak(qp->attr.qp_access_flags & IBV_ACCESS_REMOTE_READ ? kNakAccess : kNakInvReq);
         c->st_off += sizeof(WireHdr);
+        if (h.flags & kFCma) {
+          // one-copy: place the data now, in order with the requests before it
+          struct iovec src = {p, h.len};
+          if (!CmaCopy(c->peer_pid, true, &src, 1, c->stage + c->st_off, uint32_t(h.arg0), h.len)) {
+            c->st_off -= sizeof(WireHdr);
+            return nak(kNakOp);
+          }
+          QueueResp(qp, kOpReadResp, h.psn, kSynCmaPlaced);
+          return kVDone;
+        }
         QueueResp(qp, kOpReadResp, h.psn, 0, reinterpret_cast<uint64_t>(p), h.len);
         return kVDone;
       }
@@ -751,8 +908,16 @@ Verdict DispatchOut(Conn* c, Qp* qp) {
       FailHead(qp, NakStatus(h.syndrome));
       return kVDone;
     }
+    case kOpCmaOk:
+      c->cma_ok = true;
+      SR_LOG("softrdma: qp 0x%x: one-copy path to qp 0x%x", qp->ex.qp_base.qp_num, qp->attr.dest_qp_num);
+      return kVDone;
     case kOpReadResp: {
       SendWqe* w = FindPsn(qp, h.psn);
+      if (w && h.syndrome == kSynCmaPlaced && h.len == 0 && w->opcode == IBV_WR_RDMA_READ) {
+        CompleteUpTo(qp, h.psn);
+        return kVDone;
+      }
       if (!w || w->opcode != IBV_WR_RDMA_READ || h.len != w->length) return kVClose;
       // The destination was validated at post time.
       c->niov = c->iov_i = 0;
@@ -920,6 +1085,12 @@ RxStatus RxRun(Conn* c, Qp* qp) {
       int rc;
       if (!Ensure(c, sizeof(WireHdr), &rc)) return rc == -1 ? kRxAgain : kRxClosed;
       memcpy(&c->h, c->stage + c->st_off, sizeof(WireHdr));
+      uint32_t ndesc = 0;
+      if (c->role == Role::kIn && (c->h.flags & kFCma)) {
+        if (!c->cma || c->h.arg0 > kMaxSge) return kRxClosed;
+        ndesc = uint32_t(c->h.arg0);
+        if (!Ensure(c, sizeof(WireHdr) + 16 * ndesc, &rc)) return rc == -1 ? kRxAgain : kRxClosed;
+      }
       Verdict v;
       switch (c->role) {
         case Role::kPending: v = DispatchHello(c); break;
@@ -931,6 +1102,20 @@ RxStatus RxRun(Conn* c, Qp* qp) {
       if (v == kVPark) return kRxParked;
       if (v == kVClose) return kRxClosed;
       if (v == kVNeedMore) return kRxAgain;
+      if (ndesc || (c->role == Role::kIn && (c->h.flags & kFCma))) {
+        // the payload is in the requester's memory, not on the stream
+        const char* desc = c->stage + c->st_off;
+        c->st_off += 16 * ndesc;
+        if (v == kVPayload) {
+          if (!c->discard && c->niov && !CmaCopy(c->peer_pid, false, c->iov, c->niov, desc, ndesc, c->h.len)) {
+            if (c->fin == kFinRecv) RecvCompletion(qp, c, IBV_WC_GENERAL_ERR, 0);
+            c->fin = kFinNakErr;
+            c->fin_nak = kNakOp;
+          }
+          c->remaining = 0;
+          c->niov = c->iov_i = 0;
+        }
+      }
       if (v == kVDone) {
         if (c->role == Role::kPending || (c->role == Role::kIn && qp != c->qp.load())) return kRxBudget;
         continue;
@@ -983,7 +1168,15 @@ RxStatus RxRun(Conn* c, Qp* qp) {
     }
     c->in_payload = false;
     FinishFrame(c, qp);
-    if (budget < c->h.len + 64) return kRxBudget;
+    if (budget < c->h.len + 64) {
+      // Frames already in the stage buffer raise no epoll event: come back
+      // to them after the other connections had their turn.
+      if (c->st_off < c->st_len && !c->in_again) {
+        c->in_again = true;
+        g_eng->again.push_back(c);
+      }
+      return kRxBudget;
+    }
     budget -= c->h.len + 64;
   }
 }
@@ -1021,6 +1214,12 @@ Verdict DispatchHello(Conn* c) {
     return kVPark;
   }
   if (qp->st == QpState::kErr) return reject();
+  bool cma = kind == kKindRc && CmaAccept(h);
+  if (!cma && kind == kKindRc && g_cma_mode == kCmaRequired) {
+    SR_LOG("softrdma: qp 0x%x: SOFTRDMA_TRANSPORT=cma and qp 0x%x cannot use one-copy: refused",
+           qp->ex.qp_base.qp_num, h.src_qpn);
+    return reject();
+  }
   c->st_off += sizeof(WireHdr);
   if (qp->in) {
     Conn* old = qp->in;
@@ -1037,6 +1236,11 @@ Verdict DispatchHello(Conn* c) {
   qp->in = c;
   qp->resp_head = qp->resp_count = 0;
   qp->goto_err_after_resp = false;
+  c->cma = cma;
+  if (cma) {
+    c->peer_pid = h.psn;
+    QueueResp(qp, kOpCmaOk, 0);
+  }
   return kVDone;
 }
 
@@ -1178,6 +1382,10 @@ void RetryWaiting(uint64_t now) {
         QueueResp(qp, kOpNak, c->h.psn, kNakRnr);
         c->st_off += sizeof(WireHdr);
         uint64_t payload = c->h.len;
+        if (c->h.flags & kFCma) {
+          c->st_off += 16 * uint32_t(c->h.arg0);
+          payload = 0;
+        }
         BeginDiscard(c, payload);
         c->fin = kFinDrop;
         c->in_payload = true;
@@ -1227,16 +1435,18 @@ void Timers(uint64_t now) {
   }
 }
 
-void* ProgressMain(void*) {
-  sigset_t all;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, nullptr);
+// One pass of the device's work: what is readable now, waiting streams,
+// timers, close requests, the destruction barrier. Whoever holds g_eng->pass
+// runs it: the progress thread, or an application thread whose poll of an
+// empty CQ would otherwise only wait for the progress thread to be scheduled.
+// True when there was something to do.
+bool Pass() {
   struct epoll_event evs[64];
-  uint64_t last_timer = NowNs();
-  for (;;) {
-    int timeout = (g_eng->nqps.load() || !g_eng->waiting.empty()) ? 10 : -1;
-    int n = epoll_wait(g_eng->ep, evs, 64, timeout);
-    if (n < 0 && errno != EINTR) continue;
+  {
+    int n = epoll_wait(g_eng->ep, evs, 64, 0);
+    uint64_t& last_timer = g_eng->last_timer;
+    if (n < 0) n = 0;
+    bool busy = n > 0 || !g_eng->again.empty();
     bool woke = false;
     for (int i = 0; i < n; i++) {
       int tag = *static_cast<int*>(evs[i].data.ptr);
@@ -1264,6 +1474,12 @@ void* ProgressMain(void*) {
         HandleConn(static_cast<Conn*>(evs[i].data.ptr), evs[i].events);
       }
     }
+    if (!g_eng->again.empty()) {
+      std::vector<Conn*> again;
+      again.swap(g_eng->again);
+      for (Conn* c : again) c->in_again = false;
+      for (Conn* c : again) HandleConn(c, EPOLLIN);
+    }
     uint64_t now = NowNs();
     bool kicked = g_eng->kicked.exchange(false);
     if (kicked || woke || now - last_timer >= 10000000ull) {
@@ -1282,6 +1498,13 @@ void* ProgressMain(void*) {
     }
     for (Conn* c : req) KillConn(c);
     for (Conn* c : g_eng->to_free) {
+      if (c->in_again) {
+        for (size_t k = 0; k < g_eng->again.size(); k++)
+          if (g_eng->again[k] == c) {
+            g_eng->again.erase(g_eng->again.begin() + long(k));
+            break;
+          }
+      }
       if (c->waiting) {
         for (size_t k = 0; k < g_eng->waiting.size(); k++)
           if (g_eng->waiting[k] == c) {
@@ -1301,6 +1524,31 @@ void* ProgressMain(void*) {
         pthread_cond_broadcast(&g_eng->ccv);
       }
     }
+    int timeout = (g_eng->nqps.load() || !g_eng->waiting.empty()) ? 10 : -1;
+    if (!g_eng->again.empty()) timeout = 0;
+    g_eng->next_timeout.store(timeout, std::memory_order_relaxed);
+    return busy;
+  }
+}
+
+void* ProgressMain(void*) {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, nullptr);
+  for (;;) {
+    // Sleep until there is work; the pass itself looks again under the lock.
+    struct epoll_event ev;
+    epoll_wait(g_eng->ep, &ev, 1, g_eng->next_timeout.load(std::memory_order_relaxed));
+    // An application thread is polling and so doing this work itself: do
+    // not take the CPU from it (2 threads on a small machine), look again soon.
+    uint64_t polled = g_eng->poll_ns.load(std::memory_order_relaxed);
+    if (polled && NowNs() - polled < kStepAsideNs) {
+      struct timespec ts = {0, long(kStepAsideNs)};
+      nanosleep(&ts, nullptr);
+      continue;
+    }
+    std::lock_guard<std::mutex> g(g_eng->pass);
+    Pass();
   }
   return nullptr;
 }
@@ -1312,10 +1560,12 @@ void EngineInit() {
   e->ep = epoll_create1(EPOLL_CLOEXEC);
   e->wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (e->ep < 0 || e->wake < 0) return;
+  CmaInit();
   struct epoll_event ev;
   ev.events = EPOLLIN;
   ev.data.ptr = &e->wake_tag;
   epoll_ctl(e->ep, EPOLL_CTL_ADD, e->wake, &ev);
+  e->last_timer = NowNs();
   g_eng = e;
   pthread_attr_t a;
   pthread_attr_init(&a);
@@ -1407,6 +1657,16 @@ void StartConnect(Qp* qp) {
 }  // namespace
 
 // ------------------------------------------------------------------ API ----
+bool EngineProgressFromPoll() {
+  if (!g_eng || !g_eng->pass.try_lock()) return false;
+  int saved = errno;
+  g_eng->poll_ns.store(NowNs(), std::memory_order_relaxed);
+  bool busy = Pass();
+  g_eng->pass.unlock();
+  errno = saved;
+  return busy;
+}
+
 bool EngineStart() {
   pthread_once(&g_eng_once, EngineInit);
   return g_eng_ok;

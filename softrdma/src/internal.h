@@ -81,8 +81,15 @@ enum WireOp : uint8_t {
   kOpReadResp = 9,
   kOpAtomicResp = 10,
   kOpUdSend = 11,
+  kOpCmaOk = 12,  // responder -> requester: this stream may carry one-copy descriptors
 };
-enum WireFlags : uint8_t { kFImm = 1, kFSolicited = 2, kFGrh = 4, kFGidMapped = 8 };
+// kFCma on a request: its payload is not on the stream; `arg0` descriptors
+// {address, length} of the requester's memory follow the header instead (for
+// a READ: where the data goes). On a HELLO: the requester offers one-copy;
+// kFCmaAny: even across network namespaces.
+enum WireFlags : uint8_t { kFImm = 1, kFSolicited = 2, kFGrh = 4, kFGidMapped = 8, kFCma = 16, kFCmaAny = 32 };
+// READ response syndrome: the data was already placed by the responder.
+constexpr uint16_t kSynCmaPlaced = 1;
 enum NakCode : uint16_t {
   kNakInvReq = 1,
   kNakAccess = 2,
@@ -274,6 +281,9 @@ void EngineTxLocked(Qp* qp);
 // A receive WQE was posted to a QP (or to its SRQ): resume a parked stream.
 void EngineKick(Qp* qp);
 void EngineKickSrq(Srq* srq);
+// An application thread found its CQ empty: do the progress thread's work
+// now unless another thread is at it. False when there was nothing to do.
+bool EngineProgressFromPoll();
 // UD: send one datagram synchronously (blocking send on a cached connection).
 int EngineUdSend(Qp* qp, SendWqe* w, const void* data, uint32_t len);
 // Called with qp->mu held: move to error, flush both queues.

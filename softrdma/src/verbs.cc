@@ -127,9 +127,9 @@ int PollCq(struct ibv_cq* c, int n, struct ibv_wc* wc) {
       cq->count--;
     }
   }
-  // An empty poll in a busy loop: let the progress thread (which does the
-  // device's work) have the CPU, as a real HCA would not need it.
-  if (!k) sched_yield();
+  // An empty poll in a busy loop: do the device's work here (no wait for the
+  // progress thread to be scheduled), or let the thread doing it have the CPU.
+  if (!k && !EngineProgressFromPoll()) sched_yield();
   return k;
 }
 
