@@ -2,7 +2,8 @@
 // any device (softrdma, or rxe in the SoftRoCE tier) must show the same way.
 // Plain libibverbs API only; one process, queue pairs connected to each other.
 //
-// usage: softrdma_conformance [-d DEVICE] [-g GID_INDEX]   (exit 0 = all passed)
+// usage: softrdma_conformance [-d DEVICE] [-g GID_INDEX] [-t TEST] [-S]   (exit 0 = all passed)
+//   -S: strict, hold rxe to the specification too (its known deviations then fail)
 #include <errno.h>
 #include <infiniband/verbs.h>
 #include <poll.h>
@@ -22,11 +23,39 @@ namespace {
 
 int g_pass = 0, g_fail = 0;
 const char* g_test = "";
+// The last completion polled, so that a failed check says what the device did.
+struct ibv_wc g_last_wc;
+bool g_have_wc = false;
+
+// rxe (the kernel's SoftRoCE; tests/vm runs Linux 6.1 with rdma-core 44) departs
+// from the specification in a few places, each listed with its cause in
+// softrdma/README.md.  On rxe those checks expect rxe's own behaviour, exactly,
+// so that a change in rxe is noticed as well; every other device, softrdma
+// included, is held to the specification.
+constexpr uint32_t kRxeVendorId = 0xffffff;  // RXE_VENDOR_ID (drivers/infiniband/sw/rxe/rxe_param.h)
+bool g_rxe = false;
+int g_deviations = 0;
+
+bool RxeDeviation(const char* what) {
+  if (!g_rxe) return false;
+  printf("     (rxe deviation: %s)\n", what);
+  g_deviations++;
+  return true;
+}
+
+void ReportLast() {
+  if (g_have_wc)
+    fprintf(stderr, "    last completion: wr_id %llu, status %s, opcode %d, byte_len %u\n",
+            (unsigned long long)g_last_wc.wr_id, ibv_wc_status_str(g_last_wc.status), int(g_last_wc.opcode),
+            g_last_wc.byte_len);
+  g_have_wc = false;
+}
 
 #define CHECK(cond)                                                                     \
   do {                                                                                  \
     if (!(cond)) {                                                                      \
       fprintf(stderr, "  %s: check failed at line %d: %s\n", g_test, __LINE__, #cond); \
+      ReportLast();                                                                     \
       return false;                                                                     \
     }                                                                                   \
   } while (0)
@@ -65,7 +94,11 @@ bool Poll1(struct ibv_cq* cq, struct ibv_wc* wc, int timeout_ms = 3000) {
   for (;;) {
     int n = ibv_poll_cq(cq, 1, wc);
     if (n < 0) return false;
-    if (n == 1) return true;
+    if (n == 1) {
+      g_last_wc = *wc;
+      g_have_wc = true;
+      return true;
+    }
     if (NowMs() > end) return false;
     usleep(50);
   }
@@ -284,8 +317,16 @@ bool TestStateMachine() {
   struct ibv_wc wc;
   CHECK(Poll1(s.rcq, &wc) && wc.wr_id == 7 && wc.status == IBV_WC_WR_FLUSH_ERR);
   CHECK(Poll1(s.rcq, &wc) && wc.wr_id == 8 && wc.status == IBV_WC_WR_FLUSH_ERR);
+  // the send refused in RESET was not queued: there is nothing to flush
+  if (RxeDeviation("a send refused in RESET (EINVAL) stays queued and is flushed when the QP enters the error state"))
+    CHECK(Poll1(s.scq, &wc) && wc.wr_id == 1 && wc.status == IBV_WC_WR_FLUSH_ERR);
+  CHECK(NoCompletion(s.scq, 100));
   // posted in the error state: flushed too
   CHECK(PostRecv(&s, 9, 0, 64) == 0);
+  if (RxeDeviation("a receive posted in the error state is flushed only once the kernel next runs the QP (here ERR->ERR)")) {
+    CHECK(NoCompletion(s.rcq, 300));
+    CHECK(ibv_modify_qp(s.qp, &a, IBV_QP_STATE) == 0);
+  }
   CHECK(Poll1(s.rcq, &wc) && wc.wr_id == 9 && wc.status == IBV_WC_WR_FLUSH_ERR);
   CHECK(Post(&s, IBV_WR_SEND, 10, 0, 8) == 0);
   CHECK(Poll1(s.scq, &wc) && wc.wr_id == 10 && wc.status == IBV_WC_WR_FLUSH_ERR);
@@ -481,9 +522,10 @@ bool TestRemoteErrors() {
     CHECK(Connect(&p, IBV_QPT_RC));
     CHECK(PostRecv(&p.b, 9, 0, 16) == 0);
     CHECK(PostRecv(&p.b, 10, 0, 16) == 0);
-    CHECK(ExpectRemoteError(&p, IBV_WR_SEND, 0, 0, 64, IBV_WC_REM_INV_REQ_ERR));
+    bool rxe = RxeDeviation("a SEND longer than the receive: Remote Operational Error NAK (REM_OP_ERR / LOC_QP_OP_ERR)");
+    CHECK(ExpectRemoteError(&p, IBV_WR_SEND, 0, 0, 64, rxe ? IBV_WC_REM_OP_ERR : IBV_WC_REM_INV_REQ_ERR));
     struct ibv_wc wc;
-    CHECK(Poll1(p.b.rcq, &wc) && wc.wr_id == 9 && wc.status == IBV_WC_LOC_LEN_ERR);
+    CHECK(Poll1(p.b.rcq, &wc) && wc.wr_id == 9 && wc.status == (rxe ? IBV_WC_LOC_QP_OP_ERR : IBV_WC_LOC_LEN_ERR));
     CHECK(Poll1(p.b.rcq, &wc) && wc.wr_id == 10 && wc.status == IBV_WC_WR_FLUSH_ERR);
     Free(&p);
   }
@@ -497,7 +539,8 @@ bool TestLocalErrors() {
   CHECK(PostRecv(&p.b, 1, 0, 64) == 0);
   // bad lkey: local protection error, then the QP is in error
   CHECK(Post(&p.a, IBV_WR_SEND, 5, 0, 64, 0, 0, IBV_SEND_SIGNALED, p.a.mr->lkey ^ 0x5500) == 0);
-  CHECK(Poll1(p.a.scq, &wc) && wc.wr_id == 5 && wc.status == IBV_WC_LOC_PROT_ERR);
+  bool rxe = RxeDeviation("a send with an invalid lkey completes with LOC_QP_OP_ERR");
+  CHECK(Poll1(p.a.scq, &wc) && wc.wr_id == 5 && wc.status == (rxe ? IBV_WC_LOC_QP_OP_ERR : IBV_WC_LOC_PROT_ERR));
   CHECK(Post(&p.a, IBV_WR_SEND, 6, 0, 8) == 0);
   CHECK(Poll1(p.a.scq, &wc) && wc.wr_id == 6 && wc.status == IBV_WC_WR_FLUSH_ERR);
   Free(&p);
@@ -631,8 +674,19 @@ bool TestUc() {
   CHECK(Poll1(p.b.rcq, &wc) && wc.status == IBV_WC_SUCCESS && wc.byte_len == 8);
   CHECK(memcmp(p.b.buf + 4000, "uc-data", 8) == 0 && memcmp(p.b.buf, "uc-data", 8) == 0);
   CHECK(Poll1(p.a.scq, &wc) && wc.status == IBV_WC_SUCCESS);
-  // UC has no reads
-  CHECK(Post(&p.a, IBV_WR_RDMA_READ, 4, 0, 8, Addr(&p.b, 0), p.b.mr->rkey) != 0);
+  // UC has no reads. Two outcomes are allowed: ibv_post_send refuses the WR, or
+  // it is completed with IBV_WC_LOC_QP_OP_ERR (ibv_poll_cq(3): "an opcode which
+  // isn't supported by the transport type of the QP"), after which the QP is in
+  // error like after any completion error. Either way nothing is read.
+  memset(p.b.buf + 8192, 0x5c, 8);
+  if (Post(&p.a, IBV_WR_RDMA_READ, 4, 8192, 8, Addr(&p.b, 8192), p.b.mr->rkey) == 0) {
+    CHECK(Poll1(p.a.scq, &wc) && wc.wr_id == 4 && wc.status == IBV_WC_LOC_QP_OP_ERR);
+    CHECK(Post(&p.a, IBV_WR_SEND, 5, 0, 8) == 0);
+    CHECK(Poll1(p.a.scq, &wc) && wc.wr_id == 5 && wc.status == IBV_WC_WR_FLUSH_ERR);
+  } else {
+    CHECK(NoCompletion(p.a.scq, 100));
+  }
+  CHECK(p.a.buf[8192] == 0);
   Free(&p);
   return true;
 }
@@ -683,14 +737,27 @@ bool TestUd() {
   CHECK(ibv_post_send(a.qp, &wr, &bad) == 0);
   CHECK(Poll1(a.scq, &wc) && wc.status == IBV_WC_SUCCESS);
   CHECK(NoCompletion(b.rcq, 200));
-  // larger than the MTU: refused locally
+  // the right qkey again: delivered into that receive
+  wr.wr.ud.remote_qkey = 0x11111111;
+  CHECK(ibv_post_send(a.qp, &wr, &bad) == 0);
+  CHECK(Poll1(a.scq, &wc) && wc.status == IBV_WC_SUCCESS);
+  CHECK(Poll1(b.rcq, &wc) && wc.status == IBV_WC_SUCCESS && wc.wr_id == 2 && wc.byte_len == 10 + 40);
+  // Larger than the port's MTU: IBA C10-93.1.1, "the CI shall not emit any
+  // packets for this message. Further, the CI shall not generate an error due to
+  // this condition." The receive (room for two MTUs) stays posted, so the next
+  // datagram lands in it.
   struct ibv_port_attr pa;
   CHECK(ibv_query_port(ctx, 1, &pa) == 0);
   uint32_t mtu = 128u << pa.active_mtu;
+  CHECK(PostRecv(&b, 3, 8192, 40 + 2 * mtu) == 0);
   sge.length = mtu + 1;
-  wr.wr.ud.remote_qkey = 0x11111111;
-  int r = ibv_post_send(a.qp, &wr, &bad);
-  if (r == 0) CHECK(Poll1(a.scq, &wc) && wc.status != IBV_WC_SUCCESS);
+  CHECK(ibv_post_send(a.qp, &wr, &bad) == 0);
+  CHECK(Poll1(a.scq, &wc) && wc.status == IBV_WC_SUCCESS);
+  CHECK(NoCompletion(b.rcq, 300));
+  sge.length = 10;
+  CHECK(ibv_post_send(a.qp, &wr, &bad) == 0);
+  CHECK(Poll1(a.scq, &wc) && wc.status == IBV_WC_SUCCESS);
+  CHECK(Poll1(b.rcq, &wc) && wc.status == IBV_WC_SUCCESS && wc.wr_id == 3 && wc.byte_len == 10 + 40);
   ibv_destroy_ah(ah);
   FreeSide(&a);
   FreeSide(&b);
@@ -791,7 +858,10 @@ bool TestExtendedVerbs() {
   struct ibv_wc wc;
   CHECK(Poll1(b.rcq, &wc) && wc.status == IBV_WC_SUCCESS && wc.byte_len == 13);
   CHECK(memcmp(b.buf + 512, "via ibv_wr_*", 13) == 0 && memcmp(b.buf, "via ibv_wr_*", 13) == 0);
-  // both completions through start/next/end_poll
+  // both completions through start/next/end_poll, in order
+  bool rxe = RxeDeviation(
+      "rdma-core < 55: ibv_end_poll after ibv_next_poll gave ENOENT consumes one entry too many; "
+      "one entry per ibv_start_poll/ibv_end_poll instead");
   int seen = 0;
   uint64_t end = NowMs() + 3000;
   while (seen < 2 && NowMs() < end) {
@@ -802,20 +872,38 @@ bool TestExtendedVerbs() {
     }
     do {
       if (cqx->status != IBV_WC_SUCCESS) break;
-      if (cqx->wr_id == 11 && ibv_wc_read_opcode(cqx) == IBV_WC_RDMA_WRITE) seen++;
-      if (cqx->wr_id == 12 && ibv_wc_read_opcode(cqx) == IBV_WC_SEND && ibv_wc_read_qp_num(cqx) == a.qp->qp_num)
+      if (seen == 0 && cqx->wr_id == 11 && ibv_wc_read_opcode(cqx) == IBV_WC_RDMA_WRITE) seen++;
+      else if (seen == 1 && cqx->wr_id == 12 && ibv_wc_read_opcode(cqx) == IBV_WC_SEND &&
+               ibv_wc_read_qp_num(cqx) == a.qp->qp_num)
         seen++;
-    } while (ibv_next_poll(cqx) == 0);
+      else break;
+    } while (!rxe && ibv_next_poll(cqx) == 0);
     ibv_end_poll(cqx);
   }
   CHECK(seen == 2);
-  // an aborted batch posts nothing
+  struct ibv_poll_cq_attr pa = {0};
+  CHECK(ibv_start_poll(cqx, &pa) == ENOENT);
+  // an aborted batch posts nothing: no completion, nothing reaches the peer, and
+  // the next batch sends only its own request
+  CHECK(PostRecv(&b, 6, 4096, 64) == 0);
+  memcpy(a.buf + 64, "aborted", 8);
   ibv_wr_start(qx);
   qx->wr_id = 13;
   ibv_wr_send(qx);
-  ibv_wr_set_sge(qx, a.mr->lkey, Addr(&a, 0), 13);
+  ibv_wr_set_sge(qx, a.mr->lkey, Addr(&a, 64), 8);
   ibv_wr_abort(qx);
   CHECK(NoCompletion(a.scq, 100));
+  CHECK(NoCompletion(b.rcq, 100));
+  memcpy(a.buf + 128, "after abort", 12);
+  ibv_wr_start(qx);
+  qx->wr_id = 14;
+  ibv_wr_send(qx);
+  ibv_wr_set_sge(qx, a.mr->lkey, Addr(&a, 128), 12);
+  CHECK(ibv_wr_complete(qx) == 0);
+  CHECK(Poll1(b.rcq, &wc) && wc.status == IBV_WC_SUCCESS && wc.wr_id == 6 && wc.byte_len == 12);
+  CHECK(memcmp(b.buf + 4096, "after abort", 12) == 0);
+  CHECK(Poll1(a.scq, &wc) && wc.status == IBV_WC_SUCCESS && wc.wr_id == 14);
+  CHECK(NoCompletion(a.scq, 50) && NoCompletion(b.rcq, 50));
   FreeSide(&a);
   FreeSide(&b);
   return true;
@@ -847,11 +935,17 @@ const Test kTests[] = {
 int main(int argc, char** argv) {
   const char* devname = nullptr;
   const char* only = nullptr;
+  bool strict = false;
   int opt;
-  while ((opt = getopt(argc, argv, "d:g:t:")) != -1) {
+  while ((opt = getopt(argc, argv, "d:g:t:S")) != -1) {
     if (opt == 'd') devname = optarg;
     else if (opt == 'g') gid_index = atoi(optarg);
     else if (opt == 't') only = optarg;
+    else if (opt == 'S') strict = true;
+    else {
+      fprintf(stderr, "usage: %s [-d DEVICE] [-g GID_INDEX] [-t TEST] [-S]\n", argv[0]);
+      return 2;
+    }
   }
   int n = 0;
   struct ibv_device** list = ibv_get_device_list(&n);
@@ -872,10 +966,14 @@ int main(int argc, char** argv) {
   eth = port.link_layer == IBV_LINK_LAYER_ETHERNET;
   if (!eth) gid_index = 0;
   ibv_query_gid(ctx, 1, gid_index, &my_gid);
-  printf("device %s, %s link layer\n", ibv_get_device_name(dev), eth ? "Ethernet" : "InfiniBand");
+  struct ibv_device_attr da;
+  if (ibv_query_device(ctx, &da) == 0 && da.vendor_id == kRxeVendorId && !strict) g_rxe = true;
+  printf("device %s, %s link layer%s\n", ibv_get_device_name(dev), eth ? "Ethernet" : "InfiniBand",
+         g_rxe ? ", rxe: its known deviations expected (-S: none)" : "");
   for (const Test& t : kTests) {
     if (only && strcmp(only, t.name)) continue;
     g_test = t.name;
+    g_have_wc = false;
     bool ok = t.fn();
     printf("%s %s\n", ok ? "ok  " : "FAIL", t.name);
     fflush(stdout);
@@ -884,6 +982,8 @@ int main(int argc, char** argv) {
   ibv_dealloc_pd(pd);
   ibv_close_device(ctx);
   ibv_free_device_list(list);
-  printf("%d passed, %d failed\n", g_pass, g_fail);
+  printf("%d passed, %d failed", g_pass, g_fail);
+  if (g_rxe) printf(", %d known rxe deviations seen", g_deviations);
+  printf("\n");
   return g_fail ? 1 : 0;
 }
