@@ -1,6 +1,7 @@
 // Verbs conformance checks for an RDMA device: semantics and error paths that
 // any device (softrdma, or rxe in the SoftRoCE tier) must show the same way.
-// Plain libibverbs API only; one process, queue pairs connected to each other.
+// Plain libibverbs API only; one process with queue pairs connected to each
+// other, or (-l / -c) two processes, one side each.
 //
 // usage: softrdma_conformance [-d DEVICE] [-g GID_INDEX] [-t TEST] [-S] [-l | -c HOST] [-p PORT]
 //   (exit 0 = all passed)
@@ -700,8 +701,12 @@ bool TestUc() {
     CHECK(Poll1(p.a.scq, &wc) && wc.wr_id == 4 && wc.status == IBV_WC_LOC_QP_OP_ERR);
     CHECK(Post(&p.a, IBV_WR_SEND, 5, 0, 8) == 0);
     CHECK(Poll1(p.a.scq, &wc) && wc.wr_id == 5 && wc.status == IBV_WC_WR_FLUSH_ERR);
-  } else {
+  } else {  // refused: nothing happened, the QP still works
     CHECK(NoCompletion(p.a.scq, 100));
+    CHECK(PostRecv(&p.b, 6, 0, 64) == 0);
+    CHECK(Post(&p.a, IBV_WR_SEND, 6, 0, 8) == 0);
+    CHECK(Poll1(p.a.scq, &wc) && wc.wr_id == 6 && wc.status == IBV_WC_SUCCESS);
+    CHECK(Poll1(p.b.rcq, &wc) && wc.wr_id == 6 && wc.status == IBV_WC_SUCCESS);
   }
   CHECK(p.a.buf[8192] == 0);
   Free(&p);
