@@ -1,9 +1,21 @@
 // Verbs conformance checks for an RDMA device: semantics and error paths that
 // any device (softrdma, or rxe in the SoftRoCE tier) must show the same way.
-// Plain libibverbs API only; one process, queue pairs connected to each other.
+// Plain libibverbs API only; one process with queue pairs connected to each
+// other, or (-l / -c) two processes, one side each.
 //
-// usage: softrdma_conformance [-d DEVICE] [-g GID_INDEX]   (exit 0 = all passed)
+// usage: softrdma_conformance [-d DEVICE] [-g GID_INDEX] [-t TEST] [-S] [-l | -c HOST] [-p PORT]
+//   (exit 0 = all passed)
+//   -S: strict, hold rxe to the specification too (its known deviations then fail)
+//   -l / -c HOST: two processes (two hosts): the remote_* groups, with the responder
+//   side in the -l process and the requester side in the -c process, which meet on
+//   TCP port PORT (default 18600) to exchange QP numbers, GIDs, keys and to
+//   synchronise.  Both print ok/FAIL per group and must exit 0.
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <infiniband/verbs.h>
 #include <poll.h>
 #include <stdint.h>
@@ -22,11 +34,43 @@ namespace {
 
 int g_pass = 0, g_fail = 0;
 const char* g_test = "";
+// The last completion polled, so that a failed check says what the device did.
+struct ibv_wc g_last_wc;
+bool g_have_wc = false;
+
+// rxe (the kernel's SoftRoCE; tests/vm runs Linux 6.1 with rdma-core 44) departs
+// from the specification in a few places, each listed with its cause in
+// softrdma/README.md.  On rxe those checks expect rxe's own behaviour, exactly,
+// so that a change in rxe is noticed as well; every other device, softrdma
+// included, is held to the specification.
+constexpr uint32_t kRxeVendorId = 0xffffff;  // RXE_VENDOR_ID (drivers/infiniband/sw/rxe/rxe_param.h)
+bool g_rxe = false;
+int g_deviations = 0;
+
+// `rxe_device`: whether the device whose verdict is checked is rxe (in the
+// two-process mode a responder's verdict is the peer's device's).
+bool RxeDeviationOn(bool rxe_device, const char* what) {
+  if (!rxe_device) return false;
+  printf("     (rxe deviation: %s)\n", what);
+  g_deviations++;
+  return true;
+}
+bool RxeDeviation(const char* what) { return RxeDeviationOn(g_rxe, what); }
+const char kRxeLongSend[] = "a SEND longer than the receive: Remote Operational Error NAK (REM_OP_ERR / LOC_QP_OP_ERR)";
+
+void ReportLast() {
+  if (g_have_wc)
+    fprintf(stderr, "    last completion: wr_id %llu, status %s, opcode %d, byte_len %u\n",
+            (unsigned long long)g_last_wc.wr_id, ibv_wc_status_str(g_last_wc.status), int(g_last_wc.opcode),
+            g_last_wc.byte_len);
+  g_have_wc = false;
+}
 
 #define CHECK(cond)                                                                     \
   do {                                                                                  \
     if (!(cond)) {                                                                      \
       fprintf(stderr, "  %s: check failed at line %d: %s\n", g_test, __LINE__, #cond); \
+      ReportLast();                                                                     \
       return false;                                                                     \
     }                                                                                   \
   } while (0)
@@ -37,6 +81,9 @@ struct ibv_port_attr port;
 int gid_index = 1;
 bool eth = false;
 union ibv_gid my_gid;
+// Where connected QPs point: our own port, or the peer process's in the two-process mode.
+union ibv_gid dest_gid;
+uint16_t dest_lid;
 
 constexpr size_t kBuf = 1 << 20;
 
@@ -65,7 +112,11 @@ bool Poll1(struct ibv_cq* cq, struct ibv_wc* wc, int timeout_ms = 3000) {
   for (;;) {
     int n = ibv_poll_cq(cq, 1, wc);
     if (n < 0) return false;
-    if (n == 1) return true;
+    if (n == 1) {
+      g_last_wc = *wc;
+      g_have_wc = true;
+      return true;
+    }
     if (NowMs() > end) return false;
     usleep(50);
   }
@@ -79,11 +130,11 @@ bool NoCompletion(struct ibv_cq* cq, int ms) {
 void FillAv(struct ibv_ah_attr* av) {
   memset(av, 0, sizeof *av);
   av->port_num = 1;
-  av->dlid = port.lid;
+  av->dlid = dest_lid;
   if (eth || gid_index >= 0) {
     av->is_global = eth ? 1 : 0;
     if (eth) {
-      av->grh.dgid = my_gid;
+      av->grh.dgid = dest_gid;
       av->grh.sgid_index = uint8_t(gid_index);
       av->grh.hop_limit = 1;
     }
@@ -284,8 +335,16 @@ bool TestStateMachine() {
   struct ibv_wc wc;
   CHECK(Poll1(s.rcq, &wc) && wc.wr_id == 7 && wc.status == IBV_WC_WR_FLUSH_ERR);
   CHECK(Poll1(s.rcq, &wc) && wc.wr_id == 8 && wc.status == IBV_WC_WR_FLUSH_ERR);
+  // the send refused in RESET was not queued: there is nothing to flush
+  if (RxeDeviation("a send refused in RESET (EINVAL) stays queued and is flushed when the QP enters the error state"))
+    CHECK(Poll1(s.scq, &wc) && wc.wr_id == 1 && wc.status == IBV_WC_WR_FLUSH_ERR);
+  CHECK(NoCompletion(s.scq, 100));
   // posted in the error state: flushed too
   CHECK(PostRecv(&s, 9, 0, 64) == 0);
+  if (RxeDeviation("a receive posted in the error state is flushed only once the kernel next runs the QP (here ERR->ERR)")) {
+    CHECK(NoCompletion(s.rcq, 300));
+    CHECK(ibv_modify_qp(s.qp, &a, IBV_QP_STATE) == 0);
+  }
   CHECK(Poll1(s.rcq, &wc) && wc.wr_id == 9 && wc.status == IBV_WC_WR_FLUSH_ERR);
   CHECK(Post(&s, IBV_WR_SEND, 10, 0, 8) == 0);
   CHECK(Poll1(s.scq, &wc) && wc.wr_id == 10 && wc.status == IBV_WC_WR_FLUSH_ERR);
@@ -481,9 +540,10 @@ bool TestRemoteErrors() {
     CHECK(Connect(&p, IBV_QPT_RC));
     CHECK(PostRecv(&p.b, 9, 0, 16) == 0);
     CHECK(PostRecv(&p.b, 10, 0, 16) == 0);
-    CHECK(ExpectRemoteError(&p, IBV_WR_SEND, 0, 0, 64, IBV_WC_REM_INV_REQ_ERR));
+    bool rxe = RxeDeviation(kRxeLongSend);
+    CHECK(ExpectRemoteError(&p, IBV_WR_SEND, 0, 0, 64, rxe ? IBV_WC_REM_OP_ERR : IBV_WC_REM_INV_REQ_ERR));
     struct ibv_wc wc;
-    CHECK(Poll1(p.b.rcq, &wc) && wc.wr_id == 9 && wc.status == IBV_WC_LOC_LEN_ERR);
+    CHECK(Poll1(p.b.rcq, &wc) && wc.wr_id == 9 && wc.status == (rxe ? IBV_WC_LOC_QP_OP_ERR : IBV_WC_LOC_LEN_ERR));
     CHECK(Poll1(p.b.rcq, &wc) && wc.wr_id == 10 && wc.status == IBV_WC_WR_FLUSH_ERR);
     Free(&p);
   }
@@ -497,7 +557,8 @@ bool TestLocalErrors() {
   CHECK(PostRecv(&p.b, 1, 0, 64) == 0);
   // bad lkey: local protection error, then the QP is in error
   CHECK(Post(&p.a, IBV_WR_SEND, 5, 0, 64, 0, 0, IBV_SEND_SIGNALED, p.a.mr->lkey ^ 0x5500) == 0);
-  CHECK(Poll1(p.a.scq, &wc) && wc.wr_id == 5 && wc.status == IBV_WC_LOC_PROT_ERR);
+  bool rxe = RxeDeviation("a send with an invalid lkey completes with LOC_QP_OP_ERR");
+  CHECK(Poll1(p.a.scq, &wc) && wc.wr_id == 5 && wc.status == (rxe ? IBV_WC_LOC_QP_OP_ERR : IBV_WC_LOC_PROT_ERR));
   CHECK(Post(&p.a, IBV_WR_SEND, 6, 0, 8) == 0);
   CHECK(Poll1(p.a.scq, &wc) && wc.wr_id == 6 && wc.status == IBV_WC_WR_FLUSH_ERR);
   Free(&p);
@@ -631,8 +692,23 @@ bool TestUc() {
   CHECK(Poll1(p.b.rcq, &wc) && wc.status == IBV_WC_SUCCESS && wc.byte_len == 8);
   CHECK(memcmp(p.b.buf + 4000, "uc-data", 8) == 0 && memcmp(p.b.buf, "uc-data", 8) == 0);
   CHECK(Poll1(p.a.scq, &wc) && wc.status == IBV_WC_SUCCESS);
-  // UC has no reads
-  CHECK(Post(&p.a, IBV_WR_RDMA_READ, 4, 0, 8, Addr(&p.b, 0), p.b.mr->rkey) != 0);
+  // UC has no reads. Two outcomes are allowed: ibv_post_send refuses the WR, or
+  // it is completed with IBV_WC_LOC_QP_OP_ERR (ibv_poll_cq(3): "an opcode which
+  // isn't supported by the transport type of the QP"), after which the QP is in
+  // error like after any completion error. Either way nothing is read.
+  memset(p.b.buf + 8192, 0x5c, 8);
+  if (Post(&p.a, IBV_WR_RDMA_READ, 4, 8192, 8, Addr(&p.b, 8192), p.b.mr->rkey) == 0) {
+    CHECK(Poll1(p.a.scq, &wc) && wc.wr_id == 4 && wc.status == IBV_WC_LOC_QP_OP_ERR);
+    CHECK(Post(&p.a, IBV_WR_SEND, 5, 0, 8) == 0);
+    CHECK(Poll1(p.a.scq, &wc) && wc.wr_id == 5 && wc.status == IBV_WC_WR_FLUSH_ERR);
+  } else {  // refused: nothing happened, the QP still works
+    CHECK(NoCompletion(p.a.scq, 100));
+    CHECK(PostRecv(&p.b, 6, 0, 64) == 0);
+    CHECK(Post(&p.a, IBV_WR_SEND, 6, 0, 8) == 0);
+    CHECK(Poll1(p.a.scq, &wc) && wc.wr_id == 6 && wc.status == IBV_WC_SUCCESS);
+    CHECK(Poll1(p.b.rcq, &wc) && wc.wr_id == 6 && wc.status == IBV_WC_SUCCESS);
+  }
+  CHECK(p.a.buf[8192] == 0);
   Free(&p);
   return true;
 }
@@ -683,14 +759,27 @@ bool TestUd() {
   CHECK(ibv_post_send(a.qp, &wr, &bad) == 0);
   CHECK(Poll1(a.scq, &wc) && wc.status == IBV_WC_SUCCESS);
   CHECK(NoCompletion(b.rcq, 200));
-  // larger than the MTU: refused locally
+  // the right qkey again: delivered into that receive
+  wr.wr.ud.remote_qkey = 0x11111111;
+  CHECK(ibv_post_send(a.qp, &wr, &bad) == 0);
+  CHECK(Poll1(a.scq, &wc) && wc.status == IBV_WC_SUCCESS);
+  CHECK(Poll1(b.rcq, &wc) && wc.status == IBV_WC_SUCCESS && wc.wr_id == 2 && wc.byte_len == 10 + 40);
+  // Larger than the port's MTU: IBA C10-93.1.1, "the CI shall not emit any
+  // packets for this message. Further, the CI shall not generate an error due to
+  // this condition." The receive (room for two MTUs) stays posted, so the next
+  // datagram lands in it.
   struct ibv_port_attr pa;
   CHECK(ibv_query_port(ctx, 1, &pa) == 0);
   uint32_t mtu = 128u << pa.active_mtu;
+  CHECK(PostRecv(&b, 3, 8192, 40 + 2 * mtu) == 0);
   sge.length = mtu + 1;
-  wr.wr.ud.remote_qkey = 0x11111111;
-  int r = ibv_post_send(a.qp, &wr, &bad);
-  if (r == 0) CHECK(Poll1(a.scq, &wc) && wc.status != IBV_WC_SUCCESS);
+  CHECK(ibv_post_send(a.qp, &wr, &bad) == 0);
+  CHECK(Poll1(a.scq, &wc) && wc.status == IBV_WC_SUCCESS);
+  CHECK(NoCompletion(b.rcq, 300));
+  sge.length = 10;
+  CHECK(ibv_post_send(a.qp, &wr, &bad) == 0);
+  CHECK(Poll1(a.scq, &wc) && wc.status == IBV_WC_SUCCESS);
+  CHECK(Poll1(b.rcq, &wc) && wc.status == IBV_WC_SUCCESS && wc.wr_id == 3 && wc.byte_len == 10 + 40);
   ibv_destroy_ah(ah);
   FreeSide(&a);
   FreeSide(&b);
@@ -791,7 +880,10 @@ bool TestExtendedVerbs() {
   struct ibv_wc wc;
   CHECK(Poll1(b.rcq, &wc) && wc.status == IBV_WC_SUCCESS && wc.byte_len == 13);
   CHECK(memcmp(b.buf + 512, "via ibv_wr_*", 13) == 0 && memcmp(b.buf, "via ibv_wr_*", 13) == 0);
-  // both completions through start/next/end_poll
+  // both completions through start/next/end_poll, in order
+  bool rxe = RxeDeviation(
+      "rdma-core < 55: ibv_end_poll after ibv_next_poll gave ENOENT consumes one entry too many; "
+      "one entry per ibv_start_poll/ibv_end_poll instead");
   int seen = 0;
   uint64_t end = NowMs() + 3000;
   while (seen < 2 && NowMs() < end) {
@@ -802,23 +894,305 @@ bool TestExtendedVerbs() {
     }
     do {
       if (cqx->status != IBV_WC_SUCCESS) break;
-      if (cqx->wr_id == 11 && ibv_wc_read_opcode(cqx) == IBV_WC_RDMA_WRITE) seen++;
-      if (cqx->wr_id == 12 && ibv_wc_read_opcode(cqx) == IBV_WC_SEND && ibv_wc_read_qp_num(cqx) == a.qp->qp_num)
+      if (seen == 0 && cqx->wr_id == 11 && ibv_wc_read_opcode(cqx) == IBV_WC_RDMA_WRITE) seen++;
+      else if (seen == 1 && cqx->wr_id == 12 && ibv_wc_read_opcode(cqx) == IBV_WC_SEND &&
+               ibv_wc_read_qp_num(cqx) == a.qp->qp_num)
         seen++;
-    } while (ibv_next_poll(cqx) == 0);
+      else break;
+    } while (!rxe && ibv_next_poll(cqx) == 0);
     ibv_end_poll(cqx);
   }
   CHECK(seen == 2);
-  // an aborted batch posts nothing
+  struct ibv_poll_cq_attr pa = {0};
+  CHECK(ibv_start_poll(cqx, &pa) == ENOENT);
+  // an aborted batch posts nothing: no completion, nothing reaches the peer, and
+  // the next batch sends only its own request
+  CHECK(PostRecv(&b, 6, 4096, 64) == 0);
+  memcpy(a.buf + 64, "aborted", 8);
   ibv_wr_start(qx);
   qx->wr_id = 13;
   ibv_wr_send(qx);
-  ibv_wr_set_sge(qx, a.mr->lkey, Addr(&a, 0), 13);
+  ibv_wr_set_sge(qx, a.mr->lkey, Addr(&a, 64), 8);
   ibv_wr_abort(qx);
   CHECK(NoCompletion(a.scq, 100));
+  CHECK(NoCompletion(b.rcq, 100));
+  memcpy(a.buf + 128, "after abort", 12);
+  ibv_wr_start(qx);
+  qx->wr_id = 14;
+  ibv_wr_send(qx);
+  ibv_wr_set_sge(qx, a.mr->lkey, Addr(&a, 128), 12);
+  CHECK(ibv_wr_complete(qx) == 0);
+  CHECK(Poll1(b.rcq, &wc) && wc.status == IBV_WC_SUCCESS && wc.wr_id == 6 && wc.byte_len == 12);
+  CHECK(memcmp(b.buf + 4096, "after abort", 12) == 0);
+  CHECK(Poll1(a.scq, &wc) && wc.status == IBV_WC_SUCCESS && wc.wr_id == 14);
+  CHECK(NoCompletion(a.scq, 50) && NoCompletion(b.rcq, 50));
   FreeSide(&a);
   FreeSide(&b);
   return true;
+}
+
+
+// ------------------------------------------------- two processes (-l / -c) --
+// The responder side ("b") lives in the -l process, the requester side ("a") in
+// the -c process; the checks on each side are the ones the single-process groups
+// make, split where the data or the completion is.
+bool g_listener = false;
+int g_peer = -1;
+bool g_peer_rxe = false;  // the peer's device is rxe and the peer expects its deviations
+uint32_t g_group = 0;      // the group's number, part of every step's tag
+
+struct Wire {
+  uint32_t tag, qpn, rkey, lid, rxe;
+  uint64_t addr;
+  uint8_t gid[16];
+};
+
+bool FullIo(bool out, void* p, size_t n) {
+  char* c = static_cast<char*>(p);
+  while (n) {
+    struct pollfd pfd = {g_peer, short(out ? POLLOUT : POLLIN), 0};
+    if (poll(&pfd, 1, 60000) != 1) return false;  // the peer is stuck or gone
+    ssize_t r = out ? send(g_peer, c, n, MSG_NOSIGNAL) : recv(g_peer, c, n, 0);
+    if (r <= 0) return false;
+    c += r;
+    n -= size_t(r);
+  }
+  return true;
+}
+
+// Exchanges one message; both sides must send the same tag (a barrier).
+bool Exchange(uint32_t tag, Wire* mine, Wire* theirs) {
+  Wire m = mine ? *mine : Wire();
+  tag |= g_group << 16;
+  m.tag = tag;
+  Wire t;
+  if (!FullIo(true, &m, sizeof m) || !FullIo(false, &t, sizeof t)) {
+    fprintf(stderr, "  %s: the peer process went away at step %u\n", g_test, tag & 0xffff);
+    return false;
+  }
+  if (t.tag != tag) {
+    fprintf(stderr, "  %s: the peer is at group %u step %u, we are at group %u step %u\n", g_test, t.tag >> 16,
+            t.tag & 0xffff, tag >> 16, tag & 0xffff);
+    return false;
+  }
+  if (theirs) *theirs = t;
+  return true;
+}
+bool Sync(uint32_t tag) { return Exchange(tag, nullptr, nullptr); }
+
+// One RC QP connected to the peer's; `peer` gets the peer's buffer address and rkey.
+bool ConnectRemote(Side* s, int mr_access, Wire* peer, int rnr = 7) {
+  if (!MakeSide(s, IBV_QPT_RC, mr_access) || ToInit(s->qp, kAllAccess)) return false;
+  Wire m;
+  memset(&m, 0, sizeof m);
+  m.qpn = s->qp->qp_num;
+  m.rkey = s->mr->rkey;
+  m.addr = Addr(s, 0);
+  if (!Exchange(100, &m, peer)) return false;
+  if (ToRtr(s->qp, peer->qpn) || ToRts(s->qp, rnr)) return false;
+  return Sync(101);  // both in RTS before any request travels
+}
+
+char Pat(size_t i, int seed) { return char(i * size_t(seed) + 1); }
+
+bool RemoteData() {
+  Side s;
+  Wire peer;
+  CHECK(ConnectRemote(&s, kAllAccess, &peer));
+  struct ibv_wc wc;
+  uint64_t* counter = reinterpret_cast<uint64_t*>(s.buf + 40960);
+  if (g_listener) {
+    CHECK(PostRecv(&s, 100, 0, 4096) == 0);
+    for (size_t i = 0; i < 5000; i++) s.buf[100000 + i] = Pat(i, 3);
+    *counter = 0;
+    CHECK(Sync(1));
+    CHECK(Poll1(s.rcq, &wc, 10000) && wc.status == IBV_WC_SUCCESS && wc.wr_id == 100);
+    CHECK(wc.opcode == IBV_WC_RECV && wc.byte_len == 100 && (wc.wc_flags & IBV_WC_WITH_IMM));
+    CHECK(be32toh(wc.imm_data) == 0xabcd1234 && wc.qp_num == s.qp->qp_num);
+    for (size_t i = 0; i < 100; i++) CHECK(s.buf[i] == Pat(i, 7));
+    CHECK(Sync(2));  // the requester wrote, read and added
+    for (size_t i = 0; i < 4096; i++) CHECK(s.buf[8192 + i] == Pat(i, 5));
+    CHECK(*counter == 200);
+    CHECK(NoCompletion(s.rcq, 50));  // writes, reads and atomics consume no receive
+  } else {
+    for (size_t i = 0; i < 4096; i++) s.buf[i] = Pat(i, 7);
+    CHECK(Sync(1));
+    CHECK(Post(&s, IBV_WR_SEND_WITH_IMM, 1, 0, 100) == 0);
+    CHECK(Poll1(s.scq, &wc, 10000) && wc.status == IBV_WC_SUCCESS && wc.wr_id == 1 && wc.opcode == IBV_WC_SEND);
+    for (size_t i = 0; i < 4096; i++) s.buf[i] = Pat(i, 5);
+    CHECK(Post(&s, IBV_WR_RDMA_WRITE, 2, 0, 4096, peer.addr + 8192, peer.rkey) == 0);
+    CHECK(Poll1(s.scq, &wc, 10000) && wc.status == IBV_WC_SUCCESS && wc.opcode == IBV_WC_RDMA_WRITE);
+    CHECK(Post(&s, IBV_WR_RDMA_READ, 3, 300000, 5000, peer.addr + 100000, peer.rkey) == 0);
+    CHECK(Poll1(s.scq, &wc, 10000) && wc.status == IBV_WC_SUCCESS && wc.opcode == IBV_WC_RDMA_READ);
+    CHECK(wc.byte_len == 5000);
+    for (size_t i = 0; i < 5000; i++) CHECK(s.buf[300000 + i] == Pat(i, 3));
+    struct ibv_sge sge = {Addr(&s, 600000), 8, s.mr->lkey};
+    struct ibv_send_wr wr, *bad;
+    memset(&wr, 0, sizeof wr);
+    wr.sg_list = &sge;
+    wr.num_sge = 1;
+    wr.send_flags = IBV_SEND_SIGNALED;
+    wr.opcode = IBV_WR_ATOMIC_FETCH_AND_ADD;
+    wr.wr.atomic.remote_addr = peer.addr + 40960;
+    wr.wr.atomic.rkey = peer.rkey;
+    wr.wr.atomic.compare_add = 1;
+    for (uint64_t i = 0; i < 200; i++) {
+      CHECK(ibv_post_send(s.qp, &wr, &bad) == 0);
+      CHECK(Poll1(s.scq, &wc, 10000) && wc.status == IBV_WC_SUCCESS && wc.opcode == IBV_WC_FETCH_ADD);
+      CHECK(*reinterpret_cast<uint64_t*>(s.buf + 600000) == i);
+    }
+    CHECK(Sync(2));
+  }
+  CHECK(Sync(3));
+  FreeSide(&s);
+  return true;
+}
+
+// The requester's request fails with `want` (the remote side's verdict); its QP
+// is then in error and the next request is flushed. The responder's memory is
+// checked untouched by the caller.
+bool RemoteRequestFails(Side* s, enum ibv_wr_opcode op, uint64_t raddr, uint32_t rkey, uint32_t len,
+                        enum ibv_wc_status want) {
+  struct ibv_wc wc;
+  memset(s->buf, 0x77, len);
+  CHECK(Post(s, op, 1, 0, len, raddr, rkey) == 0);
+  CHECK(Poll1(s->scq, &wc, 10000) && wc.wr_id == 1);
+  if (wc.status != want)
+    fprintf(stderr, "  %s: got %s, want %s\n", g_test, ibv_wc_status_str(wc.status), ibv_wc_status_str(want));
+  CHECK(wc.status == want);
+  CHECK(Post(s, IBV_WR_SEND, 2, 0, 8) == 0);
+  CHECK(Poll1(s->scq, &wc) && wc.status == IBV_WC_WR_FLUSH_ERR && wc.wr_id == 2);
+  return true;
+}
+
+bool RemoteErrors() {
+  struct ibv_wc wc;
+  {
+    Side s;  // bad rkey: remote access error, and nothing is written
+    Wire peer;
+    CHECK(ConnectRemote(&s, kAllAccess, &peer));
+    if (!g_listener)
+      CHECK(RemoteRequestFails(&s, IBV_WR_RDMA_WRITE, peer.addr, peer.rkey + 0x1000, 64, IBV_WC_REM_ACCESS_ERR));
+    CHECK(Sync(1));
+    if (g_listener) CHECK(s.buf[0] == 0);
+    FreeSide(&s);
+  }
+  {
+    Side s;  // responder's MR without remote write
+    Wire peer;
+    CHECK(ConnectRemote(&s, g_listener ? IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ : kAllAccess, &peer));
+    if (!g_listener)
+      CHECK(RemoteRequestFails(&s, IBV_WR_RDMA_WRITE, peer.addr, peer.rkey, 64, IBV_WC_REM_ACCESS_ERR));
+    CHECK(Sync(2));
+    if (g_listener) CHECK(s.buf[0] == 0);
+    FreeSide(&s);
+  }
+  {
+    Side s;  // responder's MR without remote read
+    Wire peer;
+    CHECK(ConnectRemote(&s, g_listener ? IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE : kAllAccess, &peer));
+    if (!g_listener)
+      CHECK(RemoteRequestFails(&s, IBV_WR_RDMA_READ, peer.addr, peer.rkey, 64, IBV_WC_REM_ACCESS_ERR));
+    CHECK(Sync(3));
+    FreeSide(&s);
+  }
+  {
+    Side s;  // receive too small: remote invalid request, local length error there
+    Wire peer;
+    CHECK(ConnectRemote(&s, kAllAccess, &peer));
+    if (g_listener) {
+      CHECK(PostRecv(&s, 9, 0, 16) == 0);
+      CHECK(PostRecv(&s, 10, 0, 16) == 0);
+    }
+    CHECK(Sync(4));
+    // the verdict is the responder's device's
+    bool rxe = RxeDeviationOn(g_listener ? g_rxe : g_peer_rxe, kRxeLongSend);
+    if (!g_listener)
+      CHECK(RemoteRequestFails(&s, IBV_WR_SEND, 0, 0, 64, rxe ? IBV_WC_REM_OP_ERR : IBV_WC_REM_INV_REQ_ERR));
+    if (g_listener) {
+      CHECK(Poll1(s.rcq, &wc, 10000) && wc.wr_id == 9 &&
+            wc.status == (rxe ? IBV_WC_LOC_QP_OP_ERR : IBV_WC_LOC_LEN_ERR));
+      CHECK(Poll1(s.rcq, &wc) && wc.wr_id == 10 && wc.status == IBV_WC_WR_FLUSH_ERR);
+    }
+    CHECK(Sync(5));
+    FreeSide(&s);
+  }
+  return true;
+}
+
+bool RemoteRnr() {
+  struct ibv_wc wc;
+  {
+    Side s;  // rnr_retry 7: the sender waits until the receive is posted
+    Wire peer;
+    CHECK(ConnectRemote(&s, kAllAccess, &peer));
+    if (g_listener) {
+      CHECK(Sync(1));  // the send is on its way, unanswered
+      usleep(200000);
+      CHECK(PostRecv(&s, 2, 0, 64) == 0);
+      CHECK(Poll1(s.rcq, &wc, 10000) && wc.status == IBV_WC_SUCCESS && wc.byte_len == 32);
+    } else {
+      CHECK(Post(&s, IBV_WR_SEND, 1, 0, 32) == 0);
+      CHECK(Sync(1));
+      CHECK(Poll1(s.scq, &wc, 10000) && wc.status == IBV_WC_SUCCESS);
+    }
+    CHECK(Sync(2));
+    FreeSide(&s);
+  }
+  {
+    Side s;  // rnr_retry 0: RNR retry exceeded, and the QP is in error
+    Wire peer;
+    CHECK(ConnectRemote(&s, kAllAccess, &peer, 0));
+    if (!g_listener) CHECK(RemoteRequestFails(&s, IBV_WR_SEND, 0, 0, 32, IBV_WC_RNR_RETRY_EXC_ERR));
+    CHECK(Sync(3));
+    if (g_listener) CHECK(NoCompletion(s.rcq, 50));
+    FreeSide(&s);
+  }
+  return true;
+}
+
+int ListenOrConnect(const char* host, const char* port_s) {
+  struct addrinfo hints, *ai = nullptr;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = host ? 0 : AI_PASSIVE;
+  if (getaddrinfo(host, port_s, &hints, &ai) != 0) {
+    fprintf(stderr, "cannot resolve %s\n", host ? host : "the listening address");
+    return -1;
+  }
+  int one = 1, fd = -1;
+  if (!host) {
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(l, ai->ai_addr, ai->ai_addrlen) != 0 || listen(l, 1) != 0) {
+      fprintf(stderr, "cannot listen on port %s: %s\n", port_s, strerror(errno));
+      freeaddrinfo(ai);
+      return -1;
+    }
+    struct sockaddr_in sin;
+    socklen_t sl = sizeof sin;
+    getsockname(l, reinterpret_cast<struct sockaddr*>(&sin), &sl);
+    printf("listening on port %u\n", ntohs(sin.sin_port));  // -p 0: the one the kernel chose
+    fflush(stdout);
+    struct pollfd pfd = {l, POLLIN, 0};
+    if (poll(&pfd, 1, 120000) == 1) fd = accept(l, nullptr, nullptr);
+    close(l);
+  } else {
+    // The listener may not be up yet: try for up to a minute.
+    for (int i = 0; i < 600 && fd < 0; i++) {
+      fd = socket(AF_INET, SOCK_STREAM, 0);
+      if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        close(fd);
+        fd = -1;
+        usleep(100000);
+      }
+    }
+  }
+  freeaddrinfo(ai);
+  if (fd < 0) fprintf(stderr, "no peer process on port %s\n", port_s);
+  else setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
 }
 
 struct Test {
@@ -841,17 +1215,34 @@ const Test kTests[] = {
     {"srq", TestSrq},
     {"extended_verbs", TestExtendedVerbs},
 };
+const Test kRemoteTests[] = {
+    {"remote_rc_data", RemoteData},
+    {"remote_errors", RemoteErrors},
+    {"remote_rnr", RemoteRnr},
+};
 
 }  // namespace
 
 int main(int argc, char** argv) {
   const char* devname = nullptr;
   const char* only = nullptr;
+  bool strict = false;
+  bool listener = false;
+  const char* peer_host = nullptr;
+  const char* port_s = "18600";
   int opt;
-  while ((opt = getopt(argc, argv, "d:g:t:")) != -1) {
+  while ((opt = getopt(argc, argv, "d:g:t:Slc:p:")) != -1) {
     if (opt == 'd') devname = optarg;
     else if (opt == 'g') gid_index = atoi(optarg);
     else if (opt == 't') only = optarg;
+    else if (opt == 'S') strict = true;
+    else if (opt == 'l') listener = true;
+    else if (opt == 'c') peer_host = optarg;
+    else if (opt == 'p') port_s = optarg;
+    else {
+      fprintf(stderr, "usage: %s [-d DEVICE] [-g GID_INDEX] [-t TEST] [-S] [-l | -c HOST] [-p PORT]\n", argv[0]);
+      return 2;
+    }
   }
   int n = 0;
   struct ibv_device** list = ibv_get_device_list(&n);
@@ -872,18 +1263,50 @@ int main(int argc, char** argv) {
   eth = port.link_layer == IBV_LINK_LAYER_ETHERNET;
   if (!eth) gid_index = 0;
   ibv_query_gid(ctx, 1, gid_index, &my_gid);
-  printf("device %s, %s link layer\n", ibv_get_device_name(dev), eth ? "Ethernet" : "InfiniBand");
-  for (const Test& t : kTests) {
+  struct ibv_device_attr da;
+  if (ibv_query_device(ctx, &da) == 0 && da.vendor_id == kRxeVendorId && !strict) g_rxe = true;
+  printf("device %s, %s link layer%s\n", ibv_get_device_name(dev), eth ? "Ethernet" : "InfiniBand",
+         g_rxe ? ", rxe: its known deviations expected (-S: none)" : "");
+  dest_gid = my_gid;
+  dest_lid = port.lid;
+  bool remote = listener || peer_host;
+  if (remote) {
+    g_listener = listener;
+    g_test = "connect";
+    g_peer = ListenOrConnect(listener ? nullptr : peer_host, port_s);
+    Wire m, t;
+    memset(&m, 0, sizeof m);
+    memcpy(m.gid, my_gid.raw, 16);
+    m.lid = port.lid;
+    m.rxe = g_rxe;
+    if (g_peer < 0 || !Exchange(0, &m, &t)) return 1;
+    g_peer_rxe = t.rxe != 0;
+    memcpy(dest_gid.raw, t.gid, 16);
+    dest_lid = uint16_t(t.lid);
+    char txt[INET6_ADDRSTRLEN];
+    printf("%s side; peer GID %s, LID %u\n", listener ? "responder" : "requester",
+           inet_ntop(AF_INET6, dest_gid.raw, txt, sizeof txt), dest_lid);
+  }
+  const Test* begin = remote ? kRemoteTests : kTests;
+  const Test* end = remote ? kRemoteTests + sizeof kRemoteTests / sizeof *kRemoteTests
+                           : kTests + sizeof kTests / sizeof *kTests;
+  for (const Test* tp = begin; tp != end; tp++) {
+    const Test& t = *tp;
+    g_group = uint32_t(tp - begin) + 1;
     if (only && strcmp(only, t.name)) continue;
     g_test = t.name;
+    g_have_wc = false;
     bool ok = t.fn();
     printf("%s %s\n", ok ? "ok  " : "FAIL", t.name);
     fflush(stdout);
     (ok ? g_pass : g_fail)++;
+    if (!ok && remote) break;  // the two processes no longer agree on the step
   }
   ibv_dealloc_pd(pd);
   ibv_close_device(ctx);
   ibv_free_device_list(list);
-  printf("%d passed, %d failed\n", g_pass, g_fail);
+  printf("%d passed, %d failed", g_pass, g_fail);
+  if (g_rxe) printf(", %d known rxe deviations seen", g_deviations);
+  printf("\n");
   return g_fail ? 1 : 0;
 }
