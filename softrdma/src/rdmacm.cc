@@ -102,6 +102,7 @@ struct Chan {
   struct Ev* head = nullptr;
   struct Ev* tail = nullptr;
   int bytes = 0;  // bytes in the pipe: > 0 exactly while events are queued
+  int waiters = 0;  // threads blocked in rdma_get_cm_event on it
 };
 
 struct Id;
@@ -1107,12 +1108,17 @@ int GetEvent(Chan* c, struct rdma_cm_event** out) {
       *out = &e->ev;
       return 0;
     }
-    pthread_mutex_unlock(&g_mu);
     int fl = fcntl(c->ch.fd, F_GETFL);
-    if (fl >= 0 && (fl & O_NONBLOCK)) return Fail(EAGAIN);
+    if (fl >= 0 && (fl & O_NONBLOCK)) {
+      pthread_mutex_unlock(&g_mu);
+      return Fail(EAGAIN);
+    }
+    c->waiters++;
+    pthread_mutex_unlock(&g_mu);
     struct pollfd p = {c->ch.fd, POLLIN, 0};
     poll(&p, 1, -1);
     pthread_mutex_lock(&g_mu);
+    c->waiters--;
   }
 }
 
@@ -1173,10 +1179,14 @@ SR_EXPORT struct rdma_event_channel* rdma_create_event_channel(void) {
 
 SR_EXPORT void rdma_destroy_event_channel(struct rdma_event_channel* ch) {
   if (!ch) return;
-  pthread_mutex_lock(&g_mu);
   Chan* c = ToChan(ch);
+  pthread_mutex_lock(&g_mu);
+  // A thread blocked on the channel (rping's event thread when main returns)
+  // keeps blocking, as on the kernel's rdma_cm file: the channel is left
+  // open and allocated for it.
+  bool busy = c->waiters > 0;
   pthread_mutex_unlock(&g_mu);
-  FreeChan(c);
+  if (!busy) FreeChan(c);
 }
 
 SR_EXPORT int rdma_create_id(struct rdma_event_channel* ch, struct rdma_cm_id** id, void* ctx,

@@ -80,8 +80,8 @@ p=$((p+1)); cm_pair "rping -q (self-created QP, rdma_init_qp_attr, rdma_establis
   "rping -s -q -a $A -p $p -V -C 10" "rping -c -q -a $A -p $p -v -V -C 10" "ping data: rdma-ping-9: "
 p=$((p+1)); cm_pair "rping -S 65000" $p "rping -s -a $A -p $p -V -S 65000 -C 5" \
   "rping -c -a $A -p $p -V -S 65000 -C 5"
-p=$((p+1)); cm_pair "ucmatose -c 4 -C 20" $p "ucmatose -p $p -c 4 -C 20" "ucmatose -s $A -p $p -c 4 -C 20" \
-  "test complete"
+p=$((p+1)); cm_pair "ucmatose -c 4 -C 20 -m (rdma_migrate_id)" $p "ucmatose -p $p -c 4 -C 20 -m" \
+  "ucmatose -s $A -p $p -c 4 -C 20 -m" "migrating to new event channel"
 p=$((p+1)); cm_pair "rdma_server / rdma_client (rdma_create_ep, synchronous ids)" $p "rdma_server -p $p" \
   "rdma_client -s $A -p $p" "rdma_client: end 0"
 # udaddy's port is always 7174: on loopback each mode's server takes its own
@@ -91,6 +91,13 @@ U=$A
 [ "$where" = loopback ] && { [ "$mode" = ib ] && U=127.0.0.2 || U=127.0.0.3; }
 LISTEN_ADDR=$U cm_pair "udaddy -c 2 -C 20 (UD, SIDR)" 7174 "udaddy -b $U -c 2 -C 20" "udaddy -s $U -c 2 -C 20" \
   "test complete"
+
+# perftest's rdma_cm mode (-R): QPs connected by the CM, GIDs from the events.
+[ "$mode" = roce ] && gx="-x 1" || gx=""
+p=$((p+1)); cm_pair "ib_send_bw -R" $p "ib_send_bw -R $gx -n 300 -p $p" "ib_send_bw -R $gx -n 300 -p $p $A" \
+  "^ *65536 +300 "
+p=$((p+1)); cm_pair "ib_read_lat -R" $p "ib_read_lat -R $gx -n 200 -p $p" "ib_read_lat -R $gx -n 200 -p $p $A" \
+  "^ *2 +200 "
 
 # Nobody listens: the remote CM's reject (invalid service ID, reason 8).
 p=$((p+1))
