@@ -81,6 +81,8 @@ cm_pair_once() {
   fi
   # shellcheck disable=SC2086
   timeout 60 "${CLI[@]}" $cli > "$t/cli" 2>&1; crc=$?
+  # A failed client leaves its server waiting for nobody.
+  [ $crc = 0 ] || kill "$spid" 2>/dev/null
   wait "$spid"; src=$?
   if [ $crc = 0 ] && [ $src = 0 ] && { [ -z "$want" ] || grep -Eq "$want" "$t/cli"; }; then
     ok "$name"; return 0
