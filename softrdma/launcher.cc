@@ -39,6 +39,15 @@ static void Prepend(const char* var, const std::string& value, char sep) {
   setenv(var, v.c_str(), 1);
 }
 
+// softrdma's libibverbs.so.1, and its librdmacm.so.1 when built: preloaded
+// for programs that dlopen them (LD_LIBRARY_PATH serves their NEEDED).
+static std::string PreloadList(const std::string& dir) {
+  std::string l = dir + "/libibverbs.so.1";
+  std::string cm = dir + "/librdmacm.so.1";
+  if (access(cm.c_str(), R_OK) == 0) l += " " + cm;
+  return l;
+}
+
 int RunSoftRdma(const std::string& mode, const std::vector<std::string>& argv) {
   if (mode != "ib" && mode != "roce") {
     fprintf(stderr, "ibdbg softrdma: --mode must be ib or roce, not '%s'\n", mode.c_str());
@@ -54,7 +63,7 @@ int RunSoftRdma(const std::string& mode, const std::vector<std::string>& argv) {
     return 127;
   }
   Prepend("LD_LIBRARY_PATH", dir, ':');
-  Prepend("LD_PRELOAD", dir + "/libibverbs.so.1", ' ');
+  Prepend("LD_PRELOAD", PreloadList(dir), ' ');
   // The device's sysfs entries for programs that read them directly (UCX,
   // Open MPI); optional: without it plain verbs programs still work.
   if (access((dir + "/libsoftrdma-sysfs.so").c_str(), R_OK) == 0)
