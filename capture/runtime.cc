@@ -439,6 +439,75 @@ void send_error(const char* why) {
   write_all(g_sock, why, h.len);
 }
 
+// The copy the agent reads memory from: it only waits, with no descriptor
+// of the application's (a copy of a pipe's write end or a socket would keep
+// the application's peers from seeing it closed), in a session of its own
+// (terminal signals are not for it), every signal blocked (the handler runs
+// with all of them blocked already: the application's handlers never run
+// here).  It ends when the agent kills it, or when the agent goes away.
+[[noreturn]] void frozen_copy_wait() {
+  if (g_sock > 0) sys(SYS_close_range, 0, g_sock - 1, 0);
+  sys(SYS_close_range, g_sock + 1, ~0u, 0);
+  sys(SYS_setsid);
+  sys(SYS_prctl, PR_SET_NAME, (long)"ibdbg-frozen");
+  for (;;) {
+    struct pollfd p = {g_sock, POLLRDHUP, 0};
+    long r = sys(SYS_poll, (long)&p, 1, -1);
+    if (r > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) break;
+  }
+  sys(SYS_exit_group, 0);
+  __builtin_unreachable();
+}
+
+// Forks a frozen copy of this (stopped) process: its private memory is the
+// memory of this moment, copy-on-write, so the agent reads it there while
+// the application runs on.  Only raw system calls: other threads are stopped
+// and may hold libc's locks, and libc's fork handlers must not run.  Two
+// steps, so that the copy is nobody's child in the job: an intermediate
+// child (exit signal 0, invisible to the application's wait(): a "clone"
+// child) makes the copy and exits at once; the copy is reparented to the
+// agent (a subreaper) and we reap the intermediate one here.  The
+// intermediate child hands the agent a pidfd of the copy.
+void fork_frozen_copy() {
+  long mid = sys(SYS_clone, 0, 0, 0, 0, 0);
+  if (mid < 0) {
+    send_error("cannot fork a frozen copy (out of memory?)");
+    return;
+  }
+  if (mid == 0) {
+    int pidfd = -1;
+    long copy = sys(SYS_clone, CLONE_PIDFD | SIGCHLD, 0, (long)&pidfd, 0, 0);
+    if (copy == 0) frozen_copy_wait();
+    if (copy < 0) {
+      send_error("cannot fork a frozen copy (out of memory?)");
+    } else {
+      struct {
+        ibdbg_msg_hdr h;
+        int32_t pid;
+      } __attribute__((packed)) m = {{IBDBG_MSG_FORKED, sizeof(int32_t)}, (int32_t)copy};
+      struct iovec iov = {&m, sizeof m};
+      alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+      memset(control, 0, sizeof control);
+      struct msghdr mh;
+      memset(&mh, 0, sizeof mh);
+      mh.msg_iov = &iov;
+      mh.msg_iovlen = 1;
+      mh.msg_control = control;
+      mh.msg_controllen = sizeof control;
+      struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int));
+      memcpy(CMSG_DATA(c), &pidfd, sizeof pidfd);
+      if (sys(SYS_sendmsg, g_sock, (long)&mh, MSG_NOSIGNAL) != (long)sizeof m) sys(SYS_kill, copy, SIGKILL);
+    }
+    sys(SYS_exit_group, 0);
+  }
+  int status;
+  while (sys(SYS_wait4, mid, (long)&status, __WALL, 0) == -EINTR) {
+  }
+}
+
 // Runs in the checkpoint thread's own signal handler, so that its context is
 // a signal frame like every other thread's.
 void ckpt_describe_and_wait() {
@@ -458,10 +527,15 @@ void ckpt_describe_and_wait() {
   }
   ibdbg_msg_hdr h = {IBDBG_MSG_SUSPENDED, (uint32_t)g_blob_len};
   if (!write_all(g_sock, &h, sizeof h) || !write_all(g_sock, g_blob, g_blob_len)) return;
-  // Blocked here while the agent reads our memory.  After a replay, execution
-  // continues after the tgkill in ckpt_capture() instead.
-  ibdbg_msg_hdr reply;
-  if (!read_all(g_sock, &reply, sizeof reply)) return;
+  // Blocked here while the agent reads our memory (or until it has a frozen
+  // copy to read it from).  After a replay, execution continues after the
+  // tgkill in ckpt_capture() instead.
+  for (;;) {
+    ibdbg_msg_hdr reply;
+    if (!read_all(g_sock, &reply, sizeof reply)) return;
+    if (reply.type != IBDBG_MSG_FORK) return;
+    fork_frozen_copy();
+  }
 }
 
 // Stops every thread but this one; returns false (with all running again) if
