@@ -459,49 +459,80 @@ void send_error(const char* why) {
   __builtin_unreachable();
 }
 
+// clone(flags) whose child runs fn(arg) on `stack_top` and then exits; the
+// parent gets the child's pid (or -errno).
+long clone_on_stack(unsigned long flags, void* stack_top, void (*fn)(void*), void* arg) {
+  void** sp = (void**)stack_top;
+  *--sp = arg;
+  *--sp = (void*)fn;
+  long ret;
+  register long r10 asm("r10") = 0;
+  register long r8 asm("r8") = 0;
+  asm volatile(
+      "syscall\n\t"
+      "test %%rax, %%rax\n\t"
+      "jnz 1f\n\t"
+      "xor %%ebp, %%ebp\n\t"
+      "pop %%rax\n\t"
+      "pop %%rdi\n\t"
+      "call *%%rax\n\t"
+      "mov $60, %%eax\n\t"
+      "xor %%edi, %%edi\n\t"
+      "syscall\n\t"
+      "1:\n\t"
+      : "=a"(ret)
+      : "a"((long)SYS_clone), "D"(flags), "S"(sp), "d"(0L), "r"(r10), "r"(r8)
+      : "rcx", "r11", "memory");
+  return ret;
+}
+
+// Runs in the intermediate child (sharing our memory, we wait meanwhile):
+// forks the copy, hands the agent its pidfd.
+void make_frozen_copy(void*) {
+  int pidfd = -1;
+  long copy = sys(SYS_clone, CLONE_PIDFD | SIGCHLD, 0, (long)&pidfd, 0, 0);
+  if (copy == 0) frozen_copy_wait();
+  if (copy < 0) {
+    send_error("cannot fork a frozen copy (out of memory?)");
+    return;
+  }
+  struct {
+    ibdbg_msg_hdr h;
+    int32_t pid;
+  } __attribute__((packed)) m = {{IBDBG_MSG_FORKED, sizeof(int32_t)}, (int32_t)copy};
+  struct iovec iov = {&m, sizeof m};
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  memset(control, 0, sizeof control);
+  struct msghdr mh;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = control;
+  mh.msg_controllen = sizeof control;
+  struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &pidfd, sizeof pidfd);
+  if (sys(SYS_sendmsg, g_sock, (long)&mh, MSG_NOSIGNAL) != (long)sizeof m) sys(SYS_kill, copy, SIGKILL);
+}
+
 // Forks a frozen copy of this (stopped) process: its private memory is the
 // memory of this moment, copy-on-write, so the agent reads it there while
 // the application runs on.  Only raw system calls: other threads are stopped
 // and may hold libc's locks, and libc's fork handlers must not run.  Two
 // steps, so that the copy is nobody's child in the job: an intermediate
-// child (exit signal 0, invisible to the application's wait(): a "clone"
-// child) makes the copy and exits at once; the copy is reparented to the
-// agent (a subreaper) and we reap the intermediate one here.  The
-// intermediate child hands the agent a pidfd of the copy.
+// child (sharing our memory, vfork-style, so that the page tables are copied
+// once, for the copy; exit signal 0: a "clone" child, which the
+// application's wait() does not see; reaped here) forks the copy, hands the
+// agent a pidfd of it and exits; the copy is reparented to the agent (a
+// subreaper).
 void fork_frozen_copy() {
-  long mid = sys(SYS_clone, 0, 0, 0, 0, 0);
+  static char stack[16384] __attribute__((aligned(16)));
+  long mid = clone_on_stack(CLONE_VM | CLONE_VFORK, stack + sizeof stack, make_frozen_copy, nullptr);
   if (mid < 0) {
-    send_error("cannot fork a frozen copy (out of memory?)");
+    send_error("cannot fork a frozen copy");
     return;
-  }
-  if (mid == 0) {
-    int pidfd = -1;
-    long copy = sys(SYS_clone, CLONE_PIDFD | SIGCHLD, 0, (long)&pidfd, 0, 0);
-    if (copy == 0) frozen_copy_wait();
-    if (copy < 0) {
-      send_error("cannot fork a frozen copy (out of memory?)");
-    } else {
-      struct {
-        ibdbg_msg_hdr h;
-        int32_t pid;
-      } __attribute__((packed)) m = {{IBDBG_MSG_FORKED, sizeof(int32_t)}, (int32_t)copy};
-      struct iovec iov = {&m, sizeof m};
-      alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-      memset(control, 0, sizeof control);
-      struct msghdr mh;
-      memset(&mh, 0, sizeof mh);
-      mh.msg_iov = &iov;
-      mh.msg_iovlen = 1;
-      mh.msg_control = control;
-      mh.msg_controllen = sizeof control;
-      struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int));
-      memcpy(CMSG_DATA(c), &pidfd, sizeof pidfd);
-      if (sys(SYS_sendmsg, g_sock, (long)&mh, MSG_NOSIGNAL) != (long)sizeof m) sys(SYS_kill, copy, SIGKILL);
-    }
-    sys(SYS_exit_group, 0);
   }
   int status;
   while (sys(SYS_wait4, mid, (long)&status, __WALL, 0) == -EINTR) {

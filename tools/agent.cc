@@ -412,21 +412,24 @@ void Agent::DoWrite(const std::string& dir, const std::string& job_id, const jso
         p.file = file;
         p.proc = proc;
         out = -1;
-        p.img = capture::BeginProcessImage(l.pid, metas_[fd], p.out, wo, &l.refills, true);
+        // In the list at once: a failure below kills its copy (DropCopies).
+        pending_.push_back(std::move(p));
+        Pending& q = pending_.back();
+        q.img = capture::BeginProcessImage(l.pid, metas_[fd], q.out, wo, &l.refills, true);
         std::string why;
-        p.copy_pidfd = ForkCopy(fd, &p.copy, &why);
+        q.copy_pidfd = ForkCopy(fd, &q.copy, &why);
+        if (q.copy_pidfd >= 0) capture::WriteWhatTheCopyLacks(*q.img, q.copy);
         // Without a copy (no memory for one) the process stays stopped until
         // its memory is written, as without --forked.
-        if (p.copy_pidfd < 0) {
+        if (q.copy_pidfd < 0) {
           fprintf(stderr, "ibdbg: process %d: %s; its memory is written while it is stopped\n", (int)l.pid,
                   why.c_str());
-          p.copy = l.pid;
-          auto st = capture::FinishProcessImage(*p.img, l.pid);
-          p.proc["bytes"] = st.file_bytes;
-          p.proc["memory_bytes"] = st.memory_bytes;
-          p.img.reset();
+          q.copy = l.pid;
+          auto st = capture::FinishProcessImage(*q.img, l.pid);
+          q.proc["bytes"] = st.file_bytes;
+          q.proc["memory_bytes"] = st.memory_bytes;
+          q.img.reset();
         }
-        pending_.push_back(std::move(p));
       } else {
         auto st = capture::WriteProcessImage(l.pid, metas_[fd], out, wo, &l.refills);
         proc["bytes"] = st.file_bytes;

@@ -24,6 +24,7 @@
 #include <dirent.h>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
@@ -855,6 +856,33 @@ std::set<uint64_t> NotCopiedByFork(pid_t pid) {
   return out;
 }
 
+// PAGEMAP_SCAN (Linux 6.7), which this system's headers may lack.
+struct PmScanArg {
+  uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, category_inverted, category_mask,
+      category_anyof_mask, return_mask;
+};
+struct PageRegion {
+  uint64_t start, end, categories;
+};
+constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
+constexpr uint64_t kPageIsPresent = 1 << 3, kPageIsSwapped = 1 << 4;
+
+// Whether [start, end) of a process has any page (1), none (0), or the
+// kernel cannot tell cheaply (-1).  Stops at the first page found.
+int HasAnyPage(int pagemap, uint64_t start, uint64_t end) {
+  PageRegion r{};
+  PmScanArg a{};
+  a.size = sizeof a;
+  a.start = start;
+  a.end = end;
+  a.vec = (uint64_t)(uintptr_t)&r;
+  a.vec_len = 1;
+  a.max_pages = 1;
+  a.category_anyof_mask = a.return_mask = kPageIsPresent | kPageIsSwapped;
+  long n = ioctl(pagemap, kPagemapScan, &a);
+  return n < 0 ? -1 : n > 0;
+}
+
 // Whether a region's pages must be read from the process itself while it is
 // stopped, rather than from a copy-on-write fork of it: shared memory is the
 // same object in both (it changes once the process runs on), a deleted
@@ -1000,13 +1028,30 @@ ImageInProgressPtr BeginProcessImage(pid_t pid, const ProcessMeta& meta, int out
       img->regions.push_back({(size_t)(m - maps.data()), kind, end});
     }
   }
-  if (for_copy) {
-    std::set<uint64_t> not_copied = NotCopiedByFork(pid);
-    WriteRegions(*img, pid, [&](const ImageInProgress::Region& r) {
-      return NeedsTheProcess(r.kind, not_copied.count(maps[r.map].start) > 0);
-    });
-  }
+  if (for_copy)
+    WriteRegions(*img, pid, [&](const ImageInProgress::Region& r) { return NeedsTheProcess(r.kind, false); });
   return img;
+}
+
+void WriteWhatTheCopyLacks(ImageInProgress& img, pid_t copy) {
+  // Regions a fork does not copy as they are: MADV_DONTFORK (absent from the
+  // copy) and MADV_WIPEONFORK (no page in the copy where the process has
+  // some).  Cheap per region with PAGEMAP_SCAN (it stops at the first page);
+  // otherwise the flags in smaps, which cost a walk of every page.
+  std::set<uint64_t> in_copy;
+  for (const MapEntry& m : ReadMaps(copy)) in_copy.insert(m.start);
+  Fd copy_pm(open(("/proc/" + std::to_string(copy) + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
+  Fd own_pm(open(("/proc/" + std::to_string(img.pid) + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
+  std::optional<std::set<uint64_t>> flagged;
+  WriteRegions(img, img.pid, [&](const ImageInProgress::Region& r) {
+    const MapEntry& m = img.maps[r.map];
+    if (!in_copy.count(m.start)) return true;
+    int copy_has = HasAnyPage(copy_pm.fd, m.start, r.end), own_has = 0;
+    if (copy_has == 0) own_has = HasAnyPage(own_pm.fd, m.start, r.end);
+    if (copy_has >= 0 && own_has >= 0) return copy_has == 0 && own_has == 1;
+    if (!flagged) flagged = NotCopiedByFork(img.pid);
+    return flagged->count(m.start) > 0;
+  });
 }
 
 void RefillPipes(pid_t pid, const std::vector<PipeRefill>& refills) {

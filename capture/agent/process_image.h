@@ -68,8 +68,7 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
 // The same in two steps, for a capture from a frozen copy-on-write fork of
 // the process: BeginProcessImage writes, while the process is stopped,
 // everything but its memory, and (with for_copy) the memory a fork does not
-// copy as it is (shared mappings, MADV_DONTFORK/WIPEONFORK regions, deleted
-// files); FinishProcessImage writes the rest of the memory from
+// copy as it is (shared mappings, deleted files); FinishProcessImage writes the rest of the memory from
 // memory_pid (the copy, or the process itself) and fdatasyncs.
 struct ImageInProgress;
 struct ImageInProgressDeleter {
@@ -78,6 +77,10 @@ struct ImageInProgressDeleter {
 using ImageInProgressPtr = std::unique_ptr<ImageInProgress, ImageInProgressDeleter>;
 ImageInProgressPtr BeginProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, const WriteOptions& opts,
                                      std::vector<PipeRefill>* refills, bool for_copy);
+// Once the copy is made, while the process is still stopped: the regions
+// the fork did not copy as they are (MADV_DONTFORK, MADV_WIPEONFORK) are
+// written from the process.
+void WriteWhatTheCopyLacks(ImageInProgress& img, pid_t copy);
 WriteStats FinishProcessImage(ImageInProgress& img, pid_t memory_pid);
 
 // Puts drained pipe data back (best effort).
