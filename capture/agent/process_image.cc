@@ -1046,6 +1046,9 @@ void WriteWhatTheCopyLacks(ImageInProgress& img, pid_t copy) {
   WriteRegions(img, img.pid, [&](const ImageInProgress::Region& r) {
     const MapEntry& m = img.maps[r.map];
     if (!in_copy.count(m.start)) return true;
+    // Wipe-on-fork applies to private anonymous memory only (elsewhere a
+    // fork leaves file pages unmapped, to be faulted in again).
+    if (r.kind != IBDBG_IVMA_ANON && r.kind != IBDBG_IVMA_HEAP && r.kind != IBDBG_IVMA_STACK) return false;
     int copy_has = HasAnyPage(copy_pm.fd, m.start, r.end), own_has = 0;
     if (copy_has == 0) own_has = HasAnyPage(own_pm.fd, m.start, r.end);
     if (copy_has >= 0 && own_has >= 0) return copy_has == 0 && own_has == 1;
