@@ -306,10 +306,19 @@ int ForkCopy(int lib_fd, pid_t* copy, std::string* why) {
       if (line.rfind("Pid:", 0) == 0) *copy = (pid_t)atoi(line.c_str() + 4);
     if (*copy > 0) return pidfd;
     *why = "the frozen copy is gone";
-  } else {
+  } else if (m.h.type == IBDBG_MSG_ERROR) {
     std::string text(m.h.len < 4096 ? m.h.len : 0, '\0');
     ReadFull(lib_fd, text.data(), text.size(), 10000);
-    *why = text.empty() ? "unexpected answer from the capture library" : text;
+    *why = text;
+  } else {
+    *why = "unexpected answer from the capture library";
+  }
+  // Only a library that said why it has no copy is still stopped: one of
+  // another version may have taken FORK for RESUME, and an image of a
+  // running process would be a mix of moments.
+  if (m.h.type != IBDBG_MSG_ERROR || got < sizeof m.h) {
+    if (pidfd >= 0) close(pidfd);
+    throw std::runtime_error("no frozen copy: " + *why);
   }
   if (pidfd >= 0) close(pidfd);
   return -1;
