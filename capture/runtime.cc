@@ -439,6 +439,106 @@ void send_error(const char* why) {
   write_all(g_sock, why, h.len);
 }
 
+// The copy the agent reads memory from: it only waits, with no descriptor
+// of the application's (a copy of a pipe's write end or a socket would keep
+// the application's peers from seeing it closed), in a session of its own
+// (terminal signals are not for it), every signal blocked (the handler runs
+// with all of them blocked already: the application's handlers never run
+// here).  It ends when the agent kills it, or when the agent goes away.
+[[noreturn]] void frozen_copy_wait() {
+  if (g_sock > 0) sys(SYS_close_range, 0, g_sock - 1, 0);
+  sys(SYS_close_range, g_sock + 1, ~0u, 0);
+  sys(SYS_setsid);
+  sys(SYS_prctl, PR_SET_NAME, (long)"ibdbg-frozen");
+  for (;;) {
+    struct pollfd p = {g_sock, POLLRDHUP, 0};
+    long r = sys(SYS_poll, (long)&p, 1, -1);
+    if (r > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) break;
+  }
+  sys(SYS_exit_group, 0);
+  __builtin_unreachable();
+}
+
+// clone(flags) whose child runs fn(arg) on `stack_top` and then exits; the
+// parent gets the child's pid (or -errno).
+long clone_on_stack(unsigned long flags, void* stack_top, void (*fn)(void*), void* arg) {
+  void** sp = (void**)stack_top;
+  *--sp = arg;
+  *--sp = (void*)fn;
+  long ret;
+  register long r10 asm("r10") = 0;
+  register long r8 asm("r8") = 0;
+  asm volatile(
+      "syscall\n\t"
+      "test %%rax, %%rax\n\t"
+      "jnz 1f\n\t"
+      "xor %%ebp, %%ebp\n\t"
+      "pop %%rax\n\t"
+      "pop %%rdi\n\t"
+      "call *%%rax\n\t"
+      "mov $60, %%eax\n\t"
+      "xor %%edi, %%edi\n\t"
+      "syscall\n\t"
+      "1:\n\t"
+      : "=a"(ret)
+      : "a"((long)SYS_clone), "D"(flags), "S"(sp), "d"(0L), "r"(r10), "r"(r8)
+      : "rcx", "r11", "memory");
+  return ret;
+}
+
+// Runs in the intermediate child (sharing our memory, we wait meanwhile):
+// forks the copy, hands the agent its pidfd.
+void make_frozen_copy(void*) {
+  int pidfd = -1;
+  long copy = sys(SYS_clone, CLONE_PIDFD | SIGCHLD, 0, (long)&pidfd, 0, 0);
+  if (copy == 0) frozen_copy_wait();
+  if (copy < 0) {
+    send_error("cannot fork a frozen copy (out of memory?)");
+    return;
+  }
+  struct {
+    ibdbg_msg_hdr h;
+    int32_t pid;
+  } __attribute__((packed)) m = {{IBDBG_MSG_FORKED, sizeof(int32_t)}, (int32_t)copy};
+  struct iovec iov = {&m, sizeof m};
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  memset(control, 0, sizeof control);
+  struct msghdr mh;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = control;
+  mh.msg_controllen = sizeof control;
+  struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &pidfd, sizeof pidfd);
+  if (sys(SYS_sendmsg, g_sock, (long)&mh, MSG_NOSIGNAL) != (long)sizeof m) sys(SYS_kill, copy, SIGKILL);
+}
+
+// Forks a frozen copy of this (stopped) process: its private memory is the
+// memory of this moment, copy-on-write, so the agent reads it there while
+// the application runs on.  Only raw system calls: other threads are stopped
+// and may hold libc's locks, and libc's fork handlers must not run.  Two
+// steps, so that the copy is nobody's child in the job: an intermediate
+// child (sharing our memory, vfork-style, so that the page tables are copied
+// once, for the copy; exit signal 0: a "clone" child, which the
+// application's wait() does not see; reaped here) forks the copy, hands the
+// agent a pidfd of it and exits; the copy is reparented to the agent (a
+// subreaper).
+void fork_frozen_copy() {
+  static char stack[16384] __attribute__((aligned(16)));
+  long mid = clone_on_stack(CLONE_VM | CLONE_VFORK, stack + sizeof stack, make_frozen_copy, nullptr);
+  if (mid < 0) {
+    send_error("cannot fork a frozen copy");
+    return;
+  }
+  int status;
+  while (sys(SYS_wait4, mid, (long)&status, __WALL, 0) == -EINTR) {
+  }
+}
+
 // Runs in the checkpoint thread's own signal handler, so that its context is
 // a signal frame like every other thread's.
 void ckpt_describe_and_wait() {
@@ -458,10 +558,15 @@ void ckpt_describe_and_wait() {
   }
   ibdbg_msg_hdr h = {IBDBG_MSG_SUSPENDED, (uint32_t)g_blob_len};
   if (!write_all(g_sock, &h, sizeof h) || !write_all(g_sock, g_blob, g_blob_len)) return;
-  // Blocked here while the agent reads our memory.  After a replay, execution
-  // continues after the tgkill in ckpt_capture() instead.
-  ibdbg_msg_hdr reply;
-  if (!read_all(g_sock, &reply, sizeof reply)) return;
+  // Blocked here while the agent reads our memory (or until it has a frozen
+  // copy to read it from).  After a replay, execution continues after the
+  // tgkill in ckpt_capture() instead.
+  for (;;) {
+    ibdbg_msg_hdr reply;
+    if (!read_all(g_sock, &reply, sizeof reply)) return;
+    if (reply.type != IBDBG_MSG_FORK) return;
+    fork_frozen_copy();
+  }
 }
 
 // Stops every thread but this one; returns false (with all running again) if

@@ -75,6 +75,7 @@ Agent::Agent(const JobDir& job, const std::string& via, const std::string& part)
 }
 
 Agent::~Agent() {
+  DropCopies();
   if (lfd_ >= 0) close(lfd_);
   for (auto& [fd, l] : libs_) close(fd);
   if (pidfd_ >= 0) close(pidfd_);
@@ -263,11 +264,132 @@ void Agent::DoSuspend() {
     coord_.Send({{"op", "suspended"}, {"ok", false}, {"error", err}});
 }
 
+namespace {
+// Asks a stopped process's library for a frozen copy of it; returns its
+// pidfd (and pid, as we see it) or -1 when there is none.
+int ForkCopy(int lib_fd, pid_t* copy, std::string* why) {
+  if (!SendMsg(lib_fd, IBDBG_MSG_FORK)) {
+    *why = "the capture library went away";
+    return -1;
+  }
+  struct {
+    ibdbg_msg_hdr h;
+    int32_t pid;
+  } __attribute__((packed)) m{};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  size_t got = 0;
+  int pidfd = -1;
+  while (got < sizeof m.h) {
+    pollfd pf = {lib_fd, POLLIN, 0};
+    if (poll(&pf, 1, 10000) != 1) break;
+    iovec iov = {(char*)&m + got, sizeof m.h - got};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = control;
+    mh.msg_controllen = sizeof control;
+    ssize_t n = recvmsg(lib_fd, &mh, MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) memcpy(&pidfd, CMSG_DATA(c), sizeof pidfd);
+    got += (size_t)n;
+  }
+  if (got < sizeof m.h) {
+    *why = "no answer from the capture library";
+  } else if (m.h.type == IBDBG_MSG_FORKED && m.h.len == sizeof m.pid && ReadFull(lib_fd, &m.pid, sizeof m.pid, 10000) &&
+             pidfd >= 0) {
+    // Its pid as we see it (the library's is of the job's pid namespace).
+    std::ifstream info("/proc/self/fdinfo/" + std::to_string(pidfd));
+    std::string line;
+    while (std::getline(info, line))
+      if (line.rfind("Pid:", 0) == 0) *copy = (pid_t)atoi(line.c_str() + 4);
+    if (*copy > 0) return pidfd;
+    *why = "the frozen copy is gone";
+  } else if (m.h.type == IBDBG_MSG_ERROR) {
+    std::string text(m.h.len < 4096 ? m.h.len : 0, '\0');
+    ReadFull(lib_fd, text.data(), text.size(), 10000);
+    *why = text;
+  } else {
+    *why = "unexpected answer from the capture library";
+  }
+  // Only a library that said why it has no copy is still stopped: one of
+  // another version may have taken FORK for RESUME, and an image of a
+  // running process would be a mix of moments.
+  if (m.h.type != IBDBG_MSG_ERROR || got < sizeof m.h) {
+    if (pidfd >= 0) close(pidfd);
+    throw std::runtime_error("no frozen copy: " + *why);
+  }
+  if (pidfd >= 0) close(pidfd);
+  return -1;
+}
+
+void KillCopy(int pidfd) {
+  if (pidfd < 0) return;
+  syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0);
+  // We are its parent when we are the job's subreaper; otherwise its reaper
+  // is (ECHILD here).
+  siginfo_t si;
+  while (waitid((idtype_t)P_PIDFD, (id_t)pidfd, &si, WEXITED) < 0 && errno == EINTR) {
+  }
+  close(pidfd);
+}
+}  // namespace
+
+void Agent::DropCopies() {
+  for (auto& p : pending_) {
+    KillCopy(p.copy_pidfd);
+    p.img.reset();
+    if (p.out >= 0) close(p.out);
+  }
+  pending_.clear();
+}
+
+void Agent::DoDetach() {
+  // Every process of the job has its copy: the job runs on.
+  Resume(false);
+  json procs = json::array();
+  std::string err;
+  for (auto& p : pending_) {
+    if (!err.empty()) break;
+    if (!p.img) {  // written while stopped (no copy)
+      procs.push_back(p.proc);
+      continue;
+    }
+    try {
+      auto st = capture::FinishProcessImage(*p.img, p.copy);
+      p.proc["bytes"] = st.file_bytes;
+      p.proc["memory_bytes"] = st.memory_bytes;
+      procs.push_back(p.proc);
+    } catch (const std::exception& e) {
+      err = "process " + std::to_string(p.proc.value("pid", 0)) + ": " + e.what();
+    }
+  }
+  DropCopies();
+  SendCaptured(procs, err);
+}
+
+void Agent::SendCaptured(const json& procs, const std::string& err) {
+  struct utsname un {};
+  uname(&un);
+  if (err.empty()) {
+    json reply = {{"op", "captured"},
+                  {"ok", true},
+                  {"procs", procs},
+                  {"kernel", un.release},
+                  {"host", part_.empty() ? std::string(un.nodename) : part_}};
+    if (!via_.empty()) reply["via"] = via_;
+    coord_.Send(reply);
+  } else {
+    coord_.Send({{"op", "captured"}, {"ok", false}, {"error", err}});
+  }
+}
+
 void Agent::DoWrite(const std::string& dir, const std::string& job_id, const json& options) {
   json procs = json::array();
   std::string err;
-  struct utsname un {};
-  uname(&un);
+  bool forked = options.value("forked", false);
+  DropCopies();
   std::set<std::string> ipc_stored;  // shared objects whose bytes one image holds already
   for (auto& [fd, l] : libs_) {
     if (!l.suspended || !metas_.count(fd)) continue;
@@ -288,32 +410,54 @@ void Agent::DoWrite(const std::string& dir, const std::string& job_id, const jso
       wo.threads = options.value("zstd_threads", wo.threads);
       wo.ipc_stored = &ipc_stored;
       l.refills.clear();
-      auto st = capture::WriteProcessImage(l.pid, metas_[fd], out, wo, &l.refills);
-      procs.push_back({{"pid", metas_[fd].proc.pid},
-                       {"host", metas_[fd].proc.hostname},
-                       {"exe", metas_[fd].proc.exe},
-                       {"image", file},
-                       {"bytes", st.file_bytes},
-                       {"memory_bytes", st.memory_bytes},
-                       {"threads", metas_[fd].threads.size()}});
+      json proc = {{"pid", metas_[fd].proc.pid},
+                   {"host", metas_[fd].proc.hostname},
+                   {"exe", metas_[fd].proc.exe},
+                   {"image", file},
+                   {"threads", metas_[fd].threads.size()}};
+      if (forked) {
+        Pending p;
+        p.out = out;
+        p.file = file;
+        p.proc = proc;
+        out = -1;
+        // In the list at once: a failure below kills its copy (DropCopies).
+        pending_.push_back(std::move(p));
+        Pending& q = pending_.back();
+        q.img = capture::BeginProcessImage(l.pid, metas_[fd], q.out, wo, &l.refills, true);
+        std::string why;
+        q.copy_pidfd = ForkCopy(fd, &q.copy, &why);
+        if (q.copy_pidfd >= 0) capture::WriteWhatTheCopyLacks(*q.img, q.copy);
+        // Without a copy (no memory for one) the process stays stopped until
+        // its memory is written, as without --forked.
+        if (q.copy_pidfd < 0) {
+          fprintf(stderr, "ibdbg: process %d: %s; its memory is written while it is stopped\n", (int)l.pid,
+                  why.c_str());
+          q.copy = l.pid;
+          auto st = capture::FinishProcessImage(*q.img, l.pid);
+          q.proc["bytes"] = st.file_bytes;
+          q.proc["memory_bytes"] = st.memory_bytes;
+          q.img.reset();
+        }
+      } else {
+        auto st = capture::WriteProcessImage(l.pid, metas_[fd], out, wo, &l.refills);
+        proc["bytes"] = st.file_bytes;
+        proc["memory_bytes"] = st.memory_bytes;
+        procs.push_back(proc);
+      }
     } catch (const std::exception& e) {
       err = "process " + std::to_string(l.pid) + ": " + e.what();
     }
-    close(out);
+    if (out >= 0) close(out);
     if (!err.empty()) break;
   }
   metas_.clear();
-  if (err.empty()) {
-    json reply = {{"op", "captured"},
-                  {"ok", true},
-                  {"procs", procs},
-                  {"kernel", un.release},
-                  {"host", part_.empty() ? std::string(un.nodename) : part_}};
-    if (!via_.empty()) reply["via"] = via_;
-    coord_.Send(reply);
-  } else {
-    coord_.Send({{"op", "captured"}, {"ok", false}, {"error", err}});
+  if (!forked || !err.empty()) {
+    DropCopies();
+    SendCaptured(procs, err);
+    return;
   }
+  coord_.Send({{"op", "forked"}, {"ok", true}});
 }
 
 namespace {
@@ -363,6 +507,7 @@ int Agent::Loop() {
         // Without a coordinator the job runs on, uncapturable; a capture it
         // had started is abandoned and the processes resume.
         coord_.Close();
+        DropCopies();
         Resume(false);
       }
       while (auto m = coord_.Pop()) {
@@ -371,8 +516,10 @@ int Agent::Loop() {
           DoSuspend();
         else if (op == "write")
           DoWrite(m->value("dir", ""), m->value("job_id", job_.job_id), m->value("options", json::object()));
-        else if (op == "resume") Resume(false);
-        else if (op == "kill") Resume(true);
+        else if (op == "detach") DoDetach();
+        // (Copies still here belong to an abandoned forked capture.)
+        else if (op == "resume") DropCopies(), Resume(false);
+        else if (op == "kill") DropCopies(), Resume(true);
       }
     }
     std::vector<int> gone;

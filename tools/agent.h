@@ -47,6 +47,13 @@ class Agent {
   // agent writes.
   void DoSuspend();
   void DoWrite(const std::string& dir, const std::string& job_id, const json& options);
+  // A forked capture: DoWrite has written what needs the stopped processes
+  // and each has forked a frozen copy (coordinator told "forked"); once every
+  // agent is there, the coordinator says "detach": the processes run on and
+  // their memory is written from the copies.
+  void DoDetach();
+  void DropCopies();
+  void SendCaptured(const json& procs, const std::string& err);
   void Resume(bool kill);
   std::vector<pid_t> UnregisteredDescendants();
 
@@ -55,6 +62,16 @@ class Agent {
   std::string part_;
   std::string name_;
   std::map<int, capture::ProcessMeta> metas_;  // of the capture under way
+  // Images of a forked capture waiting for "detach".
+  struct Pending {
+    int out = -1;
+    std::string file;
+    capture::ImageInProgressPtr img;
+    int copy_pidfd = -1;  // the frozen copy, or -1: the process itself (stopped until written)
+    pid_t copy = 0;
+    json proc;
+  };
+  std::vector<Pending> pending_;
   int lfd_ = -1;
   LineConn coord_;
   std::map<int, Lib> libs_;

@@ -359,6 +359,11 @@ struct Capture {
   std::vector<int> waiting;  // agent fds
   std::vector<int> agents;   // every agent asked
   bool writing = false;      // past the barrier: every process stopped
+  // A forked capture: every agent has its processes' frozen copies (a second
+  // barrier: no process runs on before every one has its copy, or the
+  // images would not be of one moment) and writes their memory from them.
+  bool forked = false, detached = false;
+  std::chrono::steady_clock::time_point started;
   json procs = json::array();
   json hosts = json::array();
   std::chrono::steady_clock::time_point deadline;
@@ -556,6 +561,11 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
     cap->client_fd = client_fd;
     cap->stop = stop;
     cap->options = options;
+    // The job runs on while its memory is written from copies; not when it
+    // is to stop anyway.
+    cap->forked = options.value("forked", true) && !stop;
+    cap->options["forked"] = cap->forked;
+    cap->started = std::chrono::steady_clock::now();
     cap->deadline = std::chrono::steady_clock::now() + std::chrono::minutes(30);
     // Every agent is asked: one may have processes it has not reported yet.
     for (auto& [fd, p] : peers)
@@ -638,6 +648,28 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
                                           {"options", cap->options}});
                     cap->waiting.push_back(afd);
                   }
+              }
+            }
+          }
+        } else if (op == "forked" && cap && cap->writing && cap->forked && !cap->detached) {
+          auto it = std::find(cap->waiting.begin(), cap->waiting.end(), fd);
+          if (it != cap->waiting.end()) {
+            cap->waiting.erase(it);
+            if (!m->value("ok", false)) cap->error = m->value("error", std::string("an agent failed"));
+            if (cap->waiting.empty()) {
+              if (!cap->error.empty()) {
+                finish_capture(false);
+              } else {
+                cap->detached = true;
+                for (int afd : cap->agents)
+                  if (peers.count(afd)) {
+                    peers[afd].conn.Send({{"op", "detach"}});
+                    cap->waiting.push_back(afd);
+                  }
+                auto stopped = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::steady_clock::now() - cap->started);
+                if (cap->client_fd >= 0 && peers.count(cap->client_fd))
+                  peers[cap->client_fd].conn.Send({{"op", "running"}, {"stopped_ms", stopped.count()}});
               }
             }
           }

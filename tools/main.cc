@@ -163,14 +163,21 @@ int CmdRun(const std::string& dir, int interval, const std::string& listen, cons
   return agent.Loop();
 }
 
-int CmdCapture(const std::string& id, const std::string& dir, bool stop, int level, int threads) {
+int CmdCapture(const std::string& id, const std::string& dir, bool stop, int level, int threads, bool forked) {
   JobDir job = ResolveJob(id, dir);
   LineConn c = ConnectCoordinator(job, "client");
   json options = json::object();
   if (level >= 0) options["zstd_level"] = level;
   if (threads >= 0) options["zstd_threads"] = threads;
+  options["forked"] = forked;
   c.Send({{"op", "capture"}, {"stop", stop}, {"options", options}});
   auto r = c.Recv(-1);
+  // A forked capture: the job runs on before its image is complete.
+  while (r && r->value("op", "") == "running") {
+    std::cerr << "ibdbg: the job runs on (stopped " << r->value("stopped_ms", 0)
+              << " ms); writing its memory from frozen copies\n";
+    r = c.Recv(-1);
+  }
   if (!r) throw std::runtime_error("the coordinator went away during the capture");
   if (!r->value("ok", false)) throw std::runtime_error(r->value("error", std::string("capture failed")));
   std::cout << r->value("image", std::string()) << "\n";
@@ -474,7 +481,7 @@ int main(int argc, char** argv) {
 
   std::string dir, job_id, image, out;
   int interval = 0, level = -1, zthreads = -1;
-  bool stop = false, json_out = false, gdb = false, dry_run = false;
+  bool stop = false, json_out = false, gdb = false, dry_run = false, no_fork = false;
   std::string gdb_batch, listen = "127.0.0.1", remote_shell = "ssh", via;
   std::vector<std::string> cmd, map_paths;
 
@@ -496,6 +503,9 @@ int main(int argc, char** argv) {
   capture->add_option("--dir", dir, "Job directory");
   capture->add_flag("--stop", stop, "Stop the job once the image is safely written");
   capture->add_option("--level", level, "zstd level, 0 = store uncompressed (default 3)")->check(CLI::Range(0, 19));
+  capture->add_flag("--no-fork", no_fork,
+                    "Keep the job stopped while its memory is written (default: it runs on as soon as each process "
+                    "has a frozen copy-on-write copy, which the memory is written from)");
   capture->add_option("--threads", zthreads, "Compression threads per process (default: all cores)")
       ->check(CLI::Range(1, 256));
   capture->footer("Example: ibdbg capture --dir /tmp/job");
@@ -556,7 +566,7 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   try {
     if (*run) return CmdRun(dir, interval, listen, remote_shell, via, cmd);
-    if (*capture) return CmdCapture(job_id, dir, stop, level, zthreads);
+    if (*capture) return CmdCapture(job_id, dir, stop, level, zthreads, !no_fork);
     if (*status) return CmdStatus(job_id, dir);
     if (*replay) {
       for (auto& hm : host_maps) {

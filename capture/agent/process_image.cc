@@ -24,6 +24,7 @@
 #include <dirent.h>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
@@ -818,13 +819,115 @@ ProcessMeta ParseBlob(const std::vector<uint8_t>& blob) {
   return m;
 }
 
+struct ImageInProgress {
+  pid_t pid = 0;
+  std::unique_ptr<image::ImageWriter> w;
+  WriteStats st;
+  std::vector<MapEntry> maps;
+  struct Region {
+    size_t map;  // index in maps
+    uint32_t kind;
+    uint64_t end;  // where its stored pages end
+    bool done = false;
+  };
+  std::vector<Region> regions;
+};
+
+namespace {
+
+// Regions a fork does not copy as they are: MADV_DONTFORK ("dc", absent in
+// the child) and MADV_WIPEONFORK ("wf", zero in the child), by start address.
+std::set<uint64_t> NotCopiedByFork(pid_t pid) {
+  std::set<uint64_t> out;
+  std::string text = ReadSmallFile("/proc/" + std::to_string(pid) + "/smaps");
+  uint64_t start = 0;
+  for (size_t at = 0; at < text.size();) {
+    size_t nl = text.find('\n', at);
+    if (nl == std::string::npos) nl = text.size();
+    const char* line = text.c_str() + at;
+    if (isxdigit((unsigned char)line[0]) && strchr(line, '-') && strchr(line, '-') < text.c_str() + nl) {
+      start = strtoull(line, nullptr, 16);
+    } else if (strncmp(line, "VmFlags:", 8) == 0) {
+      std::string flags(line + 8, text.c_str() + nl);
+      if (flags.find(" dc") != std::string::npos || flags.find(" wf") != std::string::npos) out.insert(start);
+    }
+    at = nl + 1;
+  }
+  return out;
+}
+
+// PAGEMAP_SCAN (Linux 6.7), which this system's headers may lack.
+struct PmScanArg {
+  uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, category_inverted, category_mask,
+      category_anyof_mask, return_mask;
+};
+struct PageRegion {
+  uint64_t start, end, categories;
+};
+constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
+constexpr uint64_t kPageIsPresent = 1 << 3, kPageIsSwapped = 1 << 4;
+
+// Whether [start, end) of a process has any page (1), none (0), or the
+// kernel cannot tell cheaply (-1).  Stops at the first page found.
+int HasAnyPage(int pagemap, uint64_t start, uint64_t end) {
+  PageRegion r{};
+  PmScanArg a{};
+  a.size = sizeof a;
+  a.start = start;
+  a.end = end;
+  a.vec = (uint64_t)(uintptr_t)&r;
+  a.vec_len = 1;
+  a.max_pages = 1;
+  a.category_anyof_mask = a.return_mask = kPageIsPresent | kPageIsSwapped;
+  long n = ioctl(pagemap, kPagemapScan, &a);
+  return n < 0 ? -1 : n > 0;
+}
+
+// Whether a region's pages must be read from the process itself while it is
+// stopped, rather than from a copy-on-write fork of it: shared memory is the
+// same object in both (it changes once the process runs on), a deleted
+// file's unread pages would come from the file as it is later, and a fork
+// does not copy some regions at all.
+bool NeedsTheProcess(uint32_t kind, bool not_copied) {
+  return not_copied || kind == kFileSharedKept || kind == IBDBG_IVMA_SHARED_ANON || kind == IBDBG_IVMA_FILE_DELETED;
+}
+
+void WriteRegions(ImageInProgress& img, pid_t memory_pid, const std::function<bool(const ImageInProgress::Region&)>& which) {
+  MemoryWriter mw(memory_pid, *img.w);
+  for (auto& r : img.regions) {
+    if (r.done || !which(r)) continue;
+    img.st.memory_bytes += mw.Write(img.maps[r.map].start, r.end, r.kind) * kPage;
+    r.done = true;
+  }
+}
+
+}  // namespace
+
+void ImageInProgressDeleter::operator()(ImageInProgress* p) const { delete p; }
+
 WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, const WriteOptions& opts,
                              std::vector<PipeRefill>* refills) {
-  WriteStats st;
+  auto img = BeginProcessImage(pid, meta, out_fd, opts, refills, false);
+  return FinishProcessImage(*img, pid);
+}
+
+WriteStats FinishProcessImage(ImageInProgress& img, pid_t memory_pid) {
+  WriteRegions(img, memory_pid, [](const ImageInProgress::Region&) { return true; });
+  img.w->Finish();
+  img.st.file_bytes = img.w->bytes_written();
+  return img.st;
+}
+
+ImageInProgressPtr BeginProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, const WriteOptions& opts,
+                                     std::vector<PipeRefill>* refills, bool for_copy) {
+  ImageInProgressPtr img(new ImageInProgress);
+  img->pid = pid;
+  WriteStats& st = img->st;
   image::WriterOptions wo;
   wo.zstd_level = opts.zstd_level;
   wo.threads = opts.threads;
-  image::ImageWriter w(out_fd, wo);
+  img->w = std::make_unique<image::ImageWriter>(out_fd, wo);
+  image::ImageWriter& w = *img->w;
 
   struct utsname un {};
   uname(&un);
@@ -858,7 +961,8 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
   std::set<std::pair<uint64_t, uint64_t>> whole;  // memory objects stored whole
   WriteIpcObjects(pid, w, &whole, opts.ipc_stored);
 
-  std::vector<MapEntry> maps = ReadMaps(pid);
+  img->maps = ReadMaps(pid);
+  const std::vector<MapEntry>& maps = img->maps;
   std::vector<std::pair<const MapEntry*, uint32_t>> regions;
   std::map<uint64_t, uint64_t> vma_size_of;  // start -> file size as recorded
   auto vma = std::make_unique<ibdbg_image_vma>();
@@ -906,7 +1010,6 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
     st.vmas++;
   }
   {
-    MemoryWriter mw(pid, w);
     for (auto& [m, kind] : regions) {
       // The vdso's code is kept (a few KiB): on another kernel the replay
       // needs it to send the application's vdso calls to the new one.
@@ -922,12 +1025,36 @@ WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, con
         if (file_end <= m->offset) continue;
         end = std::min(end, m->start + (file_end - m->offset));
       }
-      st.memory_bytes += mw.Write(m->start, end, kind) * kPage;
+      img->regions.push_back({(size_t)(m - maps.data()), kind, end});
     }
   }
-  w.Finish();
-  st.file_bytes = w.bytes_written();
-  return st;
+  if (for_copy)
+    WriteRegions(*img, pid, [&](const ImageInProgress::Region& r) { return NeedsTheProcess(r.kind, false); });
+  return img;
+}
+
+void WriteWhatTheCopyLacks(ImageInProgress& img, pid_t copy) {
+  // Regions a fork does not copy as they are: MADV_DONTFORK (absent from the
+  // copy) and MADV_WIPEONFORK (no page in the copy where the process has
+  // some).  Cheap per region with PAGEMAP_SCAN (it stops at the first page);
+  // otherwise the flags in smaps, which cost a walk of every page.
+  std::set<uint64_t> in_copy;
+  for (const MapEntry& m : ReadMaps(copy)) in_copy.insert(m.start);
+  Fd copy_pm(open(("/proc/" + std::to_string(copy) + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
+  Fd own_pm(open(("/proc/" + std::to_string(img.pid) + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
+  std::optional<std::set<uint64_t>> flagged;
+  WriteRegions(img, img.pid, [&](const ImageInProgress::Region& r) {
+    const MapEntry& m = img.maps[r.map];
+    if (!in_copy.count(m.start)) return true;
+    // Wipe-on-fork applies to private anonymous memory only (elsewhere a
+    // fork leaves file pages unmapped, to be faulted in again).
+    if (r.kind != IBDBG_IVMA_ANON && r.kind != IBDBG_IVMA_HEAP && r.kind != IBDBG_IVMA_STACK) return false;
+    int copy_has = HasAnyPage(copy_pm.fd, m.start, r.end), own_has = 0;
+    if (copy_has == 0) own_has = HasAnyPage(own_pm.fd, m.start, r.end);
+    if (copy_has >= 0 && own_has >= 0) return copy_has == 0 && own_has == 1;
+    if (!flagged) flagged = NotCopiedByFork(img.pid);
+    return flagged->count(m.start) > 0;
+  });
 }
 
 void RefillPipes(pid_t pid, const std::vector<PipeRefill>& refills) {

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -63,6 +64,24 @@ struct PipeRefill {
 // (one line) if the process cannot be imaged.
 WriteStats WriteProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, const WriteOptions& opts,
                              std::vector<PipeRefill>* refills);
+
+// The same in two steps, for a capture from a frozen copy-on-write fork of
+// the process: BeginProcessImage writes, while the process is stopped,
+// everything but its memory, and (with for_copy) the memory a fork does not
+// copy as it is (shared mappings, deleted files); FinishProcessImage writes the rest of the memory from
+// memory_pid (the copy, or the process itself) and fdatasyncs.
+struct ImageInProgress;
+struct ImageInProgressDeleter {
+  void operator()(ImageInProgress* p) const;
+};
+using ImageInProgressPtr = std::unique_ptr<ImageInProgress, ImageInProgressDeleter>;
+ImageInProgressPtr BeginProcessImage(pid_t pid, const ProcessMeta& meta, int out_fd, const WriteOptions& opts,
+                                     std::vector<PipeRefill>* refills, bool for_copy);
+// Once the copy is made, while the process is still stopped: the regions
+// the fork did not copy as they are (MADV_DONTFORK, MADV_WIPEONFORK) are
+// written from the process.
+void WriteWhatTheCopyLacks(ImageInProgress& img, pid_t copy);
+WriteStats FinishProcessImage(ImageInProgress& img, pid_t memory_pid);
 
 // Puts drained pipe data back (best effort).
 // Calls fn(fd, sock) for each TCP socket of the process: sock is a copy of

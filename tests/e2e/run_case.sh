@@ -13,11 +13,14 @@
 # --expect-log fails unless the last replay's output has a line matching PATTERN.
 # --run-on captures once without --stop first: the job must run on intact
 # (bytes a capture takes out of pipes, FIFOs and ttys go back) until the real one.
+# --image-while-running replays an image taken without --stop (a forked
+# capture: the job runs on while its memory is written from a frozen copy);
+# the job is stopped afterwards by another capture, whose image is not used.
 set -u
 . "$(dirname "$0")/lib.sh"
 build=$1 prog=$2
 shift 2
-as_user=0 generations=1 twice=0 max_image_mb=0 outside="" expect_log="" run_on=0
+as_user=0 generations=1 twice=0 max_image_mb=0 outside="" expect_log="" run_on=0 while_running=0
 while [ $# -gt 0 ]; do
   case $1 in
     --as-user) as_user=1 ;;
@@ -28,6 +31,7 @@ while [ $# -gt 0 ]; do
     --outside) outside=$2; shift ;;
     --expect-log) expect_log=$2; shift ;;
     --run-on) run_on=1 ;;
+    --image-while-running) while_running=1 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -80,7 +84,14 @@ if [ $run_on = 1 ]; then
   "${as[@]}" "$ibdbg" capture --dir "$work/job0" > "$work/runon.out" 2>&1 || { cat "$work/runon.out"; fail "capture without --stop failed"; }
   kill -0 $runner 2>/dev/null || fail "the job stopped after a capture without --stop"
 fi
-img=$(capture "$work/job0") || fail "capture failed"
+if [ $while_running = 1 ]; then
+  img=$("${as[@]}" "$ibdbg" capture --dir "$work/job0" 2> "$work/forked.err") || { cat "$work/forked.err"; fail "capture without --stop failed"; }
+  grep -q "runs on" "$work/forked.err" || { cat "$work/forked.err"; fail "the capture was not a forked one (the job did not run on during it)"; }
+  kill -0 $runner 2>/dev/null || fail "the job stopped after a capture without --stop"
+  capture "$work/job0" > /dev/null || fail "capture --stop failed"
+else
+  img=$(capture "$work/job0") || fail "capture failed"
+fi
 wait_bounded $runner 30 || fail "the captured job did not stop"
 
 [ -d "$img" ] || fail "no image at '$img'"

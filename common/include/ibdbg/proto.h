@@ -25,6 +25,12 @@ enum ibdbg_msg_type {
   IBDBG_MSG_RESUME = 4,     /* agent -> lib: image written (or abandoned), run on */
   IBDBG_MSG_EXIT = 5,       /* agent -> lib: capture done, terminate (--stop) */
   IBDBG_MSG_ERROR = 6,      /* lib -> agent: payload = one-line reason */
+  /* agent -> lib, while stopped: make a frozen copy-on-write copy of yourself
+   * for the agent to read memory from once you run on. */
+  IBDBG_MSG_FORK = 7,
+  /* lib -> agent: payload int32 pid of the copy (the library's view), with
+   * its pidfd attached (SCM_RIGHTS); or IBDBG_MSG_ERROR if there is none. */
+  IBDBG_MSG_FORKED = 8,
 };
 
 struct ibdbg_msg_hdr {
