@@ -260,6 +260,10 @@ ojson VerbsJson(const std::vector<uint8_t>& data, const std::string& path) {
   v["backend"] = CStr(h.backend);
   v["posts_blocked"] = h.posts_blocked;
   if (h.refused[0]) v["refused"] = CStr(h.refused);
+  if (h.nbackend_tids > IBDBG_VERBS_MAX_TIDS || h.nbackend_fds > IBDBG_VERBS_MAX_FDS)
+    throw ImageError(path + ": verbs record is damaged");
+  v["backend_threads"] = std::vector<int32_t>(h.backend_tids, h.backend_tids + h.nbackend_tids);
+  v["backend_fds"] = std::vector<int32_t>(h.backend_fds, h.backend_fds + h.nbackend_fds);
   ojson objs = ojson::array();
   for (uint32_t i = 0; i < h.nobjs; i++) {
     ibdbg_verbs_obj o;
@@ -858,6 +862,11 @@ std::string RenderText(const ojson& doc) {
       const ojson& v = p["verbs"];
       line("  verbs (" + S(v["objects"].size()) + " objects, backend " + v["backend"].get<std::string>() + ")");
       if (v.contains("refused")) line("    unsupported feature used: " + v["refused"].get<std::string>());
+      std::vector<std::string> tids, bfds;
+      for (const auto& x : v["backend_threads"]) tids.push_back(x.dump());
+      for (const auto& x : v["backend_fds"]) bfds.push_back(x.dump());
+      line("    backend threads: " + (tids.empty() ? std::string("-") : Join(tids, ",")) +
+           "  backend fds: " + (bfds.empty() ? std::string("-") : Join(bfds, ",")));
       for (const auto& e : v["objects"]) line(VerbsLine(e));
     }
     if (!p["signal_handlers"].empty()) {

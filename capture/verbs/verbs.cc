@@ -19,6 +19,7 @@
 // post or poll call, for the capture's quiesce).  See README.md.
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <infiniband/verbs.h>
 #include <linux/futex.h>
 #include <stddef.h>
@@ -102,6 +103,80 @@ __thread int t_depth __attribute__((tls_model("initial-exec")));
 struct Backend {
   Backend() { t_depth++; }
   ~Backend() { t_depth--; }
+};
+
+// The backend's threads and descriptors: what appears during a verbs call
+// that makes objects (g_ctl held, so one at a time).  Another application
+// thread opening a descriptor at that moment is counted too (see README).
+const int kMaxFd = IBDBG_VERBS_MAX_FDS;
+uint64_t g_fd_before[kMaxFd / 64];
+uint64_t g_backend_fd[kMaxFd / 64];
+int32_t g_backend_tid[IBDBG_VERBS_MAX_TIDS];
+uint32_t g_nbackend_tid;
+int32_t g_tids_before[256];
+uint32_t g_ntids_before;
+char g_dents[16384];
+
+// Calls f(number) for each numeric entry of a /proc directory.
+template <class F>
+void each_entry(const char* dir, F f) {
+  int d = (int)syscall(SYS_openat, AT_FDCWD, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (d < 0) return;
+  for (;;) {
+    long n = syscall(SYS_getdents64, d, g_dents, sizeof g_dents);
+    if (n <= 0) break;
+    for (long off = 0; off < n;) {
+      struct D {
+        uint64_t ino;
+        int64_t off;
+        unsigned short reclen;
+        unsigned char type;
+        char name[];
+      }* e = (D*)(g_dents + off);
+      off += e->reclen;
+      if (e->name[0] < '0' || e->name[0] > '9') continue;
+      int v = 0;
+      for (const char* c = e->name; *c; c++) v = v * 10 + (*c - '0');
+      if (v != d) f(v);
+    }
+  }
+  close(d);
+}
+
+bool g_tracking;  // under g_ctl: the outermost tracked call snapshots
+struct Track {
+  bool on;
+  Track() : on(!g_tracking) {
+    if (!on) return;
+    g_tracking = true;
+    memset(g_fd_before, 0, sizeof g_fd_before);
+    each_entry("/proc/self/fd", [](int fd) {
+      if (fd < kMaxFd) g_fd_before[fd / 64] |= 1ull << (fd % 64);
+    });
+    g_ntids_before = 0;
+    each_entry("/proc/self/task", [](int tid) {
+      if (g_ntids_before < 256) g_tids_before[g_ntids_before++] = tid;
+    });
+  }
+  ~Track() {
+    if (!on) return;
+    g_tracking = false;
+    uint64_t now[kMaxFd / 64] = {};
+    each_entry("/proc/self/fd", [&](int fd) {
+      if (fd < kMaxFd) now[fd / 64] |= 1ull << (fd % 64);
+    });
+    for (int i = 0; i < kMaxFd / 64; i++) {
+      g_backend_fd[i] |= now[i] & ~g_fd_before[i];
+      g_backend_fd[i] &= now[i] | ~g_fd_before[i];  // closed during the call: no longer anyone's
+    }
+    each_entry("/proc/self/task", [](int tid) {
+      for (uint32_t i = 0; i < g_ntids_before; i++)
+        if (g_tids_before[i] == tid) return;
+      for (uint32_t i = 0; i < g_nbackend_tid; i++)
+        if (g_backend_tid[i] == tid) return;
+      if (g_nbackend_tid < IBDBG_VERBS_MAX_TIDS) g_backend_tid[g_nbackend_tid++] = tid;
+    });
+  }
 };
 
 template <class F>
@@ -863,6 +938,7 @@ struct ibv_cq_ex* v_create_cq_ex(struct ibv_context* c, struct ibv_cq_init_attr_
   // The capture's accounting needs every completion's QP.
   r.wc_flags |= IBV_WC_EX_WITH_QP_NUM;
   lock(&g_ctl);
+  Track track;
   struct ibv_cq_ex* rx = v->real_vctx->create_cq_ex(v->real, &r);
   VCq* q = rx ? make_cq(v, ibv_cq_ex_to_cq(rx), rx, ch, a->cq_context) : nullptr;
   if (q) link_obj(&q->o, IBDBG_VERBS_CQ);
@@ -891,6 +967,7 @@ struct ibv_qp* create_qp_common(VCtx* c, struct ibv_qp_init_attr_ex* a) {
   bool ex = (a->comp_mask & ~(uint32_t)IBV_QP_INIT_ATTR_PD) != 0;
   struct ibv_qp* real;
   lock(&g_ctl);
+  Track track;
   if (!ex) {
     struct ibv_qp_init_attr l;
     memset(&l, 0, sizeof l);
@@ -956,6 +1033,7 @@ struct ibv_srq* v_create_srq_ex(struct ibv_context* c, struct ibv_srq_init_attr_
   r.cq = real_cq(a->cq);
   r.srq_context = nullptr;
   lock(&g_ctl);
+  Track track;
   struct ibv_srq* real = v->real_vctx->create_srq_ex(v->real, &r);
   VSrq* s = real ? make_srq(c, real, a->pd, a->srq_context, &r.attr) : nullptr;
   if (s) {
@@ -1072,6 +1150,7 @@ EXPORT struct ibv_context* ibv_open_device(struct ibv_device* dev) {
     return nullptr;
   }
   lock(&g_ctl);
+  Track track;
   struct ibv_context* real = f(dev);
   VCtx* v = real ? new_obj<VCtx>() : nullptr;
   if (v) {
@@ -1098,6 +1177,7 @@ EXPORT int ibv_close_device(struct ibv_context* c) {
   Backend in_backend;
   VCtx* v = ctx_of(c);
   lock(&g_ctl);
+  Track track;
   int rc = NEXT(ibv_close_device, V11)(v->real);
   if (rc == 0) {
     unlink_obj(&v->o);
@@ -1205,6 +1285,7 @@ EXPORT struct ibv_pd* ibv_alloc_pd(struct ibv_context* c) {
   Backend in_backend;
   VCtx* v = ctx_of(c);
   lock(&g_ctl);
+  Track track;
   struct ibv_pd* real = NEXT(ibv_alloc_pd, V11)(v->real);
   VPd* p = real ? new_obj<VPd>() : nullptr;
   if (p) {
@@ -1316,6 +1397,7 @@ EXPORT struct ibv_comp_channel* ibv_create_comp_channel(struct ibv_context* c) {
   if (__builtin_expect(t_depth, 0)) return NEXT(ibv_create_comp_channel, V10)(c);
   Backend in_backend;
   lock(&g_ctl);
+  Track track;
   struct ibv_comp_channel* real = NEXT(ibv_create_comp_channel, V10)(ctx_of(c)->real);
   VChan* ch = real ? new_obj<VChan>() : nullptr;
   if (ch) {
@@ -1333,6 +1415,7 @@ EXPORT int ibv_destroy_comp_channel(struct ibv_comp_channel* c) {
   Backend in_backend;
   VChan* ch = (VChan*)c;
   lock(&g_ctl);
+  Track track;
   int rc = NEXT(ibv_destroy_comp_channel, V10)(ch->real);
   if (rc == 0) unlink_obj(&ch->o), free(ch);
   unlock(&g_ctl);
@@ -1345,6 +1428,7 @@ EXPORT struct ibv_cq* ibv_create_cq(struct ibv_context* c, int cqe, void* cq_con
   Backend in_backend;
   VChan* ch = chan ? (VChan*)chan : nullptr;
   lock(&g_ctl);
+  Track track;
   struct ibv_cq* real = NEXT(ibv_create_cq, V11)(ctx_of(c)->real, cqe, nullptr, ch ? ch->real : nullptr, vec);
   VCq* v = real ? make_cq(ctx_of(c), real, nullptr, ch, cq_context) : nullptr;
   if (v) link_obj(&v->o, IBDBG_VERBS_CQ);
@@ -1382,6 +1466,7 @@ EXPORT int ibv_destroy_cq(struct ibv_cq* cq) {
   Backend in_backend;
   VCq* v = cq_of(cq);
   lock(&g_ctl);
+  Track track;
   int rc = NEXT(ibv_destroy_cq, V11)(v->real);
   if (rc == 0) unlink_obj(&v->o), free(v->buf), free(v);
   unlock(&g_ctl);
@@ -1411,6 +1496,7 @@ EXPORT struct ibv_srq* ibv_create_srq(struct ibv_pd* pd, struct ibv_srq_init_att
   struct ibv_srq_init_attr r = *a;
   r.srq_context = nullptr;
   lock(&g_ctl);
+  Track track;
   struct ibv_srq* real = NEXT(ibv_create_srq, V11)(pd_of(pd)->real, &r);
   VSrq* s = real ? make_srq(pd->context, real, pd, a->srq_context, &r.attr) : nullptr;
   if (s) {
@@ -1478,6 +1564,7 @@ EXPORT int ibv_modify_qp(struct ibv_qp* qp, struct ibv_qp_attr* a, int mask) {
   Backend in_backend;
   VQp* q = qp_of(qp);
   lock(&g_ctl);
+  Track track;
   int rc = NEXT(ibv_modify_qp, V11)(q->real, a, mask);
   if (rc == 0) {
     qp->state = q->real->state;
@@ -1537,6 +1624,7 @@ EXPORT int ibv_destroy_qp(struct ibv_qp* qp) {
   Backend in_backend;
   VQp* q = qp_of(qp);
   lock(&g_ctl);
+  Track track;
   uint32_t qpn = q->real->qp_num;
   int rc = NEXT(ibv_destroy_qp, V11)(q->real);
   if (rc == 0) qpn_del(qpn), unlink_obj(&q->o), free(q);
@@ -1573,6 +1661,7 @@ EXPORT struct ibv_ah* ibv_create_ah(struct ibv_pd* pd, struct ibv_ah_attr* attr)
   if (__builtin_expect(t_depth, 0)) return NEXT(ibv_create_ah, V11)(pd, attr);
   Backend in_backend;
   lock(&g_ctl);
+  Track track;
   struct ibv_ah* a = wrap_ah(pd, NEXT(ibv_create_ah, V11)(pd_of(pd)->real, attr), attr);
   unlock(&g_ctl);
   return a;
@@ -1647,10 +1736,13 @@ const char* refuse(const char* a, uint64_t n = ~0ull, const char* b = "") {
   return g_why_buf;
 }
 
+bool g_ctl_ours;  // quiesce holds g_ctl until resume
+
 const char* quiesce() {
   if (g_refused >= 0) return refuse(kFeatureName[g_refused], ~0ull, " was used by this process (not supported)");
   // Control verbs wait from now on (they hold g_ctl), posts at the gate.
   if (!lock_timed(&g_ctl, 10000)) return refuse("a control verb (create/modify/destroy) does not return");
+  g_ctl_ours = true;
   __atomic_store_n(&g_block, 1, __ATOMIC_SEQ_CST);
   __atomic_store_n(&g_quiesce, 1, __ATOMIC_SEQ_CST);
   int64_t end = now_ms() + 10000;
@@ -1670,7 +1762,12 @@ const char* quiesce() {
     for (VObj* o = g_objs.next; o != &g_objs; o = o->next) {
       if (o->kind != IBDBG_VERBS_CQ) continue;
       VCq* v = (VCq*)((char*)o - offsetof(VCq, o));
-      while (__atomic_load_n(&v->pollers, __ATOMIC_SEQ_CST)) sleep_ms(0);
+      // An extended poll session ends with its end_poll; one that posts
+      // meanwhile waits at the gate, and the capture refuses.
+      while (__atomic_load_n(&v->pollers, __ATOMIC_SEQ_CST)) {
+        if (now_ms() > end) return refuse("an ibv_start_poll session does not end (does it post before its end_poll?)");
+        sleep_ms(1);
+      }
       lock(&v->lk);
       if (!drain_cq(v)) full = true;
       unlock(&v->lk);
@@ -1702,6 +1799,10 @@ size_t describe(void* out, size_t cap) {
   void* any = (void*)NEXT(ibv_open_device, V11);
   if (any && dladdr(any, &di) && di.dli_fname) strncpy(h->backend, di.dli_fname, sizeof h->backend - 1);
   if (g_refused >= 0) strncpy(h->refused, kFeatureName[g_refused], sizeof h->refused - 1);
+  for (uint32_t i = 0; i < g_nbackend_tid; i++)
+    if (syscall(SYS_tgkill, getpid(), g_backend_tid[i], 0) == 0) h->backend_tids[h->nbackend_tids++] = g_backend_tid[i];
+  for (int fd = 0; fd < kMaxFd; fd++)
+    if (g_backend_fd[fd / 64] & (1ull << (fd % 64))) h->backend_fds[h->nbackend_fds++] = fd;
   ibdbg_verbs_obj* objs = (ibdbg_verbs_obj*)(h + 1);
   uint32_t n = 0;
   for (VObj* o = g_objs.next; o != &g_objs && n < g_nobjs; o = o->next, n++) {
@@ -1793,7 +1894,7 @@ void resume() {
   __atomic_store_n(&g_quiesce, 0, __ATOMIC_SEQ_CST);
   __atomic_store_n(&g_block, 0, __ATOMIC_SEQ_CST);
   futex(&g_block, FUTEX_WAKE_PRIVATE, 0x7fffffff, nullptr);
-  if (g_ctl.v) unlock(&g_ctl);
+  if (g_ctl_ours) g_ctl_ours = false, unlock(&g_ctl);
 }
 
 void print_counters() {

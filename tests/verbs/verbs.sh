@@ -18,10 +18,14 @@ command -v ibv_rc_pingpong >/dev/null || { echo "SKIP: ibverbs-utils not install
 fail_name=verbs.$mode
 e2e_setup "verbs-$mode" 0
 cd "$work"
+# A port of our own: other tests (softrdma's) use the programs' default 18515.
+port=$(( 20000 + ($$ * 7 + RANDOM) % 20000 ))
 
 # A server and its client, each its own job; both must end well.
 pair() {
   local name=$1; shift
+  port=$((port + 1))
+  set -- "$@" -p $port
   ( IBDBG_VERBS_DEBUG=1 timeout 60 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/$name-s" -- "$@" \
       > "$name.s.out" 2>&1; echo "rc=$?" >> "$name.s.out" ) &
   local srv=$!
@@ -71,7 +75,7 @@ unsupported)
 capture)
   # One job: server and client of ibv_rc_pingpong, long enough to be caught mid-traffic.
   ( timeout 280 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/job" -- sh -c \
-      'stdbuf -oL ibv_rc_pingpong -g 1 -c -n 30000 & sleep 0.5; stdbuf -oL ibv_rc_pingpong -g 1 -c -n 30000 127.0.0.1; echo client=$?; wait $!; echo server=$?' \
+      "stdbuf -oL ibv_rc_pingpong -g 1 -c -n 30000 -p $port & sleep 0.5; stdbuf -oL ibv_rc_pingpong -g 1 -c -n 30000 -p $port 127.0.0.1; echo client=\$?; wait \$!; echo server=\$?" \
       > run.out 2>&1; echo "rc=$?" >> run.out ) &
   runner=$!
   for _ in $(seq 600); do [ "$(grep -c "remote address" run.out)" = 2 ] && break; sleep 0.05; done
@@ -84,6 +88,12 @@ capture)
   [ "$(grep -Ec '^    mr .* lkey 0x' inspect.txt)" = 2 ] || fail "inspect does not show the MRs"
   [ "$(grep -Ec '^    cq .* cqe [0-9]+' inspect.txt)" = 2 ] || fail "inspect does not show the CQs"
   grep -q "^    context .*device softrdma0" inspect.txt || fail "inspect does not show the device"
+  # softrdma's progress thread and its descriptors are known as the backend's.
+  for tid in $(awk '$2 == "softrdma" {print $1}' inspect.txt); do
+    grep -Eq "backend threads: ([0-9]+,)*$tid(,|  )" inspect.txt || fail "softrdma's thread $tid is not marked as the backend's"
+  done
+  [ "$(awk '$2 == "softrdma"' inspect.txt | wc -l)" = 2 ] || fail "inspect does not show softrdma's two progress threads"
+  [ "$(grep -Ec "backend fds: [0-9]" inspect.txt)" = 2 ] || fail "no descriptor is marked as the backend's"
   # Each QP's peer is the other one.
   a=$(grep -E '^    qp ' inspect.txt | sed -n 1p | sed -E 's/.*qpn (0x[0-9a-f]+).*dest_qpn (0x[0-9a-f]+).*/\1 \2/')
   b=$(grep -E '^    qp ' inspect.txt | sed -n 2p | sed -E 's/.*qpn (0x[0-9a-f]+).*dest_qpn (0x[0-9a-f]+).*/\2 \1/')

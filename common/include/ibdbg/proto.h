@@ -373,6 +373,8 @@ struct ibdbg_plan_hdr {
  * nobjs ibdbg_verbs_obj.  Objects name each other by `handle`, the address of
  * the virtual object the application holds (it is in the image's memory). */
 #define IBDBG_VERBS_MAGIC 0x5342524556474249ull /* "IBGVERBS" */
+#define IBDBG_VERBS_MAX_TIDS 64
+#define IBDBG_VERBS_MAX_FDS 1024
 enum ibdbg_verbs_kind {
   IBDBG_VERBS_CONTEXT = 1, /* name: device; u[0] cmd_fd u[1] async_fd */
   IBDBG_VERBS_PD = 2,      /* parent[0] context */
@@ -405,6 +407,13 @@ struct ibdbg_verbs_hdr {
   uint64_t posts_blocked; /* posts held at the gate during the capture */
   char backend[128];      /* the library that implemented the verbs */
   char refused[128];      /* unsupported feature used ("" = none) */
+  /* What the backend started or opened inside the verbs calls that make
+   * objects (its progress threads, sockets, epoll and event descriptors): not
+   * the application's state.  The descriptors the application sees (channel
+   * fds, the context's async_fd) are among them and named by their objects. */
+  uint32_t nbackend_tids, nbackend_fds;
+  int32_t backend_tids[IBDBG_VERBS_MAX_TIDS];
+  int32_t backend_fds[IBDBG_VERBS_MAX_FDS];
 };
 
 /* Bytes the restorer writes on status_fd. */
