@@ -99,6 +99,9 @@ capture)
   b=$(grep -E '^    qp ' inspect.txt | sed -n 2p | sed -E 's/.*qpn (0x[0-9a-f]+).*dest_qpn (0x[0-9a-f]+).*/\2 \1/')
   [ "$a" = "$b" ] || fail "the QPs do not name each other ($a / $b)"
   wait_bounded $runner 280 || fail "the job did not end after the capture"
+  # Not yet replayable: said in one line, nothing started.
+  timeout 60 "$ibdbg" replay "$img" --dir "$work/replay" > replay.out 2>&1 && fail "the replay of a verbs job did not refuse"
+  grep -q "RDMA verbs objects; replaying them is not implemented yet" replay.out || fail "the replay's refusal: $(cat replay.out)"
   grep -q "client=0" run.out && grep -q "server=0" run.out ||
     fail "the pingpong failed after the capture (its data check, or a lost message)"
   ;;
