@@ -219,6 +219,7 @@ void record_self(Slot* s, ucontext_t* uc) {
   t->tid = raw_gettid();
   if (t->tid == raw_getpid()) t->flags |= IBDBG_THREAD_MAIN;
   if (t->tid == g_ckpt_tid) t->flags |= IBDBG_THREAD_CKPT;
+  if (g_vh && g_vh->is_backend_thread(t->tid)) t->flags |= IBDBG_THREAD_BACKEND;
   unsigned long fs = 0;
   sys(SYS_arch_prctl, ARCH_GET_FS, (long)&fs);
   t->fs_base = fs;

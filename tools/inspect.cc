@@ -576,6 +576,7 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
     e["name"] = CStr(t.name);
     e["main"] = (t.flags & IBDBG_THREAD_MAIN) != 0;
     e["ckpt"] = (t.flags & IBDBG_THREAD_CKPT) != 0;
+    if (t.flags & IBDBG_THREAD_BACKEND) e["backend"] = true;
     e["resume_rip"] = Hex(t.resume_rip);
     e["resume_rsp"] = Hex(t.resume_rsp);
     tj.push_back(std::move(e));
@@ -791,6 +792,7 @@ std::string RenderText(const ojson& doc) {
       std::vector<std::string> flags;
       if (th["main"].get<bool>()) flags.push_back("main");
       if (th["ckpt"].get<bool>()) flags.push_back("ckpt");
+      if (th.contains("backend")) flags.push_back("backend");
       char buf[512];
       std::snprintf(buf, sizeof buf, "    %-8s %-16s %-10s rip %-18s rsp %s",
                     S(th["tid"]).c_str(), S(th["name"]).c_str(),

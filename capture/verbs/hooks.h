@@ -28,6 +28,9 @@ struct ibdbg_verbs_hooks {
   size_t (*describe)(void* buf, size_t cap);
   /* The image is written (or abandoned) and the process runs on. */
   void (*resume)(void);
+  /* Nonzero for a thread the backend started (no locks: called by each
+   * thread in the checkpoint signal's handler). */
+  int (*is_backend_thread)(int tid);
 };
 
 #ifdef __cplusplus

@@ -524,8 +524,10 @@ int post_send_ud(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr** bad) {
   while (wr) {
     struct ibv_send_wr* orig[16];
     int k = 0;
+    int sig = 0;
     for (; wr && k < 16; wr = wr->next, k++) {
       orig[k] = wr;
+      if (q->sig_all || (wr->send_flags & IBV_SEND_SIGNALED)) sig++;
       tmp[k] = *wr;
       tmp[k].next = nullptr;
       if (k) tmp[k - 1].next = &tmp[k];
@@ -540,8 +542,7 @@ int post_send_ud(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr** bad) {
       __atomic_add_fetch(&q->sends_out, count_signaled(q, orig[0], orig[i]), __ATOMIC_RELAXED);
       return rc;
     }
-    __atomic_add_fetch(&q->sends_out, count_signaled(q, orig[0], nullptr) - count_signaled(q, wr, nullptr),
-                       __ATOMIC_RELAXED);
+    __atomic_add_fetch(&q->sends_out, sig, __ATOMIC_RELAXED);
   }
   return 0;
 }
@@ -1141,6 +1142,17 @@ struct verbs_context* real_verbs_ctx(struct ibv_context* c) {
 
 // ==== the exported verbs ===========================================================================
 
+namespace {
+// Which library implements the verbs, for the record: found here, since the
+// capture describes with every other thread stopped (dladdr takes ld.so's lock).
+char g_backend_path[128];
+void note_backend(void* fn) {
+  Dl_info di;
+  if (!g_backend_path[0] && fn && dladdr(fn, &di) && di.dli_fname)
+    strncpy(g_backend_path, di.dli_fname, sizeof g_backend_path - 1);
+}
+}  // namespace
+
 EXPORT struct ibv_context* ibv_open_device(struct ibv_device* dev) {
   if (__builtin_expect(t_depth, 0)) return NEXT(ibv_open_device, V11)(dev);
   Backend in_backend;
@@ -1151,6 +1163,7 @@ EXPORT struct ibv_context* ibv_open_device(struct ibv_device* dev) {
   }
   lock(&g_ctl);
   Track track;
+  note_backend((void*)f);
   struct ibv_context* real = f(dev);
   VCtx* v = real ? new_obj<VCtx>() : nullptr;
   if (v) {
@@ -1795,9 +1808,7 @@ size_t describe(void* out, size_t cap) {
   memset(h, 0, sizeof *h);
   h->magic = IBDBG_VERBS_MAGIC;
   h->posts_blocked = g_blocked_posts;
-  Dl_info di;
-  void* any = (void*)NEXT(ibv_open_device, V11);
-  if (any && dladdr(any, &di) && di.dli_fname) strncpy(h->backend, di.dli_fname, sizeof h->backend - 1);
+  memcpy(h->backend, g_backend_path, sizeof h->backend - 1);
   if (g_refused >= 0) strncpy(h->refused, kFeatureName[g_refused], sizeof h->refused - 1);
   for (uint32_t i = 0; i < g_nbackend_tid; i++)
     if (syscall(SYS_tgkill, getpid(), g_backend_tid[i], 0) == 0) h->backend_tids[h->nbackend_tids++] = g_backend_tid[i];
@@ -1915,7 +1926,16 @@ void print_counters() {
 
 }  // namespace
 
-EXPORT const struct ibdbg_verbs_hooks ibdbg_verbs_hooks = {IBDBG_VERBS_HOOKS_VERSION, quiesce, describe, resume};
+namespace {
+int is_backend_thread(int tid) {
+  for (uint32_t i = 0; i < g_nbackend_tid && i < IBDBG_VERBS_MAX_TIDS; i++)
+    if (g_backend_tid[i] == tid) return 1;
+  return 0;
+}
+}  // namespace
+
+EXPORT const struct ibdbg_verbs_hooks ibdbg_verbs_hooks = {IBDBG_VERBS_HOOKS_VERSION, quiesce, describe, resume,
+                                                          is_backend_thread};
 
 namespace {
 __attribute__((constructor)) void verbs_init() {

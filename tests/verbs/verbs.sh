@@ -93,6 +93,8 @@ capture)
     grep -Eq "backend threads: ([0-9]+,)*$tid(,|  )" inspect.txt || fail "softrdma's thread $tid is not marked as the backend's"
   done
   [ "$(awk '$2 == "softrdma"' inspect.txt | wc -l)" = 2 ] || fail "inspect does not show softrdma's two progress threads"
+  [ -z "$(awk '$2 == "softrdma" && $3 !~ /backend/' inspect.txt)" ] || fail "softrdma's threads are not flagged as the backend's"
+  [ -z "$(awk '$2 == "ibv_rc_pingpong" && $3 ~ /backend/' inspect.txt)" ] || fail "an application thread is flagged as the backend's"
   [ "$(grep -Ec "backend fds: [0-9]" inspect.txt)" = 2 ] || fail "no descriptor is marked as the backend's"
   # Each QP's peer is the other one.
   a=$(grep -E '^    qp ' inspect.txt | sed -n 1p | sed -E 's/.*qpn (0x[0-9a-f]+).*dest_qpn (0x[0-9a-f]+).*/\1 \2/')

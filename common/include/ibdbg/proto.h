@@ -82,6 +82,9 @@ struct ibdbg_process_info {
 enum ibdbg_thread_flags {
   IBDBG_THREAD_MAIN = 1, /* tid == pid */
   IBDBG_THREAD_CKPT = 2, /* the library's own checkpoint thread */
+  /* started by the verbs backend (softrdma's progress thread): not the
+   * application's; a replay that loads the backend anew leaves it out */
+  IBDBG_THREAD_BACKEND = 4,
 };
 
 struct ibdbg_thread_info {
