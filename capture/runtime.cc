@@ -47,6 +47,7 @@
 #include <unistd.h>
 #include <asm/prctl.h>
 
+#include "capture/verbs/hooks.h"
 #include "ibdbg/proto.h"
 
 #define EXPORT extern "C" __attribute__((visibility("default")))
@@ -156,6 +157,12 @@ Slot g_slots[IBDBG_MAX_THREADS];
 char* g_blob;                      // metadata buffer, mapped once at start
 size_t g_blob_cap;
 uint32_t g_generation;
+// The verbs layer (libibdbg_verbs.so), when it is preloaded too; its state
+// record is written into g_verbs_buf while the process is stopped.
+const ibdbg_verbs_hooks* g_vh;
+char* g_verbs_buf;
+const size_t kVerbsBufCap = 1 << 20;
+bool g_verbs_held;  // posts are held by a quiesce that no resume ended yet
 struct sigaction g_app_action;     // what the application asked for g_sig
 __thread unsigned t_interrupts __attribute__((tls_model("initial-exec")));
 // Pending signals taken out of the kernel's queues during a capture, to be
@@ -212,6 +219,7 @@ void record_self(Slot* s, ucontext_t* uc) {
   t->tid = raw_gettid();
   if (t->tid == raw_getpid()) t->flags |= IBDBG_THREAD_MAIN;
   if (t->tid == g_ckpt_tid) t->flags |= IBDBG_THREAD_CKPT;
+  if (g_vh && g_vh->is_backend_thread(t->tid)) t->flags |= IBDBG_THREAD_BACKEND;
   unsigned long fs = 0;
   sys(SYS_arch_prctl, ARCH_GET_FS, (long)&fs);
   t->fs_base = fs;
@@ -548,6 +556,10 @@ void ckpt_describe_and_wait() {
   uint32_t n = g_nslots < IBDBG_MAX_THREADS ? g_nslots : IBDBG_MAX_THREADS;
   for (uint32_t i = 0; i < n && ok; i++) ok = blob_add(IBDBG_BLOB_THREAD, &g_slots[i].info, sizeof g_slots[i].info);
   if (ok) ok = blob_add(IBDBG_BLOB_SIGNALS, &g_sigstate, sizeof g_sigstate);
+  if (ok && g_vh && g_verbs_buf) {
+    size_t vl = g_vh->describe(g_verbs_buf, kVerbsBufCap);
+    if (vl) ok = blob_add(IBDBG_BLOB_VERBS, g_verbs_buf, vl);
+  }
   if (!ok || g_nslots > IBDBG_MAX_THREADS) {
     send_error("too many threads for one capture");
     return;
@@ -695,15 +707,31 @@ void update_environ_agent() {
   }
 }
 
+void verbs_release() {
+  if (g_vh && g_verbs_held) g_vh->resume();
+  g_verbs_held = false;
+}
+
 void ckpt_capture() {
   const char* why = nullptr;
   for (uint32_t k = 0; k < g_nslots && k < IBDBG_MAX_THREADS; k++) g_slots[k].done = 0;
   g_nslots = 0;
   g_entered = 0;
   g_npending = 0;
+  // Verbs first, while every thread runs: posts stop, sends complete, CQs
+  // are drained into the buffers the application's next polls return.
+  if (g_vh) {
+    g_verbs_held = true;
+    if (const char* vwhy = g_vh->quiesce()) {
+      verbs_release();
+      send_error(vwhy);
+      return;
+    }
+  }
   g_capturing = 1;
   if (!stop_all_threads(&why)) {
     release_threads();
+    verbs_release();
     send_error(why);
     return;
   }
@@ -720,9 +748,15 @@ void ckpt_capture() {
     // The old control socket's number was left free by the launcher.
     g_sock = -1;
     connect_agent(50);
+    // The backend's objects are gone with the captured process: posts stay
+    // held (the application waits) until the verbs layer can rebuild them
+    // (capture/verbs/README.md, next steps).  A process without verbs
+    // objects goes on.
+    if (g_vh && g_vh->describe(g_verbs_buf, kVerbsBufCap) == 0) verbs_release();
     return;
   }
   release_threads();
+  verbs_release();
 }
 
 void* ckpt_main(void*) {
@@ -786,6 +820,22 @@ void after_fork_child() {
   start_ckpt_thread();
 }
 
+// `ibdbg run` preloads the verbs layer right after us: an exec puts both
+// back, as one entry "capture:verbs".
+void extend_preload_with_verbs(const char* after) {
+  if (*after != ':') return;
+  const char* s = after + 1;
+  const char* e = s;
+  while (*e && *e != ':' && *e != ' ') e++;
+  const char name[] = "libibdbg_verbs.so";
+  size_t n = (size_t)(e - s), have = slen(g_preload);
+  if (n < sizeof name - 1 || memcmp(e - (sizeof name - 1), name, sizeof name - 1) != 0) return;
+  if (have + 1 + n >= sizeof g_preload) return;
+  g_preload[have] = ':';
+  memcpy(g_preload + have + 1, s, n);
+  g_preload[have + 1 + n] = 0;
+}
+
 __attribute__((constructor)) void ibdbg_capture_init() {
   resolve_real();
   const char* agent = getenv("IBDBG_AGENT");
@@ -812,6 +862,7 @@ __attribute__((constructor)) void ibdbg_capture_init() {
         if (n >= sizeof name - 1 && n < sizeof g_preload && memcmp(c - (sizeof name - 1), name, sizeof name - 1) == 0) {
           memcpy(g_preload, start, n);
           g_preload[n] = 0;
+          extend_preload_with_verbs(c);
         }
         if (!*c) break;
         start = c + 1;
@@ -828,10 +879,17 @@ __attribute__((constructor)) void ibdbg_capture_init() {
   g_sig = s && *s ? atoi(s) : SIGRTMAX - 2;
   if (g_sig <= 0 || g_sig >= 65) g_sig = SIGRTMAX - 2;
   g_blob_cap = sizeof(ibdbg_process_info) + sizeof(ibdbg_signal_state) +
-               (size_t)IBDBG_MAX_THREADS * (sizeof(ibdbg_thread_info) + sizeof(ibdbg_blob_hdr)) + 4096;
+               (size_t)IBDBG_MAX_THREADS * (sizeof(ibdbg_thread_info) + sizeof(ibdbg_blob_hdr)) + 4096 +
+               kVerbsBufCap;
   void* b = mmap(nullptr, g_blob_cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (b == MAP_FAILED) return;
   g_blob = (char*)b;
+  g_vh = (const ibdbg_verbs_hooks*)dlsym(RTLD_DEFAULT, "ibdbg_verbs_hooks");
+  if (g_vh && g_vh->version != IBDBG_VERBS_HOOKS_VERSION) g_vh = nullptr;
+  if (g_vh) {
+    void* vb = mmap(nullptr, kVerbsBufCap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    g_verbs_buf = vb == MAP_FAILED ? nullptr : (char*)vb;
+  }
   install_handler();
   pthread_atfork(nullptr, nullptr, after_fork_child);
   // Registered before main() runs: a capture requested as soon as the program

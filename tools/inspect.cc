@@ -222,6 +222,146 @@ struct PageRun {
   uint64_t start, len;
 };
 
+const char* VerbsKindName(uint32_t k) {
+  switch (k) {
+    case IBDBG_VERBS_CONTEXT: return "context";
+    case IBDBG_VERBS_PD: return "pd";
+    case IBDBG_VERBS_MR: return "mr";
+    case IBDBG_VERBS_CQ: return "cq";
+    case IBDBG_VERBS_QP: return "qp";
+    case IBDBG_VERBS_SRQ: return "srq";
+    case IBDBG_VERBS_AH: return "ah";
+    case IBDBG_VERBS_CHANNEL: return "channel";
+  }
+  return "unknown";
+}
+
+const char* QpStateName(uint64_t s) {
+  static const char* const k[] = {"RESET", "INIT", "RTR", "RTS", "SQD", "SQE", "ERR"};
+  return s < 7 ? k[s] : "?";
+}
+const char* QpTypeName(uint64_t t) {
+  return t == 2 ? "RC" : t == 3 ? "UC" : t == 4 ? "UD" : t == 8 ? "RAW_PACKET" : "?";
+}
+
+std::string GidText(const uint8_t* g) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%02x%02x:%02x%02x:%02x%02x:%02x%02x:%02x%02x:%02x%02x:%02x%02x:%02x%02x", g[0], g[1],
+                g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
+  return buf;
+}
+
+// The verbs layer's record (capture/verbs): every object with its state.
+ojson VerbsJson(const std::vector<uint8_t>& data, const std::string& path) {
+  auto h = Load<ibdbg_verbs_hdr>(data, path, "verbs", true);
+  if (h.magic != IBDBG_VERBS_MAGIC || data.size() != sizeof h + (uint64_t)h.nobjs * sizeof(ibdbg_verbs_obj))
+    throw ImageError(path + ": verbs record is damaged");
+  ojson v;
+  v["backend"] = CStr(h.backend);
+  v["posts_blocked"] = h.posts_blocked;
+  if (h.refused[0]) v["refused"] = CStr(h.refused);
+  if (h.nbackend_tids > IBDBG_VERBS_MAX_TIDS || h.nbackend_fds > IBDBG_VERBS_MAX_FDS)
+    throw ImageError(path + ": verbs record is damaged");
+  v["backend_threads"] = std::vector<int32_t>(h.backend_tids, h.backend_tids + h.nbackend_tids);
+  v["backend_fds"] = std::vector<int32_t>(h.backend_fds, h.backend_fds + h.nbackend_fds);
+  ojson objs = ojson::array();
+  for (uint32_t i = 0; i < h.nobjs; i++) {
+    ibdbg_verbs_obj o;
+    std::memcpy(&o, data.data() + sizeof h + i * sizeof o, sizeof o);
+    ojson e;
+    e["kind"] = VerbsKindName(o.kind);
+    e["handle"] = Hex(o.handle);
+    const uint64_t* u = o.u;
+    switch (o.kind) {
+      case IBDBG_VERBS_CONTEXT:
+        e["device"] = CStr(o.name);
+        e["cmd_fd"] = (int64_t)u[0];
+        e["async_fd"] = (int64_t)u[1];
+        break;
+      case IBDBG_VERBS_PD: e["context"] = Hex(o.parent[0]); break;
+      case IBDBG_VERBS_MR:
+        e["pd"] = Hex(o.parent[0]);
+        e["addr"] = Hex(u[0]);
+        e["length"] = u[1];
+        e["access"] = Hex(u[2]);
+        e["lkey"] = Hex(u[3]);
+        e["rkey"] = Hex(u[4]);
+        break;
+      case IBDBG_VERBS_CHANNEL: e["fd"] = (int64_t)u[0]; break;
+      case IBDBG_VERBS_CQ:
+        e["cqe"] = u[0];
+        e["buffered"] = u[1];
+        e["extended"] = u[2] != 0;
+        if (o.parent[1]) e["channel"] = Hex(o.parent[1]);
+        break;
+      case IBDBG_VERBS_SRQ:
+        e["pd"] = Hex(o.parent[0]);
+        e["max_wr"] = u[0];
+        e["max_sge"] = u[1];
+        e["srq_limit"] = u[2];
+        e["recvs_posted"] = (int64_t)u[3];
+        break;
+      case IBDBG_VERBS_AH:
+        e["pd"] = Hex(o.parent[0]);
+        e["dlid"] = u[0];
+        e["port"] = u[1];
+        if (u[2]) e["dgid"] = GidText(o.gid);
+        break;
+      case IBDBG_VERBS_QP:
+        e["qpn"] = Hex(u[IBDBG_VQP_QPN]);
+        e["type"] = QpTypeName(u[IBDBG_VQP_TYPE]);
+        e["state"] = QpStateName(u[IBDBG_VQP_STATE]);
+        e["pd"] = Hex(o.parent[0]);
+        e["send_cq"] = Hex(o.parent[1]);
+        e["recv_cq"] = Hex(o.parent[2]);
+        if (o.parent[3]) e["srq"] = Hex(o.parent[3]);
+        e["max_send_wr"] = u[IBDBG_VQP_MAX_SEND_WR];
+        e["max_recv_wr"] = u[IBDBG_VQP_MAX_RECV_WR];
+        e["dest_qpn"] = Hex(u[IBDBG_VQP_DEST_QPN]);
+        e["dlid"] = u[IBDBG_VQP_DLID];
+        e["port"] = u[IBDBG_VQP_PORT];
+        e["sq_psn"] = u[IBDBG_VQP_SQ_PSN];
+        e["rq_psn"] = u[IBDBG_VQP_RQ_PSN];
+        e["qkey"] = Hex(u[IBDBG_VQP_QKEY]);
+        e["sends_outstanding"] = (int64_t)u[IBDBG_VQP_SENDS_OUTSTANDING];
+        e["recvs_posted"] = (int64_t)u[IBDBG_VQP_RECVS_POSTED];
+        e["wr_api"] = (o.flags & 1) != 0;
+        break;
+    }
+    objs.push_back(std::move(e));
+  }
+  v["objects"] = std::move(objs);
+  return v;
+}
+
+std::string VerbsLine(const ojson& e) {
+  std::string k = e["kind"].get<std::string>();
+  std::string l = "    " + k + " " + e["handle"].get<std::string>();
+  auto add = [&](const char* key, const char* label) {
+    if (e.contains(key)) {
+      const ojson& x = e[key];
+      l += std::string("  ") + label + " " + (x.is_string() ? x.get<std::string>() : x.dump());
+    }
+  };
+  if (k == "qp") {
+    l += "  qpn " + e["qpn"].get<std::string>() + "  " + e["type"].get<std::string>() + "  " + e["state"].get<std::string>();
+    add("dest_qpn", "dest_qpn");
+    add("dlid", "dlid");
+    add("sq_psn", "sq_psn");
+    add("rq_psn", "rq_psn");
+    add("sends_outstanding", "sends outstanding");
+    add("recvs_posted", "receives posted");
+    add("srq", "srq");
+    if (e["wr_api"].get<bool>()) l += "  ibv_wr_*";
+    return l;
+  }
+  for (const char* key : {"device", "cmd_fd", "async_fd", "fd", "addr", "length", "access", "lkey", "rkey", "cqe",
+                          "buffered", "channel", "max_wr", "srq_limit", "recvs_posted", "dlid", "dgid"})
+    add(key, key);
+  if (e.contains("extended") && e["extended"].get<bool>()) l += "  extended";
+  return l;
+}
+
 ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
   const std::string path = dir + "/" + mp.image;
   image::ImageReader reader(path);
@@ -235,6 +375,7 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
   std::vector<PageRun> pages;
   ojson fds = ojson::array();
   ojson ipc = ojson::array();
+  ojson verbs;
   uint64_t records = 0, other_records = 0, fd_data_bytes = 0;
 
   RecordHeader h;
@@ -356,6 +497,9 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
         ipc.push_back(std::move(e));
         break;
       }
+      case RecordType::Verbs:
+        verbs = VerbsJson(data, path);
+        break;
       default:
         ++other_records;
         break;
@@ -432,6 +576,7 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
     e["name"] = CStr(t.name);
     e["main"] = (t.flags & IBDBG_THREAD_MAIN) != 0;
     e["ckpt"] = (t.flags & IBDBG_THREAD_CKPT) != 0;
+    if (t.flags & IBDBG_THREAD_BACKEND) e["backend"] = true;
     e["resume_rip"] = Hex(t.resume_rip);
     e["resume_rsp"] = Hex(t.resume_rsp);
     tj.push_back(std::move(e));
@@ -459,6 +604,7 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
   p["vmas"] = std::move(vj);
   p["fds"] = std::move(fds);
   p["ipc"] = std::move(ipc);
+  if (!verbs.is_null()) p["verbs"] = std::move(verbs);
 
   ojson handlers = ojson::array(), timers = ojson::array(), pending = ojson::array();
   if (have_sig) {
@@ -646,6 +792,7 @@ std::string RenderText(const ojson& doc) {
       std::vector<std::string> flags;
       if (th["main"].get<bool>()) flags.push_back("main");
       if (th["ckpt"].get<bool>()) flags.push_back("ckpt");
+      if (th.contains("backend")) flags.push_back("backend");
       char buf[512];
       std::snprintf(buf, sizeof buf, "    %-8s %-16s %-10s rip %-18s rsp %s",
                     S(th["tid"]).c_str(), S(th["name"]).c_str(),
@@ -712,6 +859,17 @@ std::string RenderText(const ojson& doc) {
                                         : "  " + HumanBytes(o["data_bytes"].get<uint64_t>()) + " stored";
         line(l);
       }
+    }
+    if (p.contains("verbs")) {
+      const ojson& v = p["verbs"];
+      line("  verbs (" + S(v["objects"].size()) + " objects, backend " + v["backend"].get<std::string>() + ")");
+      if (v.contains("refused")) line("    unsupported feature used: " + v["refused"].get<std::string>());
+      std::vector<std::string> tids, bfds;
+      for (const auto& x : v["backend_threads"]) tids.push_back(x.dump());
+      for (const auto& x : v["backend_fds"]) bfds.push_back(x.dump());
+      line("    backend threads: " + (tids.empty() ? std::string("-") : Join(tids, ",")) +
+           "  backend fds: " + (bfds.empty() ? std::string("-") : Join(bfds, ",")));
+      for (const auto& e : v["objects"]) line(VerbsLine(e));
     }
     if (!p["signal_handlers"].empty()) {
       line("  signal handlers");

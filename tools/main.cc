@@ -59,6 +59,17 @@ std::string CaptureLibrary() {
                      "../lib/x86_64-linux-gnu/ibdbg/libibdbg_capture.so"},
                     "IBDBG_CAPTURE_LIB");
 }
+// The verbs layer, preloaded after the capture library; optional (a build
+// without libibverbs' headers has none).
+std::string VerbsLibrary() {
+  try {
+    return FindHelper({"../lib/libibdbg_verbs.so", "../lib/ibdbg/libibdbg_verbs.so",
+                       "../lib/x86_64-linux-gnu/ibdbg/libibdbg_verbs.so"},
+                      "IBDBG_VERBS_LIB");
+  } catch (const std::exception&) {
+    return "";
+  }
+}
 std::string Restorer() {
   return FindHelper({"ibdbg-restore", "../libexec/ibdbg/ibdbg-restore"}, "IBDBG_RESTORER");
 }
@@ -131,6 +142,9 @@ int CmdRun(const std::string& dir, int interval, const std::string& listen, cons
   if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {
     std::string preload = lib;
+    // Right after ours and before the job's own preloads (softrdma's
+    // libibverbs): the verbs layer must come before the backend it forwards to.
+    if (std::string verbs = VerbsLibrary(); !verbs.empty()) preload += ":" + verbs;
     if (const char* old = getenv("LD_PRELOAD"); old && *old) preload += std::string(":") + old;
     setenv("LD_PRELOAD", preload.c_str(), 1);
     setenv("IBDBG_AGENT", agent.socket_name().c_str(), 1);

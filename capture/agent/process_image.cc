@@ -811,6 +811,9 @@ ProcessMeta ParseBlob(const std::vector<uint8_t>& blob) {
         memcpy(&m.sig, p, h.len);
         have_sig = true;
         break;
+      case IBDBG_BLOB_VERBS:
+        m.verbs.assign(p, p + h.len);
+        break;
       default: break;
     }
     off += h.len;
@@ -950,6 +953,7 @@ ImageInProgressPtr BeginProcessImage(pid_t pid, const ProcessMeta& meta, int out
   w.AddRecord(image::RecordType::Process, 0, &meta.proc, sizeof meta.proc);
   for (const auto& t : meta.threads) w.AddRecord(image::RecordType::Thread, (uint64_t)t.tid, &t, sizeof t);
   w.AddRecord(image::RecordType::Signals, 0, &meta.sig, sizeof meta.sig);
+  if (!meta.verbs.empty()) w.AddRecord(image::RecordType::Verbs, 0, meta.verbs.data(), meta.verbs.size());
 
   WriteFds(pid, meta, w, &st, refills);
   WriteZombies(pid, w);

@@ -23,6 +23,7 @@ struct ProcessMeta {
   ibdbg_process_info proc{};
   std::vector<ibdbg_thread_info> threads;
   ibdbg_signal_state sig{};
+  std::vector<uint8_t> verbs;  // the verbs layer's record, if it sent one
 };
 
 // Throws std::runtime_error on a malformed blob.

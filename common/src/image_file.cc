@@ -42,6 +42,7 @@ bool IsKnownRecordType(uint32_t type) {
     case RecordType::Signals:
     case RecordType::Json:
     case RecordType::Ipc:
+    case RecordType::Verbs:
     case RecordType::End:
       return true;
   }
@@ -59,6 +60,7 @@ const char* RecordTypeName(uint32_t type) {
     case RecordType::Signals: return "signals";
     case RecordType::Json: return "json";
     case RecordType::Ipc: return "ipc";
+    case RecordType::Verbs: return "verbs";
     case RecordType::End: return "end";
   }
   return "unknown";

@@ -159,6 +159,53 @@ TEST(Inspect, UnknownRecordsAreSkipped) {
   EXPECT_EQ(j["processes"][0]["totals"]["other_records"], 1);
 }
 
+// A verbs record (capture/verbs): one RC QP and its MR, as the layer writes them.
+std::string VerbsRecord(uint32_t nobjs_claimed) {
+  ibdbg_verbs_hdr h{};
+  h.magic = IBDBG_VERBS_MAGIC;
+  h.nobjs = nobjs_claimed;
+  std::snprintf(h.backend, sizeof h.backend, "/usr/lib/softrdma/libibverbs.so.1");
+  h.nbackend_tids = 1;
+  h.backend_tids[0] = 4321;
+  h.nbackend_fds = 2;
+  h.backend_fds[0] = 7, h.backend_fds[1] = 9;
+  ibdbg_verbs_obj o[2]{};
+  o[0].kind = IBDBG_VERBS_MR;
+  o[0].handle = 0x5000;
+  o[0].u[0] = 0x7f0000020000, o[0].u[1] = 4096, o[0].u[2] = 7, o[0].u[3] = 0x101, o[0].u[4] = 0x102;
+  o[1].kind = IBDBG_VERBS_QP;
+  o[1].handle = 0x6000;
+  o[1].u[IBDBG_VQP_QPN] = 0x84ef01, o[1].u[IBDBG_VQP_TYPE] = 2, o[1].u[IBDBG_VQP_STATE] = 3;
+  o[1].u[IBDBG_VQP_DEST_QPN] = 0xd7f301, o[1].u[IBDBG_VQP_RECVS_POSTED] = 12;
+  std::string s((const char*)&h, sizeof h);
+  s.append((const char*)o, sizeof o);
+  return s;
+}
+
+TEST(Inspect, VerbsRecord) {
+  TempDir t;
+  auto p = test::DefaultProcess(1234);
+  p.extra.push_back({(uint32_t)image::RecordType::Verbs, 0, VerbsRecord(2)});
+  test::BuildImage(t / "img", {p});
+  std::string out = InspectImage(t / "img", false);
+  SCOPED_TRACE(out);
+  EXPECT_TRUE(Has(out, "verbs (2 objects, backend /usr/lib/softrdma/libibverbs.so.1)"));
+  EXPECT_TRUE(Has(out, "backend threads: 4321  backend fds: 7,9"));
+  EXPECT_TRUE(Has(out, "mr 0x5000  addr 0x7f0000020000  length 4096  access 0x7  lkey 0x101  rkey 0x102"));
+  EXPECT_TRUE(Has(out, "qp 0x6000  qpn 0x84ef01  RC  RTS  dest_qpn 0xd7f301"));
+  EXPECT_TRUE(Has(out, "receives posted 12"));
+  json j = json::parse(InspectImage(t / "img", true));
+  EXPECT_EQ(j["processes"][0]["verbs"]["objects"][1]["state"], "RTS");
+}
+
+TEST(Inspect, DamagedVerbsRecordIsAnError) {
+  TempDir t;
+  auto p = test::DefaultProcess(1234);
+  p.extra.push_back({(uint32_t)image::RecordType::Verbs, 0, VerbsRecord(3)});  // claims one more object
+  test::BuildImage(t / "img", {p});
+  EXPECT_NE(InspectError(t / "img").find("verbs record is damaged"), std::string::npos);
+}
+
 TEST(Inspect, OddPathsStayOnOneLine) {
   TempDir t;
   auto p = test::DefaultProcess(1234);

@@ -34,6 +34,7 @@ enum class RecordType : uint32_t {
   Signals = 7,
   Json = 8,  // free-form JSON
   Ipc = 9,   // ibdbg_ipc_object + its bytes
+  Verbs = 10,  // ibdbg_verbs_hdr + ibdbg_verbs_obj[] (capture/verbs)
   End = 0x454E44,  // arg = number of records before it
 };
 

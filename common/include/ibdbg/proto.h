@@ -51,6 +51,7 @@ enum ibdbg_blob_type {
   IBDBG_BLOB_SIGNALS = 3, /* ibdbg_signal_state */
   IBDBG_BLOB_FD = 4,      /* ibdbg_fd_info, one per descriptor, then its data */
   IBDBG_BLOB_FDDATA = 5,  /* bytes that belong to the preceding FD item */
+  IBDBG_BLOB_VERBS = 6,   /* ibdbg_verbs_hdr + objects (the verbs layer's state) */
 };
 
 struct ibdbg_blob_hdr {
@@ -87,6 +88,9 @@ struct ibdbg_process_info {
 enum ibdbg_thread_flags {
   IBDBG_THREAD_MAIN = 1, /* tid == pid */
   IBDBG_THREAD_CKPT = 2, /* the library's own checkpoint thread */
+  /* started by the verbs backend (softrdma's progress thread): not the
+   * application's; a replay that loads the backend anew leaves it out */
+  IBDBG_THREAD_BACKEND = 4,
 };
 
 struct ibdbg_thread_info {
@@ -371,6 +375,54 @@ struct ibdbg_plan_hdr {
   struct ibdbg_restart_info restart_info;
   struct ibdbg_process_info proc;
   struct ibdbg_signal_state sig;
+};
+
+/* ---- verbs state (capture/verbs), image record "verbs" ------------------ */
+/* What the verbs layer knew when the process was captured: a header, then
+ * nobjs ibdbg_verbs_obj.  Objects name each other by `handle`, the address of
+ * the virtual object the application holds (it is in the image's memory). */
+#define IBDBG_VERBS_MAGIC 0x5342524556474249ull /* "IBGVERBS" */
+#define IBDBG_VERBS_MAX_TIDS 64
+#define IBDBG_VERBS_MAX_FDS 1024
+enum ibdbg_verbs_kind {
+  IBDBG_VERBS_CONTEXT = 1, /* name: device; u[0] cmd_fd u[1] async_fd */
+  IBDBG_VERBS_PD = 2,      /* parent[0] context */
+  IBDBG_VERBS_MR = 3,      /* parent[0] pd; u[0] addr u[1] length u[2] access u[3] lkey u[4] rkey */
+  IBDBG_VERBS_CQ = 4,      /* parent[0] context parent[1] channel; u[0] cqe u[1] buffered completions u[2] extended */
+  IBDBG_VERBS_QP = 5,      /* parent[0] pd [1] send cq [2] recv cq [3] srq; u[]: IBDBG_VQP_* */
+  IBDBG_VERBS_SRQ = 6,     /* parent[0] pd; u[0] max_wr u[1] max_sge u[2] srq_limit u[3] receives posted */
+  IBDBG_VERBS_AH = 7,      /* parent[0] pd; u[0] dlid u[1] port u[2] is_global u[3] sgid_index; gid[] dgid */
+  IBDBG_VERBS_CHANNEL = 8, /* parent[0] context; u[0] fd */
+};
+enum ibdbg_verbs_qp_field {
+  IBDBG_VQP_QPN = 0, IBDBG_VQP_TYPE, IBDBG_VQP_STATE, IBDBG_VQP_MAX_SEND_WR, IBDBG_VQP_MAX_RECV_WR,
+  IBDBG_VQP_MAX_SEND_SGE, IBDBG_VQP_MAX_RECV_SGE, IBDBG_VQP_MAX_INLINE, IBDBG_VQP_DEST_QPN,
+  IBDBG_VQP_RQ_PSN, IBDBG_VQP_SQ_PSN, IBDBG_VQP_DLID, IBDBG_VQP_PORT, IBDBG_VQP_QKEY,
+  IBDBG_VQP_SENDS_OUTSTANDING, IBDBG_VQP_RECVS_POSTED,
+};
+struct ibdbg_verbs_obj {
+  uint32_t kind;
+  uint32_t flags;
+  uint64_t handle;
+  uint64_t parent[4];
+  uint64_t u[16];
+  uint8_t gid[16];
+  char name[64];
+};
+struct ibdbg_verbs_hdr {
+  uint64_t magic;
+  uint32_t nobjs;
+  uint32_t generation; /* 0 until a replay: ids are the backend's own */
+  uint64_t posts_blocked; /* posts held at the gate during the capture */
+  char backend[128];      /* the library that implemented the verbs */
+  char refused[128];      /* unsupported feature used ("" = none) */
+  /* What the backend started or opened inside the verbs calls that make
+   * objects (its progress threads, sockets, epoll and event descriptors): not
+   * the application's state.  The descriptors the application sees (channel
+   * fds, the context's async_fd) are among them and named by their objects. */
+  uint32_t nbackend_tids, nbackend_fds;
+  int32_t backend_tids[IBDBG_VERBS_MAX_TIDS];
+  int32_t backend_fds[IBDBG_VERBS_MAX_FDS];
 };
 
 /* Bytes the restorer writes on status_fd. */

@@ -1,0 +1,39 @@
+/* Between libibdbg_capture.so (the checkpoint thread) and libibdbg_verbs.so
+ * (the verbs layer).  Both are preloaded; the capture runtime finds this table
+ * with dlsym(RTLD_DEFAULT, "ibdbg_verbs_hooks") and works without it (a job
+ * whose environment lost the verbs layer has no verbs objects of ours). */
+#ifndef IBDBG_VERBS_HOOKS_H
+#define IBDBG_VERBS_HOOKS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define IBDBG_VERBS_HOOKS_VERSION 1
+
+struct ibdbg_verbs_hooks {
+  uint32_t version;
+  /* Application threads still run.  Blocks new posts and control verbs,
+   * waits (bounded) for posted signaled sends to complete and drains every
+   * CQ into the buffers that the application's next polls return first.
+   * Returns NULL, or a one-line reason why this process cannot be captured
+   * faithfully (posts stay blocked until resume() either way). */
+  const char* (*quiesce)(void);
+  /* Every other thread is stopped: no locks, no allocation.  Writes the
+   * verbs state record (ibdbg_verbs_hdr + objects, proto.h) into buf and
+   * returns its length (0: no verbs objects, or cap too small). */
+  size_t (*describe)(void* buf, size_t cap);
+  /* The image is written (or abandoned) and the process runs on. */
+  void (*resume)(void);
+  /* Nonzero for a thread the backend started (no locks: called by each
+   * thread in the checkpoint signal's handler). */
+  int (*is_backend_thread)(int tid);
+};
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,1948 @@
+// libibdbg_verbs.so: the verbs layer, preloaded right after libibdbg_capture.so.
+//
+// It stands between the application and the verbs backend (libibverbs with a
+// provider, or softrdma): every exported entry point that takes a verbs object
+// is defined here with the version applications bind to, and resolves the
+// backend's definition with dlvsym(RTLD_NEXT, ...).  The application gets
+// virtual objects (VCtx, VPd, VMr, VCq, VQp, VSrq, VAh, VChan) that live in its
+// own heap, so they are in every image; each points at the backend's object.
+// Virtual contexts carry our own ibv_context_ops and verbs_context tables, so
+// the inline verbs (ibv_post_send, ibv_poll_cq, ibv_wr_*, ibv_start_poll ...)
+// come here too.  Until a replay the ids the application sees are the
+// backend's own (QPNs, keys, LIDs): the data path passes work requests through
+// untouched; only UD sends are copied (on the stack, 16 at a time) to put the
+// backend's address handle in.
+//
+// Rules of the capture library hold here: no C++ runtime, no exceptions,
+// hidden symbols but the verbs ABI (libibdbg_verbs.map), no constructors that
+// allocate; the data path neither allocates nor locks (one atomic counter per
+// post or poll call, for the capture's quiesce).  See README.md.
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <infiniband/verbs.h>
+#include <linux/futex.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "capture/verbs/hooks.h"
+#include "ibdbg/proto.h"
+
+#undef ibv_query_port
+#undef ibv_reg_mr
+#undef ibv_reg_mr_iova
+
+#define EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+// ---- small tools -----------------------------------------------------------------
+long futex(volatile uint32_t* a, int op, uint32_t v, const struct timespec* ts) {
+  return syscall(SYS_futex, a, op, v, ts, nullptr, 0);
+}
+int64_t now_ms() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
+  nanosleep(&ts, nullptr);
+}
+void say(const char* a, const char* b = "", const char* c = "") {
+  // One write: lines of several processes do not interleave.
+  char line[512];
+  size_t n = 0;
+  const char* parts[] = {"ibdbg: verbs: ", a, b, c, "\n"};
+  for (const char* s : parts)
+    for (; *s && n < sizeof line; s++) line[n++] = *s;
+  ssize_t r = write(2, line, n);
+  (void)r;
+}
+void utoa(uint64_t v, char* out) {
+  char t[24];
+  int n = 0;
+  do t[n++] = (char)('0' + v % 10), v /= 10;
+  while (v);
+  while (n) *out++ = t[--n];
+  *out = 0;
+}
+
+// A futex lock (pthread's would do, but the capture keeps it across a stop).
+struct Lock {
+  volatile uint32_t v;
+};
+void lock(Lock* l) {
+  while (__atomic_exchange_n(&l->v, 1, __ATOMIC_ACQUIRE)) futex(&l->v, FUTEX_WAIT_PRIVATE, 1, nullptr);
+}
+bool lock_timed(Lock* l, long ms) {
+  int64_t end = now_ms() + ms;
+  while (__atomic_exchange_n(&l->v, 1, __ATOMIC_ACQUIRE)) {
+    if (now_ms() > end) return false;
+    struct timespec ts = {0, 10000000};
+    futex(&l->v, FUTEX_WAIT_PRIVATE, 1, &ts);
+  }
+  return true;
+}
+void unlock(Lock* l) {
+  __atomic_store_n(&l->v, 0, __ATOMIC_RELEASE);
+  futex(&l->v, FUTEX_WAKE_PRIVATE, 1, nullptr);
+}
+
+// ---- the backend: the next definition of each entry point -----------------------
+// Inside a backend call: a backend may call exported verbs itself (softrdma's
+// ibv_reg_mr calls ibv_reg_mr_iova2 through its PLT), which then reach us
+// with its own objects and go straight on.  Threads started and descriptors
+// opened while it is set are the backend's (see README.md).
+__thread int t_depth __attribute__((tls_model("initial-exec")));
+struct Backend {
+  Backend() { t_depth++; }
+  ~Backend() { t_depth--; }
+};
+
+// The backend's threads and descriptors: what appears during a verbs call
+// that makes objects (g_ctl held, so one at a time).  Another application
+// thread opening a descriptor at that moment is counted too (see README).
+const int kMaxFd = IBDBG_VERBS_MAX_FDS;
+uint64_t g_fd_before[kMaxFd / 64];
+uint64_t g_backend_fd[kMaxFd / 64];
+int32_t g_backend_tid[IBDBG_VERBS_MAX_TIDS];
+uint32_t g_nbackend_tid;
+int32_t g_tids_before[256];
+uint32_t g_ntids_before;
+char g_dents[16384];
+
+// Calls f(number) for each numeric entry of a /proc directory.
+template <class F>
+void each_entry(const char* dir, F f) {
+  int d = (int)syscall(SYS_openat, AT_FDCWD, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (d < 0) return;
+  for (;;) {
+    long n = syscall(SYS_getdents64, d, g_dents, sizeof g_dents);
+    if (n <= 0) break;
+    for (long off = 0; off < n;) {
+      struct D {
+        uint64_t ino;
+        int64_t off;
+        unsigned short reclen;
+        unsigned char type;
+        char name[];
+      }* e = (D*)(g_dents + off);
+      off += e->reclen;
+      if (e->name[0] < '0' || e->name[0] > '9') continue;
+      int v = 0;
+      for (const char* c = e->name; *c; c++) v = v * 10 + (*c - '0');
+      if (v != d) f(v);
+    }
+  }
+  close(d);
+}
+
+bool g_tracking;  // under g_ctl: the outermost tracked call snapshots
+struct Track {
+  bool on;
+  Track() : on(!g_tracking) {
+    if (!on) return;
+    g_tracking = true;
+    memset(g_fd_before, 0, sizeof g_fd_before);
+    each_entry("/proc/self/fd", [](int fd) {
+      if (fd < kMaxFd) g_fd_before[fd / 64] |= 1ull << (fd % 64);
+    });
+    g_ntids_before = 0;
+    each_entry("/proc/self/task", [](int tid) {
+      if (g_ntids_before < 256) g_tids_before[g_ntids_before++] = tid;
+    });
+  }
+  ~Track() {
+    if (!on) return;
+    g_tracking = false;
+    uint64_t now[kMaxFd / 64] = {};
+    each_entry("/proc/self/fd", [&](int fd) {
+      if (fd < kMaxFd) now[fd / 64] |= 1ull << (fd % 64);
+    });
+    for (int i = 0; i < kMaxFd / 64; i++) {
+      g_backend_fd[i] |= now[i] & ~g_fd_before[i];
+      g_backend_fd[i] &= now[i] | ~g_fd_before[i];  // closed during the call: no longer anyone's
+    }
+    each_entry("/proc/self/task", [](int tid) {
+      for (uint32_t i = 0; i < g_ntids_before; i++)
+        if (g_tids_before[i] == tid) return;
+      for (uint32_t i = 0; i < g_nbackend_tid; i++)
+        if (g_backend_tid[i] == tid) return;
+      if (g_nbackend_tid < IBDBG_VERBS_MAX_TIDS) g_backend_tid[g_nbackend_tid++] = tid;
+    });
+  }
+};
+
+template <class F>
+F next_fn(F* slot, const char* name, const char* ver) {
+  F f = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+  if (!f) {
+    f = (F)dlvsym(RTLD_NEXT, name, ver);
+    __atomic_store_n(slot, f, __ATOMIC_RELEASE);
+  }
+  return f;
+}
+#define NEXT(name, ver)                                           \
+  ({                                                              \
+    static decltype(&::name) slot_;                               \
+    next_fn(&slot_, #name, ver);                                  \
+  })
+#define V10 "IBVERBS_1.0"
+#define V11 "IBVERBS_1.1"
+
+// ---- unsupported features: reported once, and a capture refuses ------------------
+enum Feature {
+  F_ODP, F_DMABUF, F_REREG, F_IMPORT, F_MW, F_DM, F_XRC, F_FLOW, F_WQ, F_TD, F_COUNTERS, F_MCAST,
+  F_ADVISE, F_NULL_MR, F_RATE_LIMIT, F_OPEN_QP, F_WR_OTHER, F_CQ_PD, F_NFEATURES
+};
+const char* const kFeatureName[F_NFEATURES] = {
+    "on-demand paging (IBV_ACCESS_ON_DEMAND)", "dma-buf memory regions (ibv_reg_dmabuf_mr)",
+    "ibv_rereg_mr", "imported devices/objects (ibv_import_*)", "memory windows",
+    "device memory (ibv_alloc_dm)", "XRC (ibv_open_xrcd, XRC SRQs/QPs)", "flow steering and flow actions",
+    "work queues and RSS tables (ibv_create_wq)", "thread domains and parent domains",
+    "counters (ibv_create_counters)", "multicast (ibv_attach_mcast)", "ibv_advise_mr", "ibv_alloc_null_mr",
+    "ibv_modify_qp_rate_limit", "ibv_open_qp", "ibv_wr_* operations without a virtual equivalent (bind_mw, local_inv, send_inv, tso, xrc)",
+    "CQs in a parent domain"};
+volatile uint32_t g_reported[F_NFEATURES];
+volatile int g_refused = -1;  // first unsupported feature used
+
+void unsupported(Feature f) {
+  if (__atomic_exchange_n(&g_reported[f], 1, __ATOMIC_RELAXED)) return;
+  int none = -1;
+  __atomic_compare_exchange_n(&g_refused, &none, (int)f, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+  say(kFeatureName[f], " is not supported by ibdbg: a capture of this process will refuse");
+}
+
+// ---- virtual objects --------------------------------------------------------------
+struct VObj {
+  VObj* next;
+  VObj* prev;
+  uint32_t kind;  // ibdbg_verbs_kind
+};
+VObj g_objs = {&g_objs, &g_objs, 0};
+Lock g_ctl;  // the object list and control verbs; held from quiesce to resume
+uint32_t g_nobjs;
+
+void link_obj(VObj* o, uint32_t kind) {
+  o->kind = kind;
+  o->next = &g_objs;
+  o->prev = g_objs.prev;
+  g_objs.prev->next = o;
+  g_objs.prev = o;
+  g_nobjs++;
+}
+void unlink_obj(VObj* o) {
+  o->prev->next = o->next;
+  o->next->prev = o->prev;
+  g_nobjs--;
+}
+template <class T>
+T* new_obj() {
+  T* t = (T*)calloc(1, sizeof(T));
+  return t;
+}
+
+struct VCtx {
+  VObj o;
+  struct ibv_context* real;
+  struct verbs_context* real_vctx;  // the backend's extended ops, or NULL
+  struct verbs_context vc;          // vc.context is what the application holds
+};
+struct VPd {
+  struct ibv_pd pd;
+  VObj o;
+  struct ibv_pd* real;
+};
+struct VMr {
+  struct ibv_mr mr;
+  VObj o;
+  struct ibv_mr* real;
+  int access;
+};
+struct VChan {
+  struct ibv_comp_channel ch;
+  VObj o;
+  struct ibv_comp_channel* real;
+};
+struct VCq {
+  struct ibv_cq_ex cq;  // also the ibv_cq of CQs made with ibv_create_cq
+  VObj o;
+  struct ibv_cq* real;
+  struct ibv_cq_ex* rx;  // extended CQs only
+  int (*poll)(struct ibv_cq*, int, struct ibv_wc*);
+  VChan* chan;
+  // Completions taken out of the backend by a capture, returned first.
+  Lock lk;
+  struct ibv_wc* buf;
+  uint32_t cap, head;
+  volatile uint32_t n;
+  volatile uint32_t pollers;  // unlocked polls in progress
+  // The extended poll session (one thread at a time, by the API's contract).
+  struct ibv_wc cur;
+  bool cur_buffered, real_open, locked;
+};
+struct VSrq {
+  struct ibv_srq srq;
+  VObj o;
+  struct ibv_srq* real;
+  struct ibv_srq_attr attr;
+  volatile int64_t recvs;  // posted and not completed
+};
+struct VAh {
+  struct ibv_ah ah;
+  VObj o;
+  struct ibv_ah* real;
+  struct ibv_ah_attr attr;
+};
+struct VQp {
+  struct ibv_qp_ex qx;  // qx.qp_base is the ibv_qp the application holds
+  VObj o;
+  struct ibv_qp* real;
+  struct ibv_qp_ex* rx;  // with send_ops_flags
+  int (*post_send)(struct ibv_qp*, struct ibv_send_wr*, struct ibv_send_wr**);
+  int (*post_recv)(struct ibv_qp*, struct ibv_recv_wr*, struct ibv_recv_wr**);
+  VSrq* srq;
+  VCq* send_cq;
+  VCq* recv_cq;
+  bool sig_all;
+  volatile int64_t sends_out;  // signaled sends posted and not completed
+  volatile int64_t recvs;      // receives posted and not completed
+  int64_t batch_sig;           // ibv_wr_* session: signaled requests so far
+  struct ibv_qp_cap cap;
+  struct ibv_qp_attr attr;  // what modify_qp set, accumulated
+  int attr_mask;
+};
+
+VCtx* ctx_of(struct ibv_context* c) { return (VCtx*)((char*)c - offsetof(VCtx, vc.context)); }
+VPd* pd_of(struct ibv_pd* p) { return (VPd*)p; }
+VCq* cq_of(struct ibv_cq* c) { return (VCq*)c; }
+VCq* cqx_of(struct ibv_cq_ex* c) { return (VCq*)c; }
+VQp* qp_of(struct ibv_qp* q) { return (VQp*)q; }
+VQp* qpx_of(struct ibv_qp_ex* q) { return (VQp*)q; }
+VSrq* srq_of(struct ibv_srq* s) { return (VSrq*)s; }
+VAh* ah_of(struct ibv_ah* a) { return (VAh*)a; }
+struct ibv_pd* real_pd(struct ibv_pd* p) { return p ? pd_of(p)->real : nullptr; }
+struct ibv_cq* real_cq(struct ibv_cq* c) { return c ? cq_of(c)->real : nullptr; }
+struct ibv_srq* real_srq(struct ibv_srq* s) { return s ? srq_of(s)->real : nullptr; }
+
+// QPN -> VQp, for the completions' accounting: open addressing, never resized
+// on the data path (grown under g_ctl when half full).
+struct QpSlot {
+  uint32_t qpn;
+  VQp* qp;  // NULL with qpn != 0: a removed entry
+};
+QpSlot* g_qpn;
+uint32_t g_qpn_cap, g_qpn_used;
+
+uint32_t qpn_hash(uint32_t q) { return q * 2654435761u; }
+void qpn_put_raw(QpSlot* t, uint32_t cap, uint32_t qpn, VQp* qp) {
+  for (uint32_t i = qpn_hash(qpn) & (cap - 1);; i = (i + 1) & (cap - 1))
+    if (!t[i].qp) {
+      t[i].qpn = qpn, t[i].qp = qp;
+      return;
+    }
+}
+void qpn_put(uint32_t qpn, VQp* qp) {
+  if (2 * (g_qpn_used + 1) > g_qpn_cap) {
+    uint32_t cap = g_qpn_cap ? g_qpn_cap * 2 : 256;
+    QpSlot* t = (QpSlot*)calloc(cap, sizeof *t);
+    if (!t) return;
+    for (uint32_t i = 0; i < g_qpn_cap; i++)
+      if (g_qpn[i].qp) qpn_put_raw(t, cap, g_qpn[i].qpn, g_qpn[i].qp);
+    // The old table may be read by a poller right now: it is leaked, not freed.
+    __atomic_store_n(&g_qpn_cap, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&g_qpn, t, __ATOMIC_RELEASE);
+    __atomic_store_n(&g_qpn_cap, cap, __ATOMIC_RELEASE);
+  }
+  qpn_put_raw(g_qpn, g_qpn_cap, qpn, qp);
+  g_qpn_used++;
+}
+VQp* qpn_get(uint32_t qpn) {
+  uint32_t cap = __atomic_load_n(&g_qpn_cap, __ATOMIC_ACQUIRE);
+  QpSlot* t = __atomic_load_n(&g_qpn, __ATOMIC_ACQUIRE);
+  if (!cap) return nullptr;
+  for (uint32_t i = qpn_hash(qpn) & (cap - 1), k = 0; k < cap; i = (i + 1) & (cap - 1), k++) {
+    if (!t[i].qpn && !t[i].qp) return nullptr;
+    if (t[i].qpn == qpn && t[i].qp) return t[i].qp;
+  }
+  return nullptr;
+}
+void qpn_del(uint32_t qpn) {
+  if (!g_qpn_cap) return;
+  for (uint32_t i = qpn_hash(qpn) & (g_qpn_cap - 1), k = 0; k < g_qpn_cap; i = (i + 1) & (g_qpn_cap - 1), k++)
+    if (g_qpn[i].qpn == qpn && g_qpn[i].qp) {
+      g_qpn[i].qp = nullptr;  // qpn stays: a removed entry keeps probes going
+      return;
+    }
+}
+
+// ---- the capture gate: posts wait while a capture quiesces ------------------------
+volatile uint32_t g_block;
+volatile uint32_t g_inflight;
+volatile uint32_t g_quiesce;  // polls take the locked path
+uint64_t g_blocked_posts;
+
+// Debug counters (IBDBG_VERBS_DEBUG=1): prove that calls come through here.
+bool g_debug;
+uint64_t g_n_post_send, g_n_post_recv, g_n_poll, g_n_wr;
+
+inline void gate_enter() {
+  for (;;) {
+    __atomic_add_fetch(&g_inflight, 1, __ATOMIC_SEQ_CST);
+    if (__builtin_expect(!__atomic_load_n(&g_block, __ATOMIC_SEQ_CST), 1)) return;
+    if (__atomic_sub_fetch(&g_inflight, 1, __ATOMIC_SEQ_CST) == 0) futex(&g_inflight, FUTEX_WAKE_PRIVATE, 1, nullptr);
+    __atomic_add_fetch(&g_blocked_posts, 1, __ATOMIC_RELAXED);
+    while (__atomic_load_n(&g_block, __ATOMIC_SEQ_CST)) futex(&g_block, FUTEX_WAIT_PRIVATE, 1, nullptr);
+  }
+}
+inline void gate_exit() {
+  if (__atomic_sub_fetch(&g_inflight, 1, __ATOMIC_SEQ_CST) == 0 && __atomic_load_n(&g_block, __ATOMIC_SEQ_CST))
+    futex(&g_inflight, FUTEX_WAKE_PRIVATE, 1, nullptr);
+}
+
+// ---- completions: accounting, buffers ---------------------------------------------
+void account(uint32_t qpn, enum ibv_wc_status st, enum ibv_wc_opcode op) {
+  if (st != IBV_WC_SUCCESS) return;  // the opcode of a failed completion is undefined
+  VQp* q = qpn_get(qpn);
+  if (!q) return;
+  if (op & IBV_WC_RECV) {
+    if (q->srq) __atomic_sub_fetch(&q->srq->recvs, 1, __ATOMIC_RELAXED);
+    else __atomic_sub_fetch(&q->recvs, 1, __ATOMIC_RELAXED);
+  } else {
+    __atomic_sub_fetch(&q->sends_out, 1, __ATOMIC_RELAXED);
+  }
+}
+void account_wcs(const struct ibv_wc* wc, int n) {
+  for (int i = 0; i < n; i++) account(wc[i].qp_num, wc[i].status, wc[i].opcode);
+}
+
+// Takes everything the backend holds for this CQ into its buffer (v->lk held,
+// no unlocked poller).  Returns false when the buffer is full.
+bool drain_cq(VCq* v) {
+  for (;;) {
+    if (v->n == v->cap) return false;
+    uint32_t tail = (v->head + v->n) % v->cap;
+    struct ibv_wc* w = &v->buf[tail];
+    int r;
+    if (!v->rx) {
+      r = v->poll(v->real, 1, w);
+      if (r <= 0) return true;
+      account_wcs(w, 1);
+    } else {
+      struct ibv_poll_cq_attr a = {};
+      struct ibv_cq_ex* x = v->rx;
+      if (x->start_poll(x, &a) != 0) return true;
+      bool ok = true;
+      for (int more = 0; more == 0; more = x->next_poll(x)) {
+        if (v->n == v->cap) {
+          ok = false;
+          break;
+        }
+        w = &v->buf[(v->head + v->n) % v->cap];
+        memset(w, 0, sizeof *w);
+        w->wr_id = x->wr_id;
+        w->status = x->status;
+        w->opcode = x->read_opcode(x);
+        if (x->read_vendor_err) w->vendor_err = x->read_vendor_err(x);
+        if (x->read_byte_len) w->byte_len = x->read_byte_len(x);
+        if (x->read_imm_data) w->imm_data = x->read_imm_data(x);
+        if (x->read_qp_num) w->qp_num = x->read_qp_num(x);
+        if (x->read_src_qp) w->src_qp = x->read_src_qp(x);
+        if (x->read_wc_flags) w->wc_flags = x->read_wc_flags(x);
+        if (x->read_slid) w->slid = x->read_slid(x);
+        if (x->read_sl) w->sl = x->read_sl(x);
+        if (x->read_dlid_path_bits) w->dlid_path_bits = x->read_dlid_path_bits(x);
+        account_wcs(w, 1);
+        __atomic_store_n(&v->n, v->n + 1, __ATOMIC_RELEASE);
+      }
+      x->end_poll(x);
+      if (!ok) return false;
+      continue;
+    }
+    __atomic_store_n(&v->n, v->n + 1, __ATOMIC_RELEASE);
+  }
+}
+
+int take_buffered(VCq* v, int n, struct ibv_wc* wc) {
+  int got = 0;
+  while (got < n && v->n) {
+    wc[got++] = v->buf[v->head];
+    v->head = (v->head + 1) % v->cap;
+    __atomic_store_n(&v->n, v->n - 1, __ATOMIC_RELEASE);
+  }
+  return got;
+}
+
+// ---- the data path: legacy ops ------------------------------------------------------
+int v_poll_cq(struct ibv_cq* c, int n, struct ibv_wc* wc) {
+  VCq* v = cq_of(c);
+  if (__builtin_expect(g_debug, 0)) __atomic_add_fetch(&g_n_poll, 1, __ATOMIC_RELAXED);
+  if (__builtin_expect(!__atomic_load_n(&v->n, __ATOMIC_ACQUIRE), 1)) {
+    __atomic_add_fetch(&v->pollers, 1, __ATOMIC_SEQ_CST);
+    if (__builtin_expect(!__atomic_load_n(&g_quiesce, __ATOMIC_SEQ_CST), 1)) {
+      int r = v->poll(v->real, n, wc);
+      if (r > 0) account_wcs(wc, r);
+      __atomic_sub_fetch(&v->pollers, 1, __ATOMIC_RELEASE);
+      return r;
+    }
+    __atomic_sub_fetch(&v->pollers, 1, __ATOMIC_RELEASE);
+  }
+  // Buffered completions, or a capture in progress: in order, under the lock.
+  lock(&v->lk);
+  int got = take_buffered(v, n, wc);
+  if (got < n) {
+    int r = v->poll(v->real, n - got, wc + got);
+    if (r > 0) account_wcs(wc + got, r), got += r;
+    else if (r < 0 && got == 0) got = r;
+  }
+  unlock(&v->lk);
+  return got;
+}
+
+int v_req_notify_cq(struct ibv_cq* c, int solicited) {
+  VCq* v = cq_of(c);
+  return v->real->context->ops.req_notify_cq(v->real, solicited);
+}
+
+int count_signaled(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr* stop) {
+  int n = 0;
+  for (; wr && wr != stop; wr = wr->next)
+    if (q->sig_all || (wr->send_flags & IBV_SEND_SIGNALED)) n++;
+  return n;
+}
+
+// UD: the backend must see its own address handles.  Copies 16 requests at a
+// time on the stack; *bad names the application's request.
+int post_send_ud(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr** bad) {
+  struct ibv_send_wr tmp[16];
+  while (wr) {
+    struct ibv_send_wr* orig[16];
+    int k = 0;
+    int sig = 0;
+    for (; wr && k < 16; wr = wr->next, k++) {
+      orig[k] = wr;
+      if (q->sig_all || (wr->send_flags & IBV_SEND_SIGNALED)) sig++;
+      tmp[k] = *wr;
+      tmp[k].next = nullptr;
+      if (k) tmp[k - 1].next = &tmp[k];
+      if (wr->wr.ud.ah) tmp[k].wr.ud.ah = ah_of(wr->wr.ud.ah)->real;
+    }
+    struct ibv_send_wr* rbad = nullptr;
+    int rc = q->post_send(q->real, tmp, &rbad);
+    if (rc) {
+      int i = rbad ? (int)(rbad - tmp) : 0;
+      if (i < 0 || i >= k) i = 0;
+      *bad = orig[i];
+      __atomic_add_fetch(&q->sends_out, count_signaled(q, orig[0], orig[i]), __ATOMIC_RELAXED);
+      return rc;
+    }
+    __atomic_add_fetch(&q->sends_out, sig, __ATOMIC_RELAXED);
+  }
+  return 0;
+}
+
+int v_post_send(struct ibv_qp* qp, struct ibv_send_wr* wr, struct ibv_send_wr** bad) {
+  VQp* q = qp_of(qp);
+  if (__builtin_expect(g_debug, 0)) __atomic_add_fetch(&g_n_post_send, 1, __ATOMIC_RELAXED);
+  gate_enter();
+  int rc;
+  if (qp->qp_type == IBV_QPT_UD) {
+    rc = post_send_ud(q, wr, bad);
+  } else {
+    rc = q->post_send(q->real, wr, bad);
+    __atomic_add_fetch(&q->sends_out, count_signaled(q, wr, rc ? *bad : nullptr), __ATOMIC_RELAXED);
+  }
+  gate_exit();
+  return rc;
+}
+
+int count_recvs(struct ibv_recv_wr* wr, struct ibv_recv_wr* stop) {
+  int n = 0;
+  for (; wr && wr != stop; wr = wr->next) n++;
+  return n;
+}
+
+int v_post_recv(struct ibv_qp* qp, struct ibv_recv_wr* wr, struct ibv_recv_wr** bad) {
+  VQp* q = qp_of(qp);
+  if (__builtin_expect(g_debug, 0)) __atomic_add_fetch(&g_n_post_recv, 1, __ATOMIC_RELAXED);
+  gate_enter();
+  int rc = q->post_recv(q->real, wr, bad);
+  __atomic_add_fetch(&q->recvs, count_recvs(wr, rc ? *bad : nullptr), __ATOMIC_RELAXED);
+  gate_exit();
+  return rc;
+}
+
+int v_post_srq_recv(struct ibv_srq* s, struct ibv_recv_wr* wr, struct ibv_recv_wr** bad) {
+  VSrq* v = srq_of(s);
+  if (__builtin_expect(g_debug, 0)) __atomic_add_fetch(&g_n_post_recv, 1, __ATOMIC_RELAXED);
+  gate_enter();
+  int rc = v->real->context->ops.post_srq_recv(v->real, wr, bad);
+  __atomic_add_fetch(&v->recvs, count_recvs(wr, rc ? *bad : nullptr), __ATOMIC_RELAXED);
+  gate_exit();
+  return rc;
+}
+
+struct ibv_mw* v_alloc_mw(struct ibv_pd*, enum ibv_mw_type) {
+  unsupported(F_MW);
+  errno = EOPNOTSUPP;
+  return nullptr;
+}
+int v_bind_mw(struct ibv_qp*, struct ibv_mw*, struct ibv_mw_bind*) {
+  unsupported(F_MW);
+  return EOPNOTSUPP;
+}
+int v_dealloc_mw(struct ibv_mw*) {
+  unsupported(F_MW);
+  return EOPNOTSUPP;
+}
+
+// ---- the data path: extended CQs --------------------------------------------------
+void cur_from_real(VCq* v) {
+  struct ibv_cq_ex* x = v->rx;
+  v->cq.wr_id = x->wr_id;
+  v->cq.status = x->status;
+  v->cur_buffered = false;
+  account(x->read_qp_num(x), x->status, x->read_opcode(x));
+}
+void cur_from_buf(VCq* v) {
+  take_buffered(v, 1, &v->cur);
+  v->cq.wr_id = v->cur.wr_id;
+  v->cq.status = v->cur.status;
+  v->cur_buffered = true;
+}
+
+int v_start_poll(struct ibv_cq_ex* c, struct ibv_poll_cq_attr* attr) {
+  VCq* v = cqx_of(c);
+  if (__builtin_expect(g_debug, 0)) __atomic_add_fetch(&g_n_poll, 1, __ATOMIC_RELAXED);
+  v->locked = v->real_open = false;
+  if (__builtin_expect(!__atomic_load_n(&v->n, __ATOMIC_ACQUIRE), 1)) {
+    __atomic_add_fetch(&v->pollers, 1, __ATOMIC_SEQ_CST);
+    if (__builtin_expect(!__atomic_load_n(&g_quiesce, __ATOMIC_SEQ_CST), 1)) {
+      int r = v->rx->start_poll(v->rx, attr);
+      if (r == 0) {
+        v->real_open = true;
+        cur_from_real(v);
+      } else {
+        __atomic_sub_fetch(&v->pollers, 1, __ATOMIC_RELEASE);
+      }
+      return r;  // the session ends in v_end_poll, which drops pollers
+    }
+    __atomic_sub_fetch(&v->pollers, 1, __ATOMIC_RELEASE);
+  }
+  lock(&v->lk);
+  v->locked = true;
+  if (v->n) {
+    cur_from_buf(v);
+    return 0;
+  }
+  int r = v->rx->start_poll(v->rx, attr);
+  if (r == 0) {
+    v->real_open = true;
+    cur_from_real(v);
+    return 0;
+  }
+  v->locked = false;
+  unlock(&v->lk);
+  return r;
+}
+
+int v_next_poll(struct ibv_cq_ex* c) {
+  VCq* v = cqx_of(c);
+  if (v->real_open) {
+    int r = v->rx->next_poll(v->rx);
+    if (r == 0) cur_from_real(v);
+    return r;
+  }
+  if (v->n) {
+    cur_from_buf(v);
+    return 0;
+  }
+  struct ibv_poll_cq_attr a = {};
+  int r = v->rx->start_poll(v->rx, &a);
+  if (r == 0) {
+    v->real_open = true;
+    cur_from_real(v);
+  }
+  return r;
+}
+
+void v_end_poll(struct ibv_cq_ex* c) {
+  VCq* v = cqx_of(c);
+  if (v->real_open) v->rx->end_poll(v->rx);
+  v->real_open = false;
+  if (v->locked) {
+    v->locked = false;
+    unlock(&v->lk);
+  } else {
+    __atomic_sub_fetch(&v->pollers, 1, __ATOMIC_RELEASE);
+  }
+}
+
+#define READ_FN(type, name, field)                       \
+  type v_read_##name(struct ibv_cq_ex* c) {              \
+    VCq* v = cqx_of(c);                                  \
+    if (v->cur_buffered) return (type)v->cur.field;      \
+    return v->rx->read_##name(v->rx);                    \
+  }
+READ_FN(enum ibv_wc_opcode, opcode, opcode)
+READ_FN(uint32_t, vendor_err, vendor_err)
+READ_FN(uint32_t, byte_len, byte_len)
+READ_FN(__be32, imm_data, imm_data)
+READ_FN(uint32_t, qp_num, qp_num)
+READ_FN(uint32_t, src_qp, src_qp)
+READ_FN(unsigned int, wc_flags, wc_flags)
+READ_FN(uint32_t, slid, slid)
+READ_FN(uint8_t, sl, sl)
+READ_FN(uint8_t, dlid_path_bits, dlid_path_bits)
+// Fields an ibv_wc does not have: a buffered completion answers 0.
+READ_FN(uint64_t, completion_ts, wr_id * 0)
+READ_FN(uint16_t, cvlan, wr_id * 0)
+READ_FN(uint32_t, flow_tag, wr_id * 0)
+READ_FN(uint64_t, completion_wallclock_ns, wr_id * 0)
+void v_read_tm_info(struct ibv_cq_ex* c, struct ibv_wc_tm_info* tm) {
+  VCq* v = cqx_of(c);
+  if (v->cur_buffered) memset(tm, 0, sizeof *tm);
+  else v->rx->read_tm_info(v->rx, tm);
+}
+
+// ---- the data path: ibv_wr_* --------------------------------------------------------
+inline struct ibv_qp_ex* wr_sync(struct ibv_qp_ex* x, bool starts_wr) {
+  VQp* q = qpx_of(x);
+  struct ibv_qp_ex* r = q->rx;
+  r->wr_id = x->wr_id;
+  r->wr_flags = x->wr_flags;
+  if (starts_wr && (q->sig_all || (x->wr_flags & IBV_SEND_SIGNALED))) q->batch_sig++;
+  if (starts_wr && __builtin_expect(g_debug, 0)) __atomic_add_fetch(&g_n_wr, 1, __ATOMIC_RELAXED);
+  return r;
+}
+void v_wr_start(struct ibv_qp_ex* x) {
+  gate_enter();  // left in v_wr_complete / v_wr_abort
+  qpx_of(x)->batch_sig = 0;
+  qpx_of(x)->rx->wr_start(qpx_of(x)->rx);
+}
+int v_wr_complete(struct ibv_qp_ex* x) {
+  VQp* q = qpx_of(x);
+  int rc = q->rx->wr_complete(q->rx);
+  if (rc == 0) __atomic_add_fetch(&q->sends_out, q->batch_sig, __ATOMIC_RELAXED);
+  gate_exit();
+  return rc;
+}
+void v_wr_abort(struct ibv_qp_ex* x) {
+  qpx_of(x)->rx->wr_abort(qpx_of(x)->rx);
+  gate_exit();
+}
+void v_wr_send(struct ibv_qp_ex* x) {
+  struct ibv_qp_ex* r = wr_sync(x, true);
+  r->wr_send(r);
+}
+void v_wr_send_imm(struct ibv_qp_ex* x, __be32 imm) {
+  struct ibv_qp_ex* r = wr_sync(x, true);
+  r->wr_send_imm(r, imm);
+}
+void v_wr_rdma_write(struct ibv_qp_ex* x, uint32_t rkey, uint64_t addr) {
+  struct ibv_qp_ex* r = wr_sync(x, true);
+  r->wr_rdma_write(r, rkey, addr);
+}
+void v_wr_rdma_write_imm(struct ibv_qp_ex* x, uint32_t rkey, uint64_t addr, __be32 imm) {
+  struct ibv_qp_ex* r = wr_sync(x, true);
+  r->wr_rdma_write_imm(r, rkey, addr, imm);
+}
+void v_wr_rdma_read(struct ibv_qp_ex* x, uint32_t rkey, uint64_t addr) {
+  struct ibv_qp_ex* r = wr_sync(x, true);
+  r->wr_rdma_read(r, rkey, addr);
+}
+void v_wr_atomic_cmp_swp(struct ibv_qp_ex* x, uint32_t rkey, uint64_t addr, uint64_t cmp, uint64_t swp) {
+  struct ibv_qp_ex* r = wr_sync(x, true);
+  r->wr_atomic_cmp_swp(r, rkey, addr, cmp, swp);
+}
+void v_wr_atomic_fetch_add(struct ibv_qp_ex* x, uint32_t rkey, uint64_t addr, uint64_t add) {
+  struct ibv_qp_ex* r = wr_sync(x, true);
+  r->wr_atomic_fetch_add(r, rkey, addr, add);
+}
+void v_wr_set_ud_addr(struct ibv_qp_ex* x, struct ibv_ah* ah, uint32_t qpn, uint32_t qkey) {
+  struct ibv_qp_ex* r = wr_sync(x, false);
+  r->wr_set_ud_addr(r, ah ? ah_of(ah)->real : nullptr, qpn, qkey);
+}
+void v_wr_set_sge(struct ibv_qp_ex* x, uint32_t lkey, uint64_t addr, uint32_t len) {
+  struct ibv_qp_ex* r = wr_sync(x, false);
+  r->wr_set_sge(r, lkey, addr, len);
+}
+void v_wr_set_sge_list(struct ibv_qp_ex* x, size_t n, const struct ibv_sge* l) {
+  struct ibv_qp_ex* r = wr_sync(x, false);
+  r->wr_set_sge_list(r, n, l);
+}
+void v_wr_set_inline_data(struct ibv_qp_ex* x, void* addr, size_t len) {
+  struct ibv_qp_ex* r = wr_sync(x, false);
+  r->wr_set_inline_data(r, addr, len);
+}
+void v_wr_set_inline_data_list(struct ibv_qp_ex* x, size_t n, const struct ibv_data_buf* b) {
+  struct ibv_qp_ex* r = wr_sync(x, false);
+  r->wr_set_inline_data_list(r, n, b);
+}
+// Operations on objects we do not virtualize: reported, then passed on.
+void v_wr_bind_mw(struct ibv_qp_ex* x, struct ibv_mw* mw, uint32_t rkey, const struct ibv_mw_bind_info* bi) {
+  unsupported(F_WR_OTHER);
+  struct ibv_qp_ex* r = wr_sync(x, true);
+  r->wr_bind_mw(r, mw, rkey, bi);
+}
+void v_wr_local_inv(struct ibv_qp_ex* x, uint32_t rkey) {
+  unsupported(F_WR_OTHER);
+  struct ibv_qp_ex* r = wr_sync(x, true);
+  r->wr_local_inv(r, rkey);
+}
+void v_wr_send_inv(struct ibv_qp_ex* x, uint32_t rkey) {
+  unsupported(F_WR_OTHER);
+  struct ibv_qp_ex* r = wr_sync(x, true);
+  r->wr_send_inv(r, rkey);
+}
+void v_wr_send_tso(struct ibv_qp_ex* x, void* hdr, uint16_t sz, uint16_t mss) {
+  unsupported(F_WR_OTHER);
+  struct ibv_qp_ex* r = wr_sync(x, true);
+  r->wr_send_tso(r, hdr, sz, mss);
+}
+void v_wr_set_xrc_srqn(struct ibv_qp_ex* x, uint32_t srqn) {
+  unsupported(F_WR_OTHER);
+  struct ibv_qp_ex* r = wr_sync(x, false);
+  r->wr_set_xrc_srqn(r, srqn);
+}
+void v_wr_atomic_write(struct ibv_qp_ex* x, uint32_t rkey, uint64_t addr, const void* w) {
+  unsupported(F_WR_OTHER);
+  struct ibv_qp_ex* r = wr_sync(x, true);
+  r->wr_atomic_write(r, rkey, addr, w);
+}
+
+// ---- object construction ---------------------------------------------------------------
+VCq* make_cq(VCtx* c, struct ibv_cq* real, struct ibv_cq_ex* rx, VChan* ch, void* app_ctx) {
+  VCq* v = new_obj<VCq>();
+  if (!v) return nullptr;
+  v->real = real;
+  v->rx = rx;
+  v->poll = real->context->ops.poll_cq;
+  v->chan = ch;
+  v->cap = (uint32_t)(real->cqe > 0 ? real->cqe : 1) + 1;
+  v->buf = (struct ibv_wc*)calloc(v->cap, sizeof(struct ibv_wc));
+  if (!v->buf) {
+    free(v);
+    return nullptr;
+  }
+  v->cq.context = &c->vc.context;
+  v->cq.channel = ch ? &ch->ch : nullptr;
+  v->cq.cq_context = app_ctx;
+  v->cq.handle = real->handle;
+  v->cq.cqe = real->cqe;
+  if (rx) {
+    v->cq.comp_mask = rx->comp_mask;
+    v->cq.start_poll = v_start_poll;
+    v->cq.next_poll = v_next_poll;
+    v->cq.end_poll = v_end_poll;
+#define SET_READ(name) \
+  if (rx->read_##name) v->cq.read_##name = v_read_##name;
+    SET_READ(opcode) SET_READ(vendor_err) SET_READ(byte_len) SET_READ(imm_data) SET_READ(qp_num) SET_READ(src_qp)
+    SET_READ(wc_flags) SET_READ(slid) SET_READ(sl) SET_READ(dlid_path_bits) SET_READ(completion_ts) SET_READ(cvlan)
+    SET_READ(flow_tag) SET_READ(tm_info) SET_READ(completion_wallclock_ns)
+#undef SET_READ
+  }
+  // The backend hands completion events and async events back with its own
+  // CQ: its context is the way home.
+  real->cq_context = v;
+  return v;
+}
+
+VQp* make_qp(VCtx* c, struct ibv_qp* real, struct ibv_pd* pd, struct ibv_cq* scq, struct ibv_cq* rcq,
+             struct ibv_srq* srq, void* app_ctx, bool sig_all, const struct ibv_qp_cap* cap, bool ex) {
+  VQp* v = new_obj<VQp>();
+  if (!v) return nullptr;
+  v->real = real;
+  v->post_send = real->context->ops.post_send;
+  v->post_recv = real->context->ops.post_recv;
+  v->srq = srq ? srq_of(srq) : nullptr;
+  v->send_cq = scq ? cq_of(scq) : nullptr;
+  v->recv_cq = rcq ? cq_of(rcq) : nullptr;
+  v->sig_all = sig_all;
+  if (cap) v->cap = *cap;
+  struct ibv_qp* q = &v->qx.qp_base;
+  q->context = &c->vc.context;
+  q->qp_context = app_ctx;
+  q->pd = pd;
+  q->send_cq = scq;
+  q->recv_cq = rcq;
+  q->srq = srq;
+  q->handle = real->handle;
+  q->qp_num = real->qp_num;
+  q->state = real->state;
+  q->qp_type = real->qp_type;
+  if (ex) {
+    static decltype(&::ibv_qp_to_qp_ex) to_ex;
+    auto f = next_fn(&to_ex, "ibv_qp_to_qp_ex", "IBVERBS_1.6");
+    v->rx = f ? f(real) : nullptr;
+  }
+  if (v->rx) {
+    struct ibv_qp_ex* x = &v->qx;
+    x->comp_mask = v->rx->comp_mask;
+    x->wr_start = v_wr_start;
+    x->wr_complete = v_wr_complete;
+    x->wr_abort = v_wr_abort;
+#define SET_WR(name) \
+  if (v->rx->name) x->name = v_##name;
+    SET_WR(wr_send) SET_WR(wr_send_imm) SET_WR(wr_rdma_write) SET_WR(wr_rdma_write_imm) SET_WR(wr_rdma_read)
+    SET_WR(wr_atomic_cmp_swp) SET_WR(wr_atomic_fetch_add) SET_WR(wr_set_ud_addr) SET_WR(wr_set_sge)
+    SET_WR(wr_set_sge_list) SET_WR(wr_set_inline_data) SET_WR(wr_set_inline_data_list) SET_WR(wr_bind_mw)
+    SET_WR(wr_local_inv) SET_WR(wr_send_inv) SET_WR(wr_send_tso) SET_WR(wr_set_xrc_srqn) SET_WR(wr_atomic_write)
+#undef SET_WR
+  }
+  real->qp_context = v;
+  return v;
+}
+
+// ---- extended context ops ------------------------------------------------------------------
+int v_query_port(struct ibv_context* c, uint8_t port, struct ibv_port_attr* a, size_t len) {
+  Backend in_backend;
+  VCtx* v = ctx_of(c);
+  if (v->real_vctx && v->real_vctx->query_port) return v->real_vctx->query_port(v->real, port, a, len);
+  auto f = NEXT(ibv_query_port, V11);
+  return f(v->real, port, (struct _compat_ibv_port_attr*)a);
+}
+int v_query_device_ex(struct ibv_context* c, const struct ibv_query_device_ex_input* in, struct ibv_device_attr_ex* a,
+                      size_t len) {
+  VCtx* v = ctx_of(c);
+  if (!v->real_vctx || !v->real_vctx->query_device_ex) return EOPNOTSUPP;
+  return v->real_vctx->query_device_ex(v->real, in, a, len);
+}
+int v_query_rt_values(struct ibv_context* c, struct ibv_values_ex* val) {
+  VCtx* v = ctx_of(c);
+  if (!v->real_vctx || !v->real_vctx->query_rt_values) return EOPNOTSUPP;
+  return v->real_vctx->query_rt_values(v->real, val);
+}
+
+struct ibv_cq_ex* v_create_cq_ex(struct ibv_context* c, struct ibv_cq_init_attr_ex* a) {
+  Backend in_backend;
+  VCtx* v = ctx_of(c);
+  if (!v->real_vctx || !v->real_vctx->create_cq_ex) {
+    errno = EOPNOTSUPP;
+    return nullptr;
+  }
+  if (a->comp_mask & IBV_CQ_INIT_ATTR_MASK_PD) {
+    unsupported(F_CQ_PD);
+    errno = EOPNOTSUPP;
+    return nullptr;
+  }
+  struct ibv_cq_init_attr_ex r = *a;
+  VChan* ch = a->channel ? (VChan*)a->channel : nullptr;
+  r.channel = ch ? ch->real : nullptr;
+  r.cq_context = nullptr;
+  // The capture's accounting needs every completion's QP.
+  r.wc_flags |= IBV_WC_EX_WITH_QP_NUM;
+  lock(&g_ctl);
+  Track track;
+  struct ibv_cq_ex* rx = v->real_vctx->create_cq_ex(v->real, &r);
+  VCq* q = rx ? make_cq(v, ibv_cq_ex_to_cq(rx), rx, ch, a->cq_context) : nullptr;
+  if (q) link_obj(&q->o, IBDBG_VERBS_CQ);
+  unlock(&g_ctl);
+  return q ? &q->cq : nullptr;
+}
+
+struct ibv_qp* create_qp_common(VCtx* c, struct ibv_qp_init_attr_ex* a) {
+  Backend in_backend;
+  if (a->comp_mask & (IBV_QP_INIT_ATTR_XRCD | IBV_QP_INIT_ATTR_RX_HASH | IBV_QP_INIT_ATTR_IND_TABLE)) {
+    unsupported(a->comp_mask & IBV_QP_INIT_ATTR_XRCD ? F_XRC : F_WQ);
+    errno = EOPNOTSUPP;
+    return nullptr;
+  }
+  if (a->qp_type == IBV_QPT_XRC_SEND || a->qp_type == IBV_QPT_XRC_RECV) {
+    unsupported(F_XRC);
+    errno = EOPNOTSUPP;
+    return nullptr;
+  }
+  struct ibv_qp_init_attr_ex r = *a;
+  r.qp_context = nullptr;
+  r.send_cq = real_cq(a->send_cq);
+  r.recv_cq = real_cq(a->recv_cq);
+  r.srq = real_srq(a->srq);
+  r.pd = real_pd(a->pd);
+  bool ex = (a->comp_mask & ~(uint32_t)IBV_QP_INIT_ATTR_PD) != 0;
+  struct ibv_qp* real;
+  lock(&g_ctl);
+  Track track;
+  if (!ex) {
+    struct ibv_qp_init_attr l;
+    memset(&l, 0, sizeof l);
+    l.send_cq = r.send_cq;
+    l.recv_cq = r.recv_cq;
+    l.srq = r.srq;
+    l.cap = r.cap;
+    l.qp_type = r.qp_type;
+    l.sq_sig_all = r.sq_sig_all;
+    auto f = NEXT(ibv_create_qp, V11);
+    real = f(r.pd, &l);
+    r.cap = l.cap;
+  } else if (c->real_vctx && c->real_vctx->create_qp_ex) {
+    real = c->real_vctx->create_qp_ex(c->real, &r);
+  } else {
+    errno = EOPNOTSUPP;
+    real = nullptr;
+  }
+  VQp* q = real ? make_qp(c, real, a->pd, a->send_cq, a->recv_cq, a->srq, a->qp_context, a->sq_sig_all, &r.cap,
+                          (a->comp_mask & IBV_QP_INIT_ATTR_SEND_OPS_FLAGS) != 0)
+                : nullptr;
+  if (q) {
+    link_obj(&q->o, IBDBG_VERBS_QP);
+    qpn_put(real->qp_num, q);
+    a->cap = r.cap;
+  }
+  unlock(&g_ctl);
+  return q ? &q->qx.qp_base : nullptr;
+}
+
+struct ibv_qp* v_create_qp_ex(struct ibv_context* c, struct ibv_qp_init_attr_ex* a) {
+  return create_qp_common(ctx_of(c), a);
+}
+
+VSrq* make_srq(struct ibv_context* c, struct ibv_srq* real, struct ibv_pd* pd, void* app_ctx,
+               const struct ibv_srq_attr* attr) {
+  VSrq* v = new_obj<VSrq>();
+  if (!v) return nullptr;
+  v->real = real;
+  v->attr = *attr;
+  v->srq.context = c;
+  v->srq.srq_context = app_ctx;
+  v->srq.pd = pd;
+  v->srq.handle = real->handle;
+  real->srq_context = v;
+  return v;
+}
+
+struct ibv_srq* v_create_srq_ex(struct ibv_context* c, struct ibv_srq_init_attr_ex* a) {
+  Backend in_backend;
+  VCtx* v = ctx_of(c);
+  if ((a->comp_mask & IBV_SRQ_INIT_ATTR_TYPE) && a->srq_type != IBV_SRQT_BASIC) {
+    unsupported(a->srq_type == IBV_SRQT_XRC ? F_XRC : F_WR_OTHER);
+    errno = EOPNOTSUPP;
+    return nullptr;
+  }
+  if (!v->real_vctx || !v->real_vctx->create_srq_ex) {
+    errno = EOPNOTSUPP;
+    return nullptr;
+  }
+  struct ibv_srq_init_attr_ex r = *a;
+  r.pd = real_pd(a->pd);
+  r.cq = real_cq(a->cq);
+  r.srq_context = nullptr;
+  lock(&g_ctl);
+  Track track;
+  struct ibv_srq* real = v->real_vctx->create_srq_ex(v->real, &r);
+  VSrq* s = real ? make_srq(c, real, a->pd, a->srq_context, &r.attr) : nullptr;
+  if (s) {
+    link_obj(&s->o, IBDBG_VERBS_SRQ);
+    a->attr = r.attr;
+  }
+  unlock(&g_ctl);
+  return s ? &s->srq : nullptr;
+}
+
+int v_get_srq_num(struct ibv_srq* s, uint32_t* num) {
+  VSrq* v = srq_of(s);
+  VCtx* c = ctx_of(s->context);
+  if (!c->real_vctx || !c->real_vctx->get_srq_num) return EOPNOTSUPP;
+  return c->real_vctx->get_srq_num(v->real, num);
+}
+
+int v_modify_cq(struct ibv_cq* cq, struct ibv_modify_cq_attr* a) {
+  Backend in_backend;
+  VCtx* c = ctx_of(cq->context);
+  if (!c->real_vctx || !c->real_vctx->modify_cq) return EOPNOTSUPP;
+  return c->real_vctx->modify_cq(cq_of(cq)->real, a);
+}
+
+// Extended ops of features we do not carry: reported, refused.
+#define REFUSE_PTR(fn, feature, ...) \
+  void* fn(__VA_ARGS__) {            \
+    unsupported(feature);            \
+    errno = EOPNOTSUPP;              \
+    return nullptr;                  \
+  }
+#define REFUSE_INT(fn, feature, ...) \
+  int fn(__VA_ARGS__) {              \
+    unsupported(feature);            \
+    return EOPNOTSUPP;               \
+  }
+REFUSE_PTR(r_open_xrcd, F_XRC, struct ibv_context*, struct ibv_xrcd_init_attr*)
+REFUSE_INT(r_close_xrcd, F_XRC, struct ibv_xrcd*)
+REFUSE_PTR(r_open_qp, F_OPEN_QP, struct ibv_context*, struct ibv_qp_open_attr*)
+REFUSE_PTR(r_create_flow, F_FLOW, struct ibv_qp*, struct ibv_flow_attr*)
+REFUSE_INT(r_destroy_flow, F_FLOW, struct ibv_flow*)
+REFUSE_PTR(r_create_wq, F_WQ, struct ibv_context*, struct ibv_wq_init_attr*)
+REFUSE_INT(r_modify_wq, F_WQ, struct ibv_wq*, struct ibv_wq_attr*)
+REFUSE_INT(r_destroy_wq, F_WQ, struct ibv_wq*)
+REFUSE_PTR(r_create_rwq_ind_table, F_WQ, struct ibv_context*, struct ibv_rwq_ind_table_init_attr*)
+REFUSE_INT(r_destroy_rwq_ind_table, F_WQ, struct ibv_rwq_ind_table*)
+REFUSE_INT(r_post_srq_ops, F_WQ, struct ibv_srq*, struct ibv_ops_wr*, struct ibv_ops_wr**)
+REFUSE_PTR(r_alloc_td, F_TD, struct ibv_context*, struct ibv_td_init_attr*)
+REFUSE_INT(r_dealloc_td, F_TD, struct ibv_td*)
+REFUSE_PTR(r_alloc_parent_domain, F_TD, struct ibv_context*, struct ibv_parent_domain_init_attr*)
+REFUSE_INT(r_modify_qp_rate_limit, F_RATE_LIMIT, struct ibv_qp*, struct ibv_qp_rate_limit_attr*)
+REFUSE_PTR(r_create_flow_action_esp, F_FLOW, struct ibv_context*, struct ibv_flow_action_esp_attr*)
+REFUSE_INT(r_destroy_flow_action, F_FLOW, struct ibv_flow_action*)
+REFUSE_INT(r_modify_flow_action_esp, F_FLOW, struct ibv_flow_action*, struct ibv_flow_action_esp_attr*)
+REFUSE_PTR(r_alloc_dm, F_DM, struct ibv_context*, struct ibv_alloc_dm_attr*)
+REFUSE_INT(r_free_dm, F_DM, struct ibv_dm*)
+REFUSE_PTR(r_reg_dm_mr, F_DM, struct ibv_pd*, struct ibv_dm*, uint64_t, size_t, unsigned int)
+REFUSE_PTR(r_create_counters, F_COUNTERS, struct ibv_context*, struct ibv_counters_init_attr*)
+REFUSE_INT(r_destroy_counters, F_COUNTERS, struct ibv_counters*)
+REFUSE_INT(r_attach_counters_point_flow, F_COUNTERS, struct ibv_counters*, struct ibv_counter_attach_attr*,
+           struct ibv_flow*)
+REFUSE_INT(r_read_counters, F_COUNTERS, struct ibv_counters*, uint64_t*, uint32_t, uint32_t)
+REFUSE_PTR(r_alloc_null_mr, F_NULL_MR, struct ibv_pd*)
+REFUSE_INT(r_advise_mr, F_ADVISE, struct ibv_pd*, enum ibv_advise_mr_advice, uint32_t, struct ibv_sge*, uint32_t)
+
+void fill_ops(VCtx* v) {
+  struct verbs_context* vc = &v->vc;
+  struct ibv_context_ops* o = &vc->context.ops;
+  o->poll_cq = v_poll_cq;
+  o->req_notify_cq = v_req_notify_cq;
+  o->post_send = v_post_send;
+  o->post_recv = v_post_recv;
+  o->post_srq_recv = v_post_srq_recv;
+  o->alloc_mw = v_alloc_mw;
+  o->bind_mw = v_bind_mw;
+  o->dealloc_mw = v_dealloc_mw;
+  vc->sz = sizeof *vc;
+  vc->query_port = v_query_port;
+  vc->query_device_ex = v_query_device_ex;
+  vc->query_rt_values = v_query_rt_values;
+  vc->create_cq_ex = v_create_cq_ex;
+  vc->create_qp_ex = v_create_qp_ex;
+  vc->create_srq_ex = v_create_srq_ex;
+  vc->get_srq_num = v_get_srq_num;
+  vc->modify_cq = v_modify_cq;
+#define R(op, fn) vc->op = (decltype(vc->op))fn;
+  R(open_xrcd, r_open_xrcd) R(close_xrcd, r_close_xrcd) R(open_qp, r_open_qp) R(ibv_create_flow, r_create_flow)
+  R(ibv_destroy_flow, r_destroy_flow) R(create_wq, r_create_wq) R(modify_wq, r_modify_wq) R(destroy_wq, r_destroy_wq)
+  R(create_rwq_ind_table, r_create_rwq_ind_table) R(destroy_rwq_ind_table, r_destroy_rwq_ind_table)
+  R(post_srq_ops, r_post_srq_ops) R(alloc_td, r_alloc_td) R(dealloc_td, r_dealloc_td)
+  R(alloc_parent_domain, r_alloc_parent_domain) R(modify_qp_rate_limit, r_modify_qp_rate_limit)
+  R(create_flow_action_esp, r_create_flow_action_esp) R(destroy_flow_action, r_destroy_flow_action)
+  R(modify_flow_action_esp, r_modify_flow_action_esp) R(alloc_dm, r_alloc_dm) R(free_dm, r_free_dm)
+  R(reg_dm_mr, r_reg_dm_mr) R(create_counters, r_create_counters) R(destroy_counters, r_destroy_counters)
+  R(attach_counters_point_flow, r_attach_counters_point_flow) R(read_counters, r_read_counters)
+  R(alloc_null_mr, r_alloc_null_mr) R(advise_mr, r_advise_mr)
+#undef R
+}
+
+struct verbs_context* real_verbs_ctx(struct ibv_context* c) {
+  return verbs_get_ctx(c);
+}
+
+}  // namespace
+
+// ==== the exported verbs ===========================================================================
+
+namespace {
+// Which library implements the verbs, for the record: found here, since the
+// capture describes with every other thread stopped (dladdr takes ld.so's lock).
+char g_backend_path[128];
+void note_backend(void* fn) {
+  Dl_info di;
+  if (!g_backend_path[0] && fn && dladdr(fn, &di) && di.dli_fname)
+    strncpy(g_backend_path, di.dli_fname, sizeof g_backend_path - 1);
+}
+}  // namespace
+
+EXPORT struct ibv_context* ibv_open_device(struct ibv_device* dev) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_open_device, V11)(dev);
+  Backend in_backend;
+  auto f = NEXT(ibv_open_device, V11);
+  if (!f) {
+    errno = ENOSYS;
+    return nullptr;
+  }
+  lock(&g_ctl);
+  Track track;
+  note_backend((void*)f);
+  struct ibv_context* real = f(dev);
+  VCtx* v = real ? new_obj<VCtx>() : nullptr;
+  if (v) {
+    v->real = real;
+    v->real_vctx = real_verbs_ctx(real);
+    struct ibv_context* c = &v->vc.context;
+    c->device = real->device;
+    c->cmd_fd = real->cmd_fd;
+    c->async_fd = real->async_fd;
+    c->num_comp_vectors = real->num_comp_vectors;
+    c->abi_compat = __VERBS_ABI_IS_EXTENDED;
+    fill_ops(v);
+    link_obj(&v->o, IBDBG_VERBS_CONTEXT);
+  } else if (real) {
+    NEXT(ibv_close_device, V11)(real);
+    errno = ENOMEM;
+  }
+  unlock(&g_ctl);
+  return v ? &v->vc.context : nullptr;
+}
+
+EXPORT int ibv_close_device(struct ibv_context* c) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_close_device, V11)(c);
+  Backend in_backend;
+  VCtx* v = ctx_of(c);
+  lock(&g_ctl);
+  Track track;
+  int rc = NEXT(ibv_close_device, V11)(v->real);
+  if (rc == 0) {
+    unlink_obj(&v->o);
+    free(v);
+  }
+  unlock(&g_ctl);
+  return rc;
+}
+
+EXPORT int ibv_query_device(struct ibv_context* c, struct ibv_device_attr* a) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_query_device, V11)(c, a);
+  Backend in_backend;
+  return NEXT(ibv_query_device, V11)(ctx_of(c)->real, a);
+}
+EXPORT int ibv_query_port(struct ibv_context* c, uint8_t port, struct _compat_ibv_port_attr* a) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_query_port, V11)(c, port, a);
+  Backend in_backend;
+  return NEXT(ibv_query_port, V11)(ctx_of(c)->real, port, a);
+}
+EXPORT int ibv_query_gid(struct ibv_context* c, uint8_t port, int index, union ibv_gid* gid) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_query_gid, V11)(c, port, index, gid);
+  Backend in_backend;
+  return NEXT(ibv_query_gid, V11)(ctx_of(c)->real, port, index, gid);
+}
+EXPORT int ibv_query_pkey(struct ibv_context* c, uint8_t port, int index, __be16* pkey) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_query_pkey, V11)(c, port, index, pkey);
+  Backend in_backend;
+  return NEXT(ibv_query_pkey, V11)(ctx_of(c)->real, port, index, pkey);
+}
+EXPORT int ibv_get_pkey_index(struct ibv_context* c, uint8_t port, __be16 pkey) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_get_pkey_index, "IBVERBS_1.5")(c, port, pkey);
+  Backend in_backend;
+  return NEXT(ibv_get_pkey_index, "IBVERBS_1.5")(ctx_of(c)->real, port, pkey);
+}
+EXPORT int _ibv_query_gid_ex(struct ibv_context* c, uint32_t port, uint32_t idx, struct ibv_gid_entry* e,
+                             uint32_t flags, size_t sz) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(_ibv_query_gid_ex, "IBVERBS_1.11")(c, port, idx, e, flags, sz);
+  Backend in_backend;
+  return NEXT(_ibv_query_gid_ex, "IBVERBS_1.11")(ctx_of(c)->real, port, idx, e, flags, sz);
+}
+EXPORT ssize_t _ibv_query_gid_table(struct ibv_context* c, struct ibv_gid_entry* e, size_t n, uint32_t flags,
+                                    size_t sz) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(_ibv_query_gid_table, "IBVERBS_1.11")(c, e, n, flags, sz);
+  Backend in_backend;
+  return NEXT(_ibv_query_gid_table, "IBVERBS_1.11")(ctx_of(c)->real, e, n, flags, sz);
+}
+EXPORT int ibv_resolve_eth_l2_from_gid(struct ibv_context* c, struct ibv_ah_attr* a, uint8_t mac[6],
+                                       uint16_t* vid) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_resolve_eth_l2_from_gid, V11)(c, a, mac, vid);
+  Backend in_backend;
+  return NEXT(ibv_resolve_eth_l2_from_gid, V11)(ctx_of(c)->real, a, mac, vid);
+}
+
+EXPORT int ibv_get_async_event(struct ibv_context* c, struct ibv_async_event* ev) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_get_async_event, V11)(c, ev);
+  Backend in_backend;
+  int rc = NEXT(ibv_get_async_event, V11)(ctx_of(c)->real, ev);
+  if (rc) return rc;
+  switch (ev->event_type) {
+    case IBV_EVENT_CQ_ERR:
+      ev->element.cq = ibv_cq_ex_to_cq(&((VCq*)ev->element.cq->cq_context)->cq);
+      break;
+    case IBV_EVENT_QP_FATAL:
+    case IBV_EVENT_QP_REQ_ERR:
+    case IBV_EVENT_QP_ACCESS_ERR:
+    case IBV_EVENT_COMM_EST:
+    case IBV_EVENT_SQ_DRAINED:
+    case IBV_EVENT_PATH_MIG:
+    case IBV_EVENT_PATH_MIG_ERR:
+    case IBV_EVENT_QP_LAST_WQE_REACHED:
+      ev->element.qp = &((VQp*)ev->element.qp->qp_context)->qx.qp_base;
+      break;
+    case IBV_EVENT_SRQ_ERR:
+    case IBV_EVENT_SRQ_LIMIT_REACHED:
+      ev->element.srq = &((VSrq*)ev->element.srq->srq_context)->srq;
+      break;
+    default: break;
+  }
+  return 0;
+}
+
+EXPORT void ibv_ack_async_event(struct ibv_async_event* ev) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_ack_async_event, V11)(ev);
+  Backend in_backend;
+  struct ibv_async_event r = *ev;
+  switch (ev->event_type) {
+    case IBV_EVENT_CQ_ERR: r.element.cq = cq_of(ev->element.cq)->real; break;
+    case IBV_EVENT_QP_FATAL:
+    case IBV_EVENT_QP_REQ_ERR:
+    case IBV_EVENT_QP_ACCESS_ERR:
+    case IBV_EVENT_COMM_EST:
+    case IBV_EVENT_SQ_DRAINED:
+    case IBV_EVENT_PATH_MIG:
+    case IBV_EVENT_PATH_MIG_ERR:
+    case IBV_EVENT_QP_LAST_WQE_REACHED: r.element.qp = qp_of(ev->element.qp)->real; break;
+    case IBV_EVENT_SRQ_ERR:
+    case IBV_EVENT_SRQ_LIMIT_REACHED: r.element.srq = srq_of(ev->element.srq)->real; break;
+    default: break;
+  }
+  NEXT(ibv_ack_async_event, V11)(&r);
+}
+
+EXPORT struct ibv_pd* ibv_alloc_pd(struct ibv_context* c) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_alloc_pd, V11)(c);
+  Backend in_backend;
+  VCtx* v = ctx_of(c);
+  lock(&g_ctl);
+  Track track;
+  struct ibv_pd* real = NEXT(ibv_alloc_pd, V11)(v->real);
+  VPd* p = real ? new_obj<VPd>() : nullptr;
+  if (p) {
+    p->real = real;
+    p->pd.context = c;
+    p->pd.handle = real->handle;
+    link_obj(&p->o, IBDBG_VERBS_PD);
+  }
+  unlock(&g_ctl);
+  return p ? &p->pd : nullptr;
+}
+
+EXPORT int ibv_dealloc_pd(struct ibv_pd* pd) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_dealloc_pd, V11)(pd);
+  Backend in_backend;
+  VPd* p = pd_of(pd);
+  lock(&g_ctl);
+  int rc = NEXT(ibv_dealloc_pd, V11)(p->real);
+  if (rc == 0) unlink_obj(&p->o), free(p);
+  unlock(&g_ctl);
+  return rc;
+}
+
+namespace {
+struct ibv_mr* wrap_mr(struct ibv_pd* pd, struct ibv_mr* real, int access) {
+  VMr* m = real ? new_obj<VMr>() : nullptr;
+  if (!m) return nullptr;
+  m->real = real;
+  m->access = access;
+  m->mr = *real;
+  m->mr.context = pd->context;
+  m->mr.pd = pd;
+  link_obj(&m->o, IBDBG_VERBS_MR);
+  return &m->mr;
+}
+void check_access(unsigned access) {
+  if (access & IBV_ACCESS_ON_DEMAND) unsupported(F_ODP);
+}
+}  // namespace
+
+EXPORT struct ibv_mr* ibv_reg_mr(struct ibv_pd* pd, void* addr, size_t len, int access) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_reg_mr, V11)(pd, addr, len, access);
+  Backend in_backend;
+  check_access((unsigned)access);
+  lock(&g_ctl);
+  struct ibv_mr* m = wrap_mr(pd, NEXT(ibv_reg_mr, V11)(pd_of(pd)->real, addr, len, access), access);
+  unlock(&g_ctl);
+  return m;
+}
+EXPORT struct ibv_mr* ibv_reg_mr_iova(struct ibv_pd* pd, void* addr, size_t len, uint64_t iova, int access) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_reg_mr_iova, "IBVERBS_1.7")(pd, addr, len, iova, access);
+  Backend in_backend;
+  check_access((unsigned)access);
+  lock(&g_ctl);
+  struct ibv_mr* m =
+      wrap_mr(pd, NEXT(ibv_reg_mr_iova, "IBVERBS_1.7")(pd_of(pd)->real, addr, len, iova, access), access);
+  unlock(&g_ctl);
+  return m;
+}
+EXPORT struct ibv_mr* ibv_reg_mr_iova2(struct ibv_pd* pd, void* addr, size_t len, uint64_t iova, unsigned access) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_reg_mr_iova2, "IBVERBS_1.8")(pd, addr, len, iova, access);
+  Backend in_backend;
+  check_access(access);
+  lock(&g_ctl);
+  struct ibv_mr* m =
+      wrap_mr(pd, NEXT(ibv_reg_mr_iova2, "IBVERBS_1.8")(pd_of(pd)->real, addr, len, iova, access), (int)access);
+  unlock(&g_ctl);
+  return m;
+}
+EXPORT struct ibv_mr* ibv_reg_dmabuf_mr(struct ibv_pd* pd, uint64_t off, size_t len, uint64_t iova, int fd,
+                                        int access) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_reg_dmabuf_mr, "IBVERBS_1.12")(pd, off, len, iova, fd, access);
+  Backend in_backend;
+  unsupported(F_DMABUF);
+  lock(&g_ctl);
+  struct ibv_mr* m =
+      wrap_mr(pd, NEXT(ibv_reg_dmabuf_mr, "IBVERBS_1.12")(pd_of(pd)->real, off, len, iova, fd, access), access);
+  unlock(&g_ctl);
+  return m;
+}
+EXPORT int ibv_rereg_mr(struct ibv_mr* mr, int flags, struct ibv_pd* pd, void* addr, size_t len, int access) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_rereg_mr, V11)(mr, flags, pd, addr, len, access);
+  Backend in_backend;
+  unsupported(F_REREG);
+  VMr* m = (VMr*)mr;
+  lock(&g_ctl);
+  int rc = NEXT(ibv_rereg_mr, V11)(m->real, flags, pd ? pd_of(pd)->real : nullptr, addr, len, access);
+  if (rc == 0) {
+    m->mr.addr = m->real->addr, m->mr.length = m->real->length;
+    m->mr.lkey = m->real->lkey, m->mr.rkey = m->real->rkey;
+    if (flags & IBV_REREG_MR_CHANGE_PD) m->mr.pd = pd;
+    if (flags & IBV_REREG_MR_CHANGE_ACCESS) m->access = access;
+  }
+  unlock(&g_ctl);
+  return rc;
+}
+EXPORT int ibv_dereg_mr(struct ibv_mr* mr) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_dereg_mr, V11)(mr);
+  Backend in_backend;
+  VMr* m = (VMr*)mr;
+  lock(&g_ctl);
+  int rc = NEXT(ibv_dereg_mr, V11)(m->real);
+  if (rc == 0) unlink_obj(&m->o), free(m);
+  unlock(&g_ctl);
+  return rc;
+}
+
+EXPORT struct ibv_comp_channel* ibv_create_comp_channel(struct ibv_context* c) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_create_comp_channel, V10)(c);
+  Backend in_backend;
+  lock(&g_ctl);
+  Track track;
+  struct ibv_comp_channel* real = NEXT(ibv_create_comp_channel, V10)(ctx_of(c)->real);
+  VChan* ch = real ? new_obj<VChan>() : nullptr;
+  if (ch) {
+    ch->real = real;
+    ch->ch.context = c;
+    ch->ch.fd = real->fd;
+    ch->ch.refcnt = 0;
+    link_obj(&ch->o, IBDBG_VERBS_CHANNEL);
+  }
+  unlock(&g_ctl);
+  return ch ? &ch->ch : nullptr;
+}
+EXPORT int ibv_destroy_comp_channel(struct ibv_comp_channel* c) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_destroy_comp_channel, V10)(c);
+  Backend in_backend;
+  VChan* ch = (VChan*)c;
+  lock(&g_ctl);
+  Track track;
+  int rc = NEXT(ibv_destroy_comp_channel, V10)(ch->real);
+  if (rc == 0) unlink_obj(&ch->o), free(ch);
+  unlock(&g_ctl);
+  return rc;
+}
+
+EXPORT struct ibv_cq* ibv_create_cq(struct ibv_context* c, int cqe, void* cq_context, struct ibv_comp_channel* chan,
+                                    int vec) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_create_cq, V11)(c, cqe, cq_context, chan, vec);
+  Backend in_backend;
+  VChan* ch = chan ? (VChan*)chan : nullptr;
+  lock(&g_ctl);
+  Track track;
+  struct ibv_cq* real = NEXT(ibv_create_cq, V11)(ctx_of(c)->real, cqe, nullptr, ch ? ch->real : nullptr, vec);
+  VCq* v = real ? make_cq(ctx_of(c), real, nullptr, ch, cq_context) : nullptr;
+  if (v) link_obj(&v->o, IBDBG_VERBS_CQ);
+  else if (real) NEXT(ibv_destroy_cq, V11)(real), errno = ENOMEM;
+  unlock(&g_ctl);
+  return v ? ibv_cq_ex_to_cq(&v->cq) : nullptr;
+}
+EXPORT int ibv_resize_cq(struct ibv_cq* cq, int cqe) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_resize_cq, V11)(cq, cqe);
+  Backend in_backend;
+  VCq* v = cq_of(cq);
+  lock(&g_ctl);
+  int rc = NEXT(ibv_resize_cq, V11)(v->real, cqe);
+  if (rc == 0) {
+    lock(&v->lk);
+    uint32_t cap = (uint32_t)(v->real->cqe > 0 ? v->real->cqe : 1) + 1;
+    if (cap > v->n) {
+      struct ibv_wc* nb = (struct ibv_wc*)calloc(cap, sizeof *nb);
+      if (nb) {
+        uint32_t n = v->n;
+        take_buffered(v, (int)n, nb);
+        free(v->buf);
+        v->buf = nb, v->cap = cap, v->head = 0;
+        __atomic_store_n(&v->n, n, __ATOMIC_RELEASE);
+      }
+    }
+    v->cq.cqe = v->real->cqe;
+    unlock(&v->lk);
+  }
+  unlock(&g_ctl);
+  return rc;
+}
+EXPORT int ibv_destroy_cq(struct ibv_cq* cq) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_destroy_cq, V11)(cq);
+  Backend in_backend;
+  VCq* v = cq_of(cq);
+  lock(&g_ctl);
+  Track track;
+  int rc = NEXT(ibv_destroy_cq, V11)(v->real);
+  if (rc == 0) unlink_obj(&v->o), free(v->buf), free(v);
+  unlock(&g_ctl);
+  return rc;
+}
+EXPORT int ibv_get_cq_event(struct ibv_comp_channel* chan, struct ibv_cq** cq, void** cq_context) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_get_cq_event, V11)(chan, cq, cq_context);
+  Backend in_backend;
+  struct ibv_cq* rcq = nullptr;
+  void* rctx = nullptr;
+  int rc = NEXT(ibv_get_cq_event, V11)(((VChan*)chan)->real, &rcq, &rctx);
+  if (rc) return rc;
+  VCq* v = (VCq*)rctx;
+  *cq = ibv_cq_ex_to_cq(&v->cq);
+  *cq_context = v->cq.cq_context;
+  return 0;
+}
+EXPORT void ibv_ack_cq_events(struct ibv_cq* cq, unsigned int n) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_ack_cq_events, V11)(cq, n);
+  Backend in_backend;
+  NEXT(ibv_ack_cq_events, V11)(cq_of(cq)->real, n);
+}
+
+EXPORT struct ibv_srq* ibv_create_srq(struct ibv_pd* pd, struct ibv_srq_init_attr* a) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_create_srq, V11)(pd, a);
+  Backend in_backend;
+  struct ibv_srq_init_attr r = *a;
+  r.srq_context = nullptr;
+  lock(&g_ctl);
+  Track track;
+  struct ibv_srq* real = NEXT(ibv_create_srq, V11)(pd_of(pd)->real, &r);
+  VSrq* s = real ? make_srq(pd->context, real, pd, a->srq_context, &r.attr) : nullptr;
+  if (s) {
+    link_obj(&s->o, IBDBG_VERBS_SRQ);
+    a->attr = r.attr;
+  }
+  unlock(&g_ctl);
+  return s ? &s->srq : nullptr;
+}
+EXPORT int ibv_modify_srq(struct ibv_srq* srq, struct ibv_srq_attr* a, int mask) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_modify_srq, V11)(srq, a, mask);
+  Backend in_backend;
+  VSrq* s = srq_of(srq);
+  lock(&g_ctl);
+  int rc = NEXT(ibv_modify_srq, V11)(s->real, a, mask);
+  if (rc == 0) {
+    if (mask & IBV_SRQ_MAX_WR) s->attr.max_wr = a->max_wr;
+    if (mask & IBV_SRQ_LIMIT) s->attr.srq_limit = a->srq_limit;
+  }
+  unlock(&g_ctl);
+  return rc;
+}
+EXPORT int ibv_query_srq(struct ibv_srq* srq, struct ibv_srq_attr* a) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_query_srq, V11)(srq, a);
+  Backend in_backend;
+  return NEXT(ibv_query_srq, V11)(srq_of(srq)->real, a);
+}
+EXPORT int ibv_destroy_srq(struct ibv_srq* srq) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_destroy_srq, V11)(srq);
+  Backend in_backend;
+  VSrq* s = srq_of(srq);
+  lock(&g_ctl);
+  int rc = NEXT(ibv_destroy_srq, V11)(s->real);
+  if (rc == 0) unlink_obj(&s->o), free(s);
+  unlock(&g_ctl);
+  return rc;
+}
+
+EXPORT struct ibv_qp* ibv_create_qp(struct ibv_pd* pd, struct ibv_qp_init_attr* a) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_create_qp, V11)(pd, a);
+  Backend in_backend;
+  struct ibv_qp_init_attr_ex x;
+  memset(&x, 0, sizeof x);
+  x.qp_context = a->qp_context;
+  x.send_cq = a->send_cq;
+  x.recv_cq = a->recv_cq;
+  x.srq = a->srq;
+  x.cap = a->cap;
+  x.qp_type = a->qp_type;
+  x.sq_sig_all = a->sq_sig_all;
+  x.comp_mask = IBV_QP_INIT_ATTR_PD;
+  x.pd = pd;
+  struct ibv_qp* q = create_qp_common(ctx_of(pd->context), &x);
+  if (q) a->cap = x.cap;
+  return q;
+}
+EXPORT struct ibv_qp_ex* ibv_qp_to_qp_ex(struct ibv_qp* qp) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_qp_to_qp_ex, "IBVERBS_1.6")(qp);
+  Backend in_backend;
+  VQp* q = qp_of(qp);
+  return q->rx ? &q->qx : nullptr;
+}
+EXPORT int ibv_modify_qp(struct ibv_qp* qp, struct ibv_qp_attr* a, int mask) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_modify_qp, V11)(qp, a, mask);
+  Backend in_backend;
+  VQp* q = qp_of(qp);
+  lock(&g_ctl);
+  Track track;
+  int rc = NEXT(ibv_modify_qp, V11)(q->real, a, mask);
+  if (rc == 0) {
+    qp->state = q->real->state;
+    struct ibv_qp_attr* s = &q->attr;
+    if (mask & IBV_QP_STATE) s->qp_state = a->qp_state;
+    if (mask & IBV_QP_PKEY_INDEX) s->pkey_index = a->pkey_index;
+    if (mask & IBV_QP_PORT) s->port_num = a->port_num;
+    if (mask & IBV_QP_QKEY) s->qkey = a->qkey;
+    if (mask & IBV_QP_ACCESS_FLAGS) s->qp_access_flags = a->qp_access_flags;
+    if (mask & IBV_QP_AV) s->ah_attr = a->ah_attr;
+    if (mask & IBV_QP_PATH_MTU) s->path_mtu = a->path_mtu;
+    if (mask & IBV_QP_DEST_QPN) s->dest_qp_num = a->dest_qp_num;
+    if (mask & IBV_QP_RQ_PSN) s->rq_psn = a->rq_psn;
+    if (mask & IBV_QP_MAX_DEST_RD_ATOMIC) s->max_dest_rd_atomic = a->max_dest_rd_atomic;
+    if (mask & IBV_QP_MIN_RNR_TIMER) s->min_rnr_timer = a->min_rnr_timer;
+    if (mask & IBV_QP_SQ_PSN) s->sq_psn = a->sq_psn;
+    if (mask & IBV_QP_TIMEOUT) s->timeout = a->timeout;
+    if (mask & IBV_QP_RETRY_CNT) s->retry_cnt = a->retry_cnt;
+    if (mask & IBV_QP_RNR_RETRY) s->rnr_retry = a->rnr_retry;
+    if (mask & IBV_QP_MAX_QP_RD_ATOMIC) s->max_rd_atomic = a->max_rd_atomic;
+    q->attr_mask |= mask;
+  }
+  unlock(&g_ctl);
+  return rc;
+}
+EXPORT int ibv_query_qp(struct ibv_qp* qp, struct ibv_qp_attr* a, int mask, struct ibv_qp_init_attr* init) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_query_qp, V11)(qp, a, mask, init);
+  Backend in_backend;
+  VQp* q = qp_of(qp);
+  int rc = NEXT(ibv_query_qp, V11)(q->real, a, mask, init);
+  if (rc == 0 && init) {
+    init->qp_context = qp->qp_context;
+    init->send_cq = qp->send_cq;
+    init->recv_cq = qp->recv_cq;
+    init->srq = qp->srq;
+  }
+  if (rc == 0) qp->state = q->real->state;
+  return rc;
+}
+EXPORT int ibv_query_qp_data_in_order(struct ibv_qp* qp, enum ibv_wr_opcode op, uint32_t flags) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_query_qp_data_in_order, "IBVERBS_1.14")(qp, op, flags);
+  Backend in_backend;
+  return NEXT(ibv_query_qp_data_in_order, "IBVERBS_1.14")(qp_of(qp)->real, op, flags);
+}
+EXPORT int ibv_query_ece(struct ibv_qp* qp, struct ibv_ece* ece) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_query_ece, "IBVERBS_1.10")(qp, ece);
+  Backend in_backend;
+  return NEXT(ibv_query_ece, "IBVERBS_1.10")(qp_of(qp)->real, ece);
+}
+EXPORT int ibv_set_ece(struct ibv_qp* qp, struct ibv_ece* ece) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_set_ece, "IBVERBS_1.10")(qp, ece);
+  Backend in_backend;
+  return NEXT(ibv_set_ece, "IBVERBS_1.10")(qp_of(qp)->real, ece);
+}
+EXPORT int ibv_destroy_qp(struct ibv_qp* qp) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_destroy_qp, V11)(qp);
+  Backend in_backend;
+  VQp* q = qp_of(qp);
+  lock(&g_ctl);
+  Track track;
+  uint32_t qpn = q->real->qp_num;
+  int rc = NEXT(ibv_destroy_qp, V11)(q->real);
+  if (rc == 0) qpn_del(qpn), unlink_obj(&q->o), free(q);
+  unlock(&g_ctl);
+  return rc;
+}
+EXPORT int ibv_attach_mcast(struct ibv_qp* qp, const union ibv_gid* gid, uint16_t lid) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_attach_mcast, V11)(qp, gid, lid);
+  Backend in_backend;
+  unsupported(F_MCAST);
+  return NEXT(ibv_attach_mcast, V11)(qp_of(qp)->real, gid, lid);
+}
+EXPORT int ibv_detach_mcast(struct ibv_qp* qp, const union ibv_gid* gid, uint16_t lid) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_detach_mcast, V11)(qp, gid, lid);
+  Backend in_backend;
+  return NEXT(ibv_detach_mcast, V11)(qp_of(qp)->real, gid, lid);
+}
+
+namespace {
+struct ibv_ah* wrap_ah(struct ibv_pd* pd, struct ibv_ah* real, const struct ibv_ah_attr* attr) {
+  VAh* a = real ? new_obj<VAh>() : nullptr;
+  if (!a) return nullptr;
+  a->real = real;
+  if (attr) a->attr = *attr;
+  a->ah.context = pd->context;
+  a->ah.pd = pd;
+  a->ah.handle = real->handle;
+  link_obj(&a->o, IBDBG_VERBS_AH);
+  return &a->ah;
+}
+}  // namespace
+
+EXPORT struct ibv_ah* ibv_create_ah(struct ibv_pd* pd, struct ibv_ah_attr* attr) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_create_ah, V11)(pd, attr);
+  Backend in_backend;
+  lock(&g_ctl);
+  Track track;
+  struct ibv_ah* a = wrap_ah(pd, NEXT(ibv_create_ah, V11)(pd_of(pd)->real, attr), attr);
+  unlock(&g_ctl);
+  return a;
+}
+EXPORT int ibv_init_ah_from_wc(struct ibv_context* c, uint8_t port, struct ibv_wc* wc, struct ibv_grh* grh,
+                               struct ibv_ah_attr* attr) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_init_ah_from_wc, V11)(c, port, wc, grh, attr);
+  Backend in_backend;
+  return NEXT(ibv_init_ah_from_wc, V11)(ctx_of(c)->real, port, wc, grh, attr);
+}
+EXPORT struct ibv_ah* ibv_create_ah_from_wc(struct ibv_pd* pd, struct ibv_wc* wc, struct ibv_grh* grh,
+                                            uint8_t port) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_create_ah_from_wc, V11)(pd, wc, grh, port);
+  Backend in_backend;
+  struct ibv_ah_attr attr;
+  memset(&attr, 0, sizeof attr);
+  lock(&g_ctl);
+  NEXT(ibv_init_ah_from_wc, V11)(ctx_of(pd->context)->real, port, wc, grh, &attr);
+  struct ibv_ah* a = wrap_ah(pd, NEXT(ibv_create_ah_from_wc, V11)(pd_of(pd)->real, wc, grh, port), &attr);
+  unlock(&g_ctl);
+  return a;
+}
+EXPORT int ibv_destroy_ah(struct ibv_ah* ah) {
+  if (__builtin_expect(t_depth, 0)) return NEXT(ibv_destroy_ah, V11)(ah);
+  Backend in_backend;
+  VAh* a = ah_of(ah);
+  lock(&g_ctl);
+  int rc = NEXT(ibv_destroy_ah, V11)(a->real);
+  if (rc == 0) unlink_obj(&a->o), free(a);
+  unlock(&g_ctl);
+  return rc;
+}
+
+// Objects shared between processes through the kernel: refused.
+EXPORT struct ibv_context* ibv_import_device(int) {
+  unsupported(F_IMPORT);
+  errno = EOPNOTSUPP;
+  return nullptr;
+}
+EXPORT struct ibv_pd* ibv_import_pd(struct ibv_context*, uint32_t) {
+  unsupported(F_IMPORT);
+  errno = EOPNOTSUPP;
+  return nullptr;
+}
+EXPORT void ibv_unimport_pd(struct ibv_pd*) {}
+EXPORT struct ibv_mr* ibv_import_mr(struct ibv_pd*, uint32_t) {
+  unsupported(F_IMPORT);
+  errno = EOPNOTSUPP;
+  return nullptr;
+}
+EXPORT void ibv_unimport_mr(struct ibv_mr*) {}
+EXPORT struct ibv_dm* ibv_import_dm(struct ibv_context*, uint32_t) {
+  unsupported(F_IMPORT);
+  errno = EOPNOTSUPP;
+  return nullptr;
+}
+EXPORT void ibv_unimport_dm(struct ibv_dm*) {}
+
+// ==== the capture's side ==================================================================
+namespace {
+
+char g_why_buf[256];
+
+const char* refuse(const char* a, uint64_t n = ~0ull, const char* b = "") {
+  size_t k = 0;
+  char num[24] = "";
+  if (n != ~0ull) utoa(n, num);
+  const char* parts[] = {"verbs: ", a, num, b};
+  for (const char* s : parts)
+    for (; *s && k + 1 < sizeof g_why_buf; s++) g_why_buf[k++] = *s;
+  g_why_buf[k] = 0;
+  return g_why_buf;
+}
+
+bool g_ctl_ours;  // quiesce holds g_ctl until resume
+
+const char* quiesce() {
+  if (g_refused >= 0) return refuse(kFeatureName[g_refused], ~0ull, " was used by this process (not supported)");
+  // Control verbs wait from now on (they hold g_ctl), posts at the gate.
+  if (!lock_timed(&g_ctl, 10000)) return refuse("a control verb (create/modify/destroy) does not return");
+  g_ctl_ours = true;
+  __atomic_store_n(&g_block, 1, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&g_quiesce, 1, __ATOMIC_SEQ_CST);
+  int64_t end = now_ms() + 10000;
+  for (;;) {
+    uint32_t in = __atomic_load_n(&g_inflight, __ATOMIC_SEQ_CST);
+    if (!in) break;
+    if (now_ms() > end) return refuse("a post (or an ibv_wr_start session) does not end");
+    struct timespec ts = {0, 10000000};
+    futex(&g_inflight, FUTEX_WAIT_PRIVATE, in, &ts);
+  }
+  // Posted sends complete (the peer's receives are its application's
+  // business: a send waiting for one may never complete, hence the bound);
+  // every completion on the way goes to the buffers.
+  end = now_ms() + 5000;
+  for (;;) {
+    bool full = false;
+    for (VObj* o = g_objs.next; o != &g_objs; o = o->next) {
+      if (o->kind != IBDBG_VERBS_CQ) continue;
+      VCq* v = (VCq*)((char*)o - offsetof(VCq, o));
+      // An extended poll session ends with its end_poll; one that posts
+      // meanwhile waits at the gate, and the capture refuses.
+      while (__atomic_load_n(&v->pollers, __ATOMIC_SEQ_CST)) {
+        if (now_ms() > end) return refuse("an ibv_start_poll session does not end (does it post before its end_poll?)");
+        sleep_ms(1);
+      }
+      lock(&v->lk);
+      if (!drain_cq(v)) full = true;
+      unlock(&v->lk);
+    }
+    if (full) return refuse("a CQ's capture buffer is full (the application has not polled its completions)");
+    VQp* busy = nullptr;
+    for (VObj* o = g_objs.next; o != &g_objs && !busy; o = o->next) {
+      if (o->kind != IBDBG_VERBS_QP) continue;
+      VQp* q = (VQp*)((char*)o - offsetof(VQp, o));
+      if (q->qx.qp_base.state == IBV_QPS_RTS && __atomic_load_n(&q->sends_out, __ATOMIC_RELAXED) > 0) busy = q;
+    }
+    if (!busy) break;
+    if (now_ms() > end)
+      return refuse("sends posted on QP ", busy->qx.qp_base.qp_num, " do not complete within 5 s");
+    sleep_ms(1);
+  }
+  return nullptr;
+}
+
+size_t describe(void* out, size_t cap) {
+  if (!g_nobjs) return 0;
+  size_t need = sizeof(ibdbg_verbs_hdr) + (size_t)g_nobjs * sizeof(ibdbg_verbs_obj);
+  if (need > cap) return 0;
+  ibdbg_verbs_hdr* h = (ibdbg_verbs_hdr*)out;
+  memset(h, 0, sizeof *h);
+  h->magic = IBDBG_VERBS_MAGIC;
+  h->posts_blocked = g_blocked_posts;
+  memcpy(h->backend, g_backend_path, sizeof h->backend - 1);
+  if (g_refused >= 0) strncpy(h->refused, kFeatureName[g_refused], sizeof h->refused - 1);
+  for (uint32_t i = 0; i < g_nbackend_tid; i++)
+    if (syscall(SYS_tgkill, getpid(), g_backend_tid[i], 0) == 0) h->backend_tids[h->nbackend_tids++] = g_backend_tid[i];
+  for (int fd = 0; fd < kMaxFd; fd++)
+    if (g_backend_fd[fd / 64] & (1ull << (fd % 64))) h->backend_fds[h->nbackend_fds++] = fd;
+  ibdbg_verbs_obj* objs = (ibdbg_verbs_obj*)(h + 1);
+  uint32_t n = 0;
+  for (VObj* o = g_objs.next; o != &g_objs && n < g_nobjs; o = o->next, n++) {
+    ibdbg_verbs_obj* e = &objs[n];
+    memset(e, 0, sizeof *e);
+    e->kind = o->kind;
+    switch (o->kind) {
+      case IBDBG_VERBS_CONTEXT: {
+        VCtx* v = (VCtx*)((char*)o - offsetof(VCtx, o));
+        e->handle = (uint64_t)&v->vc.context;
+        if (v->vc.context.device) memcpy(e->name, v->vc.context.device->name, sizeof e->name - 1);
+        e->u[0] = (uint64_t)(int64_t)v->vc.context.cmd_fd;
+        e->u[1] = (uint64_t)(int64_t)v->vc.context.async_fd;
+        break;
+      }
+      case IBDBG_VERBS_PD: {
+        VPd* v = (VPd*)((char*)o - offsetof(VPd, o));
+        e->handle = (uint64_t)&v->pd;
+        e->parent[0] = (uint64_t)v->pd.context;
+        break;
+      }
+      case IBDBG_VERBS_MR: {
+        VMr* v = (VMr*)((char*)o - offsetof(VMr, o));
+        e->handle = (uint64_t)&v->mr;
+        e->parent[0] = (uint64_t)v->mr.pd;
+        e->u[0] = (uint64_t)v->mr.addr, e->u[1] = v->mr.length, e->u[2] = (uint64_t)v->access;
+        e->u[3] = v->mr.lkey, e->u[4] = v->mr.rkey;
+        break;
+      }
+      case IBDBG_VERBS_CHANNEL: {
+        VChan* v = (VChan*)((char*)o - offsetof(VChan, o));
+        e->handle = (uint64_t)&v->ch;
+        e->parent[0] = (uint64_t)v->ch.context;
+        e->u[0] = (uint64_t)(int64_t)v->ch.fd;
+        break;
+      }
+      case IBDBG_VERBS_CQ: {
+        VCq* v = (VCq*)((char*)o - offsetof(VCq, o));
+        e->handle = (uint64_t)&v->cq;
+        e->parent[0] = (uint64_t)v->cq.context;
+        e->parent[1] = (uint64_t)v->cq.channel;
+        e->u[0] = (uint64_t)v->cq.cqe, e->u[1] = v->n, e->u[2] = v->rx != nullptr;
+        break;
+      }
+      case IBDBG_VERBS_SRQ: {
+        VSrq* v = (VSrq*)((char*)o - offsetof(VSrq, o));
+        e->handle = (uint64_t)&v->srq;
+        e->parent[0] = (uint64_t)v->srq.pd;
+        e->u[0] = v->attr.max_wr, e->u[1] = v->attr.max_sge, e->u[2] = v->attr.srq_limit;
+        e->u[3] = (uint64_t)v->recvs;
+        break;
+      }
+      case IBDBG_VERBS_AH: {
+        VAh* v = (VAh*)((char*)o - offsetof(VAh, o));
+        e->handle = (uint64_t)&v->ah;
+        e->parent[0] = (uint64_t)v->ah.pd;
+        e->u[0] = v->attr.dlid, e->u[1] = v->attr.port_num, e->u[2] = v->attr.is_global;
+        e->u[3] = v->attr.grh.sgid_index;
+        memcpy(e->gid, v->attr.grh.dgid.raw, 16);
+        break;
+      }
+      case IBDBG_VERBS_QP: {
+        VQp* v = (VQp*)((char*)o - offsetof(VQp, o));
+        struct ibv_qp* q = &v->qx.qp_base;
+        e->handle = (uint64_t)q;
+        e->parent[0] = (uint64_t)q->pd, e->parent[1] = (uint64_t)q->send_cq;
+        e->parent[2] = (uint64_t)q->recv_cq, e->parent[3] = (uint64_t)q->srq;
+        e->flags = v->rx != nullptr;
+        uint64_t* u = e->u;
+        u[IBDBG_VQP_QPN] = q->qp_num, u[IBDBG_VQP_TYPE] = q->qp_type, u[IBDBG_VQP_STATE] = q->state;
+        u[IBDBG_VQP_MAX_SEND_WR] = v->cap.max_send_wr, u[IBDBG_VQP_MAX_RECV_WR] = v->cap.max_recv_wr;
+        u[IBDBG_VQP_MAX_SEND_SGE] = v->cap.max_send_sge, u[IBDBG_VQP_MAX_RECV_SGE] = v->cap.max_recv_sge;
+        u[IBDBG_VQP_MAX_INLINE] = v->cap.max_inline_data;
+        u[IBDBG_VQP_DEST_QPN] = v->attr.dest_qp_num, u[IBDBG_VQP_RQ_PSN] = v->attr.rq_psn;
+        u[IBDBG_VQP_SQ_PSN] = v->attr.sq_psn, u[IBDBG_VQP_DLID] = v->attr.ah_attr.dlid;
+        u[IBDBG_VQP_PORT] = v->attr.port_num, u[IBDBG_VQP_QKEY] = v->attr.qkey;
+        u[IBDBG_VQP_SENDS_OUTSTANDING] = (uint64_t)v->sends_out;
+        u[IBDBG_VQP_RECVS_POSTED] = (uint64_t)(v->srq ? 0 : v->recvs);
+        if (v->attr.ah_attr.is_global) memcpy(e->gid, v->attr.ah_attr.grh.dgid.raw, 16);
+        break;
+      }
+    }
+  }
+  h->nobjs = n;
+  return sizeof *h + (size_t)n * sizeof(ibdbg_verbs_obj);
+}
+
+void resume() {
+  __atomic_store_n(&g_quiesce, 0, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&g_block, 0, __ATOMIC_SEQ_CST);
+  futex(&g_block, FUTEX_WAKE_PRIVATE, 0x7fffffff, nullptr);
+  if (g_ctl_ours) g_ctl_ours = false, unlock(&g_ctl);
+}
+
+void print_counters() {
+  char line[256], num[24];
+  size_t k = 0;
+  auto put = [&](const char* s) {
+    for (; *s && k + 1 < sizeof line; s++) line[k++] = *s;
+  };
+  put("counters pid=");
+  utoa((uint64_t)getpid(), num), put(num);
+  put(" post_send="), utoa(g_n_post_send, num), put(num);
+  put(" post_recv="), utoa(g_n_post_recv, num), put(num);
+  put(" poll="), utoa(g_n_poll, num), put(num);
+  put(" wr="), utoa(g_n_wr, num), put(num);
+  line[k] = 0;
+  say(line);
+}
+
+}  // namespace
+
+namespace {
+int is_backend_thread(int tid) {
+  for (uint32_t i = 0; i < g_nbackend_tid && i < IBDBG_VERBS_MAX_TIDS; i++)
+    if (g_backend_tid[i] == tid) return 1;
+  return 0;
+}
+}  // namespace
+
+EXPORT const struct ibdbg_verbs_hooks ibdbg_verbs_hooks = {IBDBG_VERBS_HOOKS_VERSION, quiesce, describe, resume,
+                                                          is_backend_thread};
+
+namespace {
+__attribute__((constructor)) void verbs_init() {
+  const char* d = getenv("IBDBG_VERBS_DEBUG");
+  g_debug = d && *d == '1';
+}
+__attribute__((destructor)) void verbs_fini() {
+  if (g_debug) print_counters();
+}
+}  // namespace

@@ -1,0 +1,112 @@
+#!/bin/bash
+# The verbs layer (capture/verbs) with softrdma as the backend, unprivileged.
+#   verbs.sh BUILD pingpongs    ibv_{rc,ud,srq}_pingpong -c and ib_write_bw pass under
+#                               `softrdma-run -- ibdbg run`, with the layer in the path
+#                               (its debug counters), and softrdma's conformance program
+#                               (ibv_wr_*, ibv_start_poll, channels, async events) passes
+#   verbs.sh BUILD unsupported  an unsupported feature is reported once; a capture refuses naming it
+#   verbs.sh BUILD capture      ibv_rc_pingpong captured mid-traffic (no --stop): inspect shows
+#                               its QPs/MRs/CQs with states; the job runs on and its data check passes
+set -u
+build=$1 mode=$2
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/../e2e/lib.sh"
+ibdbg=$build/bin/ibdbg
+srun=$build/bin/softrdma-run
+command -v ibv_rc_pingpong >/dev/null || { echo "SKIP: ibverbs-utils not installed"; exit 77; }
+[ -x "$srun" ] || { echo "SKIP: softrdma not built"; exit 77; }
+fail_name=verbs.$mode
+e2e_setup "verbs-$mode" 0
+cd "$work"
+# A port of our own: other tests (softrdma's) use the programs' default 18515.
+port=$(( 20000 + ($$ * 7 + RANDOM) % 20000 ))
+
+# A server and its client, each its own job; both must end well.
+pair() {
+  local name=$1; shift
+  port=$((port + 1))
+  set -- "$@" -p $port
+  ( IBDBG_VERBS_DEBUG=1 timeout 60 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/$name-s" -- "$@" \
+      > "$name.s.out" 2>&1; echo "rc=$?" >> "$name.s.out" ) &
+  local srv=$!
+  # The client retries until the server listens.
+  sleep 0.5
+  for _ in $(seq 50); do
+    IBDBG_VERBS_DEBUG=1 timeout 60 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/$name-c" -- "$@" 127.0.0.1 \
+      > "$name.c.out" 2>&1 && break
+    grep -q "Couldn't connect\|Unable to connect\|Connection refused" "$name.c.out" || break
+    sleep 0.2
+  done
+  echo "rc=$?" >> "$name.c.out"
+  wait_bounded $srv 60 || fail "$name: the server did not end"
+  for side in s c; do
+    grep -q "^rc=0" "$name.$side.out" || fail "$name ($side) failed: $(tail -3 "$name.$side.out")"
+    # The layer was in the path: it counted the posts (ib_write_bw's server only waits).
+    [ "$name-$side" = write_bw-s ] && continue
+    grep -Eq "ibdbg: verbs: counters .*post_send=[1-9]" "$name.$side.out" ||
+      fail "$name ($side): no post went through the verbs layer"
+  done
+}
+
+case $mode in
+pingpongs)
+  pair rc ibv_rc_pingpong -g 1 -c -n 100
+  pair ud ibv_ud_pingpong -g 1 -c -n 100
+  pair srq ibv_srq_pingpong -g 1 -c -n 100
+  # The RDMA-write side posts (the server only waits).
+  pair write_bw ib_write_bw -x 1 -n 200 -s 65536
+  IBDBG_VERBS_DEBUG=1 timeout 120 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/conf" -- \
+    "$build/bin/softrdma_conformance" > conf.out 2>&1 || fail "softrdma_conformance failed under the verbs layer"
+  grep -q "extended_verbs" conf.out && grep -Eq "counters .* wr=[1-9]" conf.out ||
+    fail "the conformance program's ibv_wr_* did not go through the verbs layer"
+  ;;
+unsupported)
+  ( timeout 60 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/job" -- \
+      "$build/tests/verbs/verbs-unsupported" "$work/go" > un.out 2>&1; echo "rc=$?" >> un.out ) &
+  runner=$!
+  wait_for un.out READY 30 || fail "the program did not start"
+  [ "$(grep -c 'on-demand paging.*not supported' un.out)" = 1 ] || fail "the feature was not reported exactly once"
+  "$ibdbg" capture --dir "$work/job" > cap.out 2>&1 && fail "a capture of a process that used ODP did not refuse"
+  grep -q "on-demand paging" cap.out || fail "the refusal does not name the feature: $(cat cap.out)"
+  touch go
+  wait_bounded $runner 30 || fail "the program did not end"
+  grep -q PASS un.out && grep -q "^rc=0" un.out || fail "the program did not run on after the refused capture"
+  ;;
+capture)
+  # One job: server and client of ibv_rc_pingpong, long enough to be caught mid-traffic.
+  ( timeout 280 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/job" -- sh -c \
+      "stdbuf -oL ibv_rc_pingpong -g 1 -c -n 30000 -p $port & sleep 0.5; stdbuf -oL ibv_rc_pingpong -g 1 -c -n 30000 -p $port 127.0.0.1; echo client=\$?; wait \$!; echo server=\$?" \
+      > run.out 2>&1; echo "rc=$?" >> run.out ) &
+  runner=$!
+  for _ in $(seq 600); do [ "$(grep -c "remote address" run.out)" = 2 ] && break; sleep 0.05; done
+  [ "$(grep -c "remote address" run.out)" = 2 ] || fail "the pingpong did not start"
+  img=$("$ibdbg" capture --dir "$work/job" 2>cap.err) || fail "capture failed: $(cat cap.err)"
+  # Mid-traffic: neither side had finished when the capture was taken.
+  grep -q "iters in" run.out && fail "the pingpong ended before the capture (30000 iterations too few here?)"
+  "$ibdbg" inspect "$img" > inspect.txt || fail "inspect failed"
+  [ "$(grep -Ec '^    qp .*  RC  RTS  dest_qpn 0x' inspect.txt)" = 2 ] || fail "inspect does not show two RC QPs in RTS"
+  [ "$(grep -Ec '^    mr .* lkey 0x' inspect.txt)" = 2 ] || fail "inspect does not show the MRs"
+  [ "$(grep -Ec '^    cq .* cqe [0-9]+' inspect.txt)" = 2 ] || fail "inspect does not show the CQs"
+  grep -q "^    context .*device softrdma0" inspect.txt || fail "inspect does not show the device"
+  # softrdma's progress thread and its descriptors are known as the backend's.
+  for tid in $(awk '$2 == "softrdma" {print $1}' inspect.txt); do
+    grep -Eq "backend threads: ([0-9]+,)*$tid(,|  )" inspect.txt || fail "softrdma's thread $tid is not marked as the backend's"
+  done
+  [ "$(awk '$2 == "softrdma"' inspect.txt | wc -l)" = 2 ] || fail "inspect does not show softrdma's two progress threads"
+  [ -z "$(awk '$2 == "softrdma" && $3 !~ /backend/' inspect.txt)" ] || fail "softrdma's threads are not flagged as the backend's"
+  [ -z "$(awk '$2 == "ibv_rc_pingpong" && $3 ~ /backend/' inspect.txt)" ] || fail "an application thread is flagged as the backend's"
+  [ "$(grep -Ec "backend fds: [0-9]" inspect.txt)" = 2 ] || fail "no descriptor is marked as the backend's"
+  # Each QP's peer is the other one.
+  a=$(grep -E '^    qp ' inspect.txt | sed -n 1p | sed -E 's/.*qpn (0x[0-9a-f]+).*dest_qpn (0x[0-9a-f]+).*/\1 \2/')
+  b=$(grep -E '^    qp ' inspect.txt | sed -n 2p | sed -E 's/.*qpn (0x[0-9a-f]+).*dest_qpn (0x[0-9a-f]+).*/\2 \1/')
+  [ "$a" = "$b" ] || fail "the QPs do not name each other ($a / $b)"
+  wait_bounded $runner 280 || fail "the job did not end after the capture"
+  # Not yet replayable: said in one line, nothing started.
+  timeout 60 "$ibdbg" replay "$img" --dir "$work/replay" > replay.out 2>&1 && fail "the replay of a verbs job did not refuse"
+  grep -q "RDMA verbs objects; replaying them is not implemented yet" replay.out || fail "the replay's refusal: $(cat replay.out)"
+  grep -q "client=0" run.out && grep -q "server=0" run.out ||
+    fail "the pingpong failed after the capture (its data check, or a lost message)"
+  ;;
+*) echo "unknown mode $mode"; exit 2 ;;
+esac
+echo PASS
