@@ -25,6 +25,8 @@
 #include <linux/sched.h>
 #include <linux/shm.h>
 #include <linux/time.h>
+#include <linux/ioctl.h>
+#include <linux/userfaultfd.h>
 
 #include "ibdbg/proto.h"
 #include "ibdbg/restorer_layout.h"
@@ -422,12 +424,44 @@ static void map_regions(void) {
     }
     long r = S6(__NR_mmap, v->start, v->end - v->start, prot, flags, fd, off);
     if (r < 0 && r > -4096) fail("cannot map region", r, v->start);
+    if (v->kind & IBDBG_VMA_THP) S3(__NR_madvise, v->start, v->end - v->start, MADV_HUGEPAGE);
   }
+}
+
+/* Lazy replay: the launcher's page server answers faults in the LAZY regions
+ * from the image and fills them in the background.  Faults of system calls
+ * wait for it too (no UFFD_USER_MODE_ONLY), and fork, mremap, munmap and
+ * madvise reach it as events. */
+static void make_userfaultfd(void) {
+  if (hdr.lazy_uffd_fd <= 0) return;
+  long fd = S1(__NR_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) fail("userfaultfd refused (lazy replay needs root)", fd, 0);
+  struct uffdio_api api;
+  memset(&api, 0, sizeof api);
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP;
+  long r = S3(__NR_ioctl, fd, UFFDIO_API, &api);
+  if (r < 0) fail("userfaultfd refused the events lazy replay needs (fork, mremap, munmap, madvise)", r, 0);
+  for (uint32_t i = 0; i < hdr.nvmas; i++) {
+    struct ibdbg_plan_vma* v = &vmas[i];
+    if (!(v->kind & IBDBG_VMA_LAZY)) continue;
+    struct uffdio_register reg;
+    memset(&reg, 0, sizeof reg);
+    reg.range.start = v->start;
+    reg.range.len = v->end - v->start;
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+    r = S3(__NR_ioctl, fd, UFFDIO_REGISTER, &reg);
+    if (r < 0) fail("cannot register a region with userfaultfd", r, v->start);
+  }
+  r = S3(__NR_dup3, fd, hdr.lazy_uffd_fd, O_CLOEXEC);
+  if (r < 0) fail("cannot place the userfaultfd", r, 0);
+  S1(__NR_close, fd);
 }
 
 static void protect_regions(void) {
   for (uint32_t i = 0; i < hdr.nvmas; i++) {
     struct ibdbg_plan_vma* v = &vmas[i];
+    if (v->kind & IBDBG_VMA_THP) S3(__NR_madvise, v->start, v->end - v->start, MADV_NOHUGEPAGE);
     if (!(v->kind & IBDBG_VMA_FILL) || v->prot == (PROT_READ | PROT_WRITE)) continue;
     long r = S3(__NR_mprotect, v->start, v->end - v->start, v->prot);
     if (r < 0) fail("cannot protect region", r, v->start);
@@ -605,6 +639,7 @@ void __attribute__((used, noreturn)) restorer_main(uint64_t* sp) {
   clear_address_space();
   place_vdso();
   map_regions();
+  make_userfaultfd();
   put("M");
   char c = 0;
   read_exact(plan_fd, &c, 1);

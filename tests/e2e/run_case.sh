@@ -4,7 +4,7 @@
 # replay again, for several generations), then let it check itself.
 #
 #   run_case.sh BUILD_DIR PROGRAM [--as-user] [--generations N] [--keep] [--max-image-mb N]
-#               [--outside SCRIPT] [--expect-log PATTERN] [--run-on]
+#               [--outside SCRIPT] [--expect-log PATTERN] [--run-on] [--lazy]
 #
 # --as-user runs every ibdbg command as the unprivileged user nobody.
 # --max-image-mb fails if any captured image takes more than N MiB on disk.
@@ -13,11 +13,12 @@
 # --expect-log fails unless the last replay's output has a line matching PATTERN.
 # --run-on captures once without --stop first: the job must run on intact
 # (bytes a capture takes out of pipes, FIFOs and ttys go back) until the real one.
+# --lazy replays with `ibdbg replay --lazy` (pages on demand).
 set -u
 . "$(dirname "$0")/lib.sh"
 build=$1 prog=$2
 shift 2
-as_user=0 generations=1 twice=0 max_image_mb=0 outside="" expect_log="" run_on=0
+as_user=0 generations=1 twice=0 max_image_mb=0 outside="" expect_log="" run_on=0 replay_opts=()
 while [ $# -gt 0 ]; do
   case $1 in
     --as-user) as_user=1 ;;
@@ -28,6 +29,7 @@ while [ $# -gt 0 ]; do
     --outside) outside=$2; shift ;;
     --expect-log) expect_log=$2; shift ;;
     --run-on) run_on=1 ;;
+    --lazy) replay_opts+=(--lazy) ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -96,7 +98,7 @@ remove_listed() {
 
 for g in $(seq 1 "$generations"); do
   remove_listed
-  ( "${as[@]}" "$ibdbg" replay "$img" --dir "$work/job$g" 2>&1 | cat > "$work/out.$g" ) &
+  ( "${as[@]}" "$ibdbg" replay "$img" "${replay_opts[@]}" --dir "$work/job$g" 2>&1 | cat > "$work/out.$g" ) &
   replayer=$!
   if [ "$g" -lt "$generations" ]; then
     img=$(capture "$work/job$g") || fail "capture of generation $g failed"

@@ -317,6 +317,12 @@ enum ibdbg_vma_kind {
   IBDBG_VMA_FILL = 0x100, /* flag: the launcher writes its pages after 'M' */
   IBDBG_VMA_GROWSDOWN = 0x200,
   IBDBG_VMA_SHM_RMID = 0x400, /* SYSV: mark the segment removed once attached */
+  /* ANON with every page in the image: filled through transparent huge
+   * pages (MADV_HUGEPAGE), then MADV_NOHUGEPAGE, which under the "madvise"
+   * THP mode behaves as the captured region did. */
+  IBDBG_VMA_THP = 0x800,
+  /* ANON whose pages arrive on demand: registered with the userfaultfd. */
+  IBDBG_VMA_LAZY = 0x1000,
 };
 
 struct ibdbg_plan_vma {
@@ -365,6 +371,11 @@ struct ibdbg_plan_hdr {
   struct ibdbg_restart_info restart_info;
   struct ibdbg_process_info proc;
   struct ibdbg_signal_state sig;
+  /* Lazy replay: the restorer makes a userfaultfd, registers the LAZY
+   * regions with it and leaves it at this descriptor number for the
+   * launcher to take (pidfd_getfd) before 'D'; 0: eager. */
+  int32_t lazy_uffd_fd;
+  uint32_t pad_lazy;
 };
 
 /* Bytes the restorer writes on status_fd. */
