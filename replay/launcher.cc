@@ -367,15 +367,35 @@ void BuildVmas(Prepared& p, Shared& sh) {
 }
 
 // Private anonymous regions: in a lazy replay their pages arrive on demand;
-// in an eager one a region whose every page is in the image fills through
-// huge pages when THP is left to madvise (the region gets no more memory
-// than it had, and MADV_NOHUGEPAGE afterwards keeps its behaviour).
+// in an eager one a region (2 MiB or more) whose every page is in the image
+// fills through huge pages when THP is left to madvise (the region gets no
+// more memory than it had, and MADV_NOHUGEPAGE afterwards keeps its
+// behaviour).
 void MarkFastFill(Prepared& p, bool lazy) {
   static const bool thp_madvise = [] {
     std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
     std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
     return s.find("[madvise]") != std::string::npos;
   }();
+  // Bytes the image holds of each region (the headers only: cheap).
+  std::map<uint64_t, uint64_t> held;  // region start -> bytes
+  if (!lazy && thp_madvise && p.have_pages) {
+    std::map<uint64_t, uint64_t> big;  // candidate regions: start -> end
+    for (auto& v : p.m.vmas)
+      if (v.end - v.start >= (2u << 20) && v.kind != IBDBG_IVMA_STACK) big[v.start] = v.end;
+    if (!big.empty()) {
+      PageFile f(p.image_file);
+      for (uint64_t off = p.first_pages.offset;;) {
+        image::RecordHeader h = f.Header(off);
+        if (h.type == (uint32_t)image::RecordType::End) break;
+        if (h.type == (uint32_t)image::RecordType::Pages) {
+          auto it = big.upper_bound(h.arg);
+          if (it != big.begin() && h.arg < std::prev(it)->second) held[std::prev(it)->first] += h.raw_len;
+        }
+        off += sizeof h + h.stored_len;
+      }
+    }
+  }
   for (size_t i = 0; i < p.vmas.size() && i < p.m.vmas.size(); i++) {
     ibdbg_plan_vma& pv = p.vmas[i];
     const ibdbg_image_vma& v = p.m.vmas[i];
@@ -383,8 +403,7 @@ void MarkFastFill(Prepared& p, bool lazy) {
     if (p.vdso_patch && v.start == p.vdso_old) continue;  // the restorer patches it before 'D'
     if (lazy)
       pv.kind |= IBDBG_VMA_LAZY;
-    else if (thp_madvise && v.kind != IBDBG_IVMA_STACK && v.data_pages * 4096 == v.end - v.start &&
-             v.end - v.start >= (2u << 20))
+    else if (held.count(v.start) && held[v.start] == v.end - v.start)
       pv.kind |= IBDBG_VMA_THP;
   }
 }
@@ -1863,7 +1882,8 @@ void FillPagesOf(Prepared& p, PageServer* server, bool times) {
     p.reader.reset();
     int threads = (int)std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
     try {
-      r = FillPages(*file, p.first_pages.offset, index, p.outer_pid, classify, threads);
+      if (server) file->Random();
+      r = FillPages(*file, p.first_pages.offset, index, p.outer_pid, classify, threads, server != nullptr);
     } catch (const std::exception& e) {
       std::string m = e.what();
       Fail(m.rfind("replay failed", 0) == 0 ? m + " (pid " + std::to_string(p.m.proc.pid) + ")" : m);
@@ -1892,6 +1912,7 @@ void FillPagesOf(Prepared& p, PageServer* server, bool times) {
 
 Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOptions& opts) {
   if (image_files.empty()) Fail("the image has no processes");
+  const auto launch_t0 = std::chrono::steady_clock::now();
   if (opts.lazy)
     if (std::string why = LazyRefusal(); !why.empty()) Fail(why);
   std::vector<std::unique_ptr<Prepared>> all;
@@ -2126,6 +2147,7 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
       L.pids.push_back(it->second);
     }
     L.pid = root.outer_pid;
+    const auto mapped_t = std::chrono::steady_clock::now();
     // Memory, straight into each process.
     std::shared_ptr<PageServer> server = opts.lazy ? std::make_shared<PageServer>() : nullptr;
     const char* times = getenv("IBDBG_REPLAY_TIMES");
@@ -2150,6 +2172,13 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
       if (c == IBDBG_RST_FAILED) Fail("replay failed: " + msg);
       if (c != IBDBG_RST_PARKED) Fail("replay failed: the restorer stopped early");
       L.sigreturn_insn = addr;
+    }
+    if (times && *times == '1') {
+      auto ms = [&](std::chrono::steady_clock::time_point t) {
+        return std::chrono::duration<double, std::milli>(t - launch_t0).count();
+      };
+      fprintf(stderr, "ibdbg: replay launched: regions mapped after %.1f ms, processes running after %.1f ms\n",
+              ms(mapped_t), ms(std::chrono::steady_clock::now()));
     }
   } catch (...) {
     kill(child, SIGKILL);

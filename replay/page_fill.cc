@@ -49,6 +49,12 @@ void PageFile::Corrupted(uint64_t off, const char* why) const {
   throw image::ImageError(path_ + ": corrupted record at offset " + std::to_string(off) + " (" + why + ")");
 }
 
+void PageFile::Prefetch(uint64_t off, uint64_t len) const {
+  if (off < size_) posix_fadvise(fd_, (off_t)off, (off_t)std::min(len, size_ - off), POSIX_FADV_WILLNEED);
+}
+
+void PageFile::Random() const { posix_fadvise(fd_, 0, 0, POSIX_FADV_RANDOM); }
+
 static void PreadAll(int fd, void* buf, size_t len, uint64_t off, const PageFile& f) {
   char* p = (char*)buf;
   while (len) {
@@ -125,7 +131,7 @@ void WriteInto(pid_t pid, uint64_t addr, const std::vector<uint8_t>& data) {
 }  // namespace
 
 FillResult FillPages(const PageFile& f, uint64_t first_offset, uint64_t first_index, pid_t pid,
-                     const PageClassifier& classify, int threads) {
+                     const PageClassifier& classify, int threads, bool walk_ahead) {
   FillResult res;
   Pipe q;
   const size_t depth = (size_t)threads * 2 + 2;
@@ -163,9 +169,17 @@ FillResult FillPages(const PageFile& f, uint64_t first_offset, uint64_t first_in
       }
     });
   try {
-    uint64_t off = first_offset, index = first_index;
+    uint64_t off = first_offset, index = first_index, predicted_to = 0, last_len = ~0ull;
     for (;;) {
       RecordHeader h = f.Header(off);
+      if (walk_ahead && h.type == (uint32_t)RecordType::Pages &&
+          (h.stored_len != last_len || off + sizeof h >= predicted_to)) {
+        // Full page records all have the same size (plain, or incompressible).
+        last_len = h.stored_len;
+        uint64_t step = sizeof h + h.stored_len, at = off + step;
+        for (int i = 0; i < 64; i++, at += step) f.Prefetch(at, sizeof h);
+        predicted_to = at;
+      }
       if (h.type == (uint32_t)RecordType::End) {
         if (h.stored_len != 0) f.Corrupted(off, "end record has a payload");
         if (h.arg != index) f.Corrupted(off, "end record counts other records");
@@ -218,7 +232,7 @@ std::string LazyRefusal() {
   // reach the server: a system call writing into a page not yet loaded would
   // fail with EFAULT.  Either would be a replay that silently misbehaves.
   if (geteuid() == 0) return "";
-  return "ibdbg replay --lazy needs root (CAP_SYS_PTRACE): an ordinary user's userfaultfd cannot follow fork() and, "
+  return "--lazy needs root (CAP_SYS_PTRACE): an ordinary user's userfaultfd cannot follow fork() and, "
          "with vm.unprivileged_userfaultfd=0, cannot serve page faults of system calls; replay without --lazy";
 }
 
@@ -319,6 +333,8 @@ struct PageServer::Impl {
       }
       // EEXIST: that page is present already; ENOENT/EFAULT: not mapped or
       // not registered any more.  Either way it is not ours to fill.
+      if (err != EEXIST && err != ENOENT && err != EFAULT)
+        throw std::runtime_error(std::string("cannot copy a page into the process (UFFDIO_COPY): ") + strerror(err));
       done += kPage;
     }
     m.pending.erase(it);
@@ -340,6 +356,8 @@ struct PageServer::Impl {
     if (ioctl(m.uffd, UFFDIO_ZEROPAGE, &z) == 0) return true;
     int err = z.zeropage < 0 ? (int)-z.zeropage : errno;
     if (err == EAGAIN) return false;
+    if (err != EEXIST && err != ENOENT && err != EFAULT && err != ESRCH)
+      throw std::runtime_error(std::string("cannot give the process a zero page (UFFDIO_ZEROPAGE): ") + strerror(err));
     uffdio_range w{addr, kPage};
     ioctl(m.uffd, UFFDIO_WAKE, &w);
     return true;

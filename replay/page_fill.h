@@ -31,6 +31,10 @@ class PageFile {
   void Payload(const image::RecordHeader& h, uint64_t off, std::vector<uint8_t>& stored,
                std::vector<uint8_t>& out) const;
   [[noreturn]] void Corrupted(uint64_t off, const char* why) const;
+  // Asks the kernel to read these bytes in the background (never fails).
+  void Prefetch(uint64_t off, uint64_t len) const;
+  // No readahead: each read brings what it asks for.
+  void Random() const;
 
  private:
   std::string path_;
@@ -56,8 +60,12 @@ struct FillResult {
 // `first_index`) to the End record, which it checks.  Records classified
 // Write are read, checked, decompressed and written into `pid` with
 // process_vm_writev on `threads` workers while the next ones are read.
+// With `walk_ahead` (a lazy replay, which reads little but every header)
+// the headers that probably follow, records of the size just seen, are asked
+// for in the background, so that the walk does not wait for one read after
+// another.
 FillResult FillPages(const PageFile& f, uint64_t first_offset, uint64_t first_index, pid_t pid,
-                     const PageClassifier& classify, int threads);
+                     const PageClassifier& classify, int threads, bool walk_ahead = false);
 
 // The lazy replay's page server: owns the userfaultfd of each restored
 // process, answers its page faults from the image and copies every other

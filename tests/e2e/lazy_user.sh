@@ -8,7 +8,7 @@ build=$1
 ibdbg=$build/bin/ibdbg
 e2e_setup lazy_user 1
 fail_name=lazy_user fail_tail=+1 fail_logs=('*.out')
-( "${as[@]}" "$ibdbg" run --dir "$work/job0" -- "$build/tests/e2e/zdtm-bigmem" "$work/go" 16 > "$work/run.out" 2>&1 ) &
+( "${as[@]}" "$ibdbg" run --dir "$work/job0" -- "$build/tests/e2e/zdtm-bigmem" "$work/go" 16 2>&1 | cat > "$work/run.out" ) &
 wait_for "$work/run.out" READY 30 || fail "the program did not get ready"
 img=$("${as[@]}" "$ibdbg" capture --dir "$work/job0" --stop 2> "$work/capture.out") || fail "capture failed"
 wait
@@ -16,7 +16,7 @@ wait
 [ "$(wc -l < "$work/lazy.out")" = 1 ] || fail "the refusal is not one line"
 grep -q "vm.unprivileged_userfaultfd" "$work/lazy.out" || fail "the refusal does not name the sysctl"
 pgrep -f "$work/go" > /dev/null && fail "a process of the refused replay runs"
-( "${as[@]}" "$ibdbg" replay "$img" --dir "$work/job2" > "$work/eager.out" 2>&1 ) &
+( "${as[@]}" "$ibdbg" replay "$img" --dir "$work/job2" 2>&1 | cat > "$work/eager.out" ) &
 replayer=$!
 touch "$work/go"
 wait_bounded $replayer 60 || fail "the eager replay did not finish"
