@@ -644,6 +644,10 @@ void __attribute__((used, noreturn)) restorer_main(uint64_t* sp) {
   char c = 0;
   read_exact(plan_fd, &c, 1);
   if (c != IBDBG_RST_FILLED) fail("launcher did not fill memory", 0, 0);
+  /* The page server holds the userfaultfd now.  Ours would keep it alive
+   * after the server closes its own (all pages present): faults would then
+   * wait for nobody instead of becoming plain zero fill. */
+  if (hdr.lazy_uffd_fd > 0) S1(__NR_close, hdr.lazy_uffd_fd);
   if (hdr.vdso_patch) patch_vdso();
   protect_regions();
   restore_process_state();

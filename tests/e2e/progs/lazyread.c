@@ -8,12 +8,14 @@
  * slot of `target` (each time other bytes), each read starting mid-page, and
  * checks every byte around it; before a read it asks /proc/self/pagemap whether the page is
  * present, and says so once it saw a missing one (only a lazy replay has
- * those).  At the end both regions must hold exactly what they should. */
+ * those).  After the go file a forked child checks both regions too.  At the
+ * end both regions must hold exactly what they should. */
 #include "zdtm.h"
 
 #include <fcntl.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 
 #define MIB (1u << 20)
 #define SLOTS 64          /* 1 MiB each */
@@ -86,9 +88,27 @@ int main(int argc, char **argv) {
       nanosleep(&ts, NULL);
     }
   }
-  /* Right after the replay (the go file is there by then): every slot once
-   * more, while the page server is still busy below. */
+  /* Right after the replay (the go file is there by then): a child whose
+   * pages come through a userfaultfd of its own (the fork event) checks the
+   * filler, and every slot is read into once more, while the page server is
+   * still busy. */
+  pid_t child = fork();
+  if (child == 0) {
+    /* `target` first: the server reaches it last. */
+    for (size_t s = 0; s < SLOTS; s++)
+      for (size_t i = s * MIB; i < (s + 1) * MIB; i++) {
+        size_t in = i - s * MIB;
+        uint8_t want = ver[s] && in >= AT && in < AT + LEN ? file_byte(in - AT, ver[s] - 1) : img_byte(i);
+        if (target[i] != want) _exit(3);
+      }
+    for (size_t i = 0; i < FILLER; i++)
+      if (filler[i] != img_byte(i + 12345)) _exit(4);
+    _exit(0);
+  }
   for (int s = 0; s < SLOTS; s++) READ_SLOT(s);
+  int st = 0;
+  ZDTM_CHECK(child > 0 && waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+             "the child forked after the replay saw other memory (status %#x)", st);
   for (size_t s = 0; s < SLOTS; s++)
     for (size_t i = s * MIB; i < (s + 1) * MIB; i++) {
       size_t in = i - s * MIB;
