@@ -366,45 +366,16 @@ void BuildVmas(Prepared& p, Shared& sh) {
   }
 }
 
-// Private anonymous regions: in a lazy replay their pages arrive on demand;
-// in an eager one a region (2 MiB or more) whose every page is in the image
-// fills through huge pages when THP is left to madvise (the region gets no
-// more memory than it had, and MADV_NOHUGEPAGE afterwards keeps its
-// behaviour).
-void MarkFastFill(Prepared& p, bool lazy) {
-  static const bool thp_madvise = [] {
-    std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
-    std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    return s.find("[madvise]") != std::string::npos;
-  }();
-  // Bytes the image holds of each region (the headers only: cheap).
-  std::map<uint64_t, uint64_t> held;  // region start -> bytes
-  if (!lazy && thp_madvise && p.have_pages) {
-    std::map<uint64_t, uint64_t> big;  // candidate regions: start -> end
-    for (auto& v : p.m.vmas)
-      if (v.end - v.start >= (2u << 20) && v.kind != IBDBG_IVMA_STACK) big[v.start] = v.end;
-    if (!big.empty()) {
-      PageFile f(p.image_file);
-      for (uint64_t off = p.first_pages.offset;;) {
-        image::RecordHeader h = f.Header(off);
-        if (h.type == (uint32_t)image::RecordType::End) break;
-        if (h.type == (uint32_t)image::RecordType::Pages) {
-          auto it = big.upper_bound(h.arg);
-          if (it != big.begin() && h.arg < std::prev(it)->second) held[std::prev(it)->first] += h.raw_len;
-        }
-        off += sizeof h + h.stored_len;
-      }
-    }
-  }
+// Private anonymous regions are registered with a userfaultfd of the
+// restorer: in a lazy replay their pages arrive on demand, in an eager one
+// the launcher copies them in with UFFDIO_COPY (see FillPages).
+void MarkFastFill(Prepared& p) {
   for (size_t i = 0; i < p.vmas.size() && i < p.m.vmas.size(); i++) {
     ibdbg_plan_vma& pv = p.vmas[i];
     const ibdbg_image_vma& v = p.m.vmas[i];
     if ((pv.kind & 0xff) != IBDBG_VMA_ANON || !(pv.kind & IBDBG_VMA_FILL) || pv.flags != MAP_PRIVATE) continue;
     if (p.vdso_patch && v.start == p.vdso_old) continue;  // the restorer patches it before 'D'
-    if (lazy)
-      pv.kind |= IBDBG_VMA_LAZY;
-    else if (held.count(v.start) && held[v.start] == v.end - v.start)
-      pv.kind |= IBDBG_VMA_THP;
+    pv.kind |= IBDBG_VMA_LAZY;
   }
 }
 
@@ -1863,6 +1834,7 @@ void AddSharedObjectFds(Prepared& p, const Shared& sh) {
 void FillPagesOf(Prepared& p, PageServer* server, bool times) {
   auto t0 = std::chrono::steady_clock::now();
   bool vdso_filled = false;
+  int ufd = -1;
   auto classify = [&](uint64_t a, uint64_t len) {
     for (auto& v : p.m.vmas)
       if (v.kind == IBDBG_IVMA_VDSO && a >= v.start && a < v.end) {
@@ -1870,10 +1842,21 @@ void FillPagesOf(Prepared& p, PageServer* server, bool times) {
         if (!p.vdso_patch) return PageUse::Skip;  // the kernel's own vdso serves
       }
     for (auto& v : p.vmas)
-      if ((v.kind & IBDBG_VMA_FILL) && a >= v.start && a + len <= v.end)
-        return (v.kind & IBDBG_VMA_LAZY) ? PageUse::Lazy : PageUse::Write;
+      if ((v.kind & IBDBG_VMA_FILL) && a >= v.start && a + len <= v.end) {
+        if (!(v.kind & IBDBG_VMA_LAZY) || ufd < 0) return PageUse::Write;
+        return server ? PageUse::Lazy : PageUse::Copy;
+      }
     Fail(p.image_file + ": corrupted image (pages outside any memory region)");
   };
+  // The restorer's userfaultfd (an eager replay without one, as where the
+  // kernel has none, writes with process_vm_writev).
+  int pidfd = (int)syscall(SYS_pidfd_open, p.outer_pid, 0);
+  ufd = pidfd < 0 ? -1 : (int)syscall(SYS_pidfd_getfd, pidfd, p.hdr->lazy_uffd_fd, 0);
+  int getfd_errno = errno;
+  if (pidfd >= 0) close(pidfd);
+  if (ufd >= 0) fcntl(ufd, F_SETFD, FD_CLOEXEC);
+  if (server && ufd < 0)
+    Fail(std::string("replay failed: cannot take the process's userfaultfd: ") + strerror(getfd_errno));
   FillResult r;
   std::shared_ptr<PageFile> file;
   if (p.have_pages) {
@@ -1883,8 +1866,9 @@ void FillPagesOf(Prepared& p, PageServer* server, bool times) {
     int threads = (int)std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
     try {
       if (server) file->Random();
-      r = FillPages(*file, p.first_pages.offset, index, p.outer_pid, classify, threads, server != nullptr);
+      r = FillPages(*file, p.first_pages.offset, index, p.outer_pid, classify, threads, server != nullptr, ufd);
     } catch (const std::exception& e) {
+      if (ufd >= 0) close(ufd);
       std::string m = e.what();
       Fail(m.rfind("replay failed", 0) == 0 ? m + " (pid " + std::to_string(p.m.proc.pid) + ")" : m);
     }
@@ -1895,14 +1879,10 @@ void FillPagesOf(Prepared& p, PageServer* server, bool times) {
     Fail(p.image_file + ": captured on another kernel by an ibdbg that did not keep the vdso; cannot replay here");
   uint64_t lazy_bytes = 0;
   for (auto& run : r.lazy) lazy_bytes += run.len;
-  if (server) {
-    int pidfd = (int)syscall(SYS_pidfd_open, p.outer_pid, 0);
-    int ufd = pidfd < 0 ? -1 : (int)syscall(SYS_pidfd_getfd, pidfd, p.hdr->lazy_uffd_fd, 0);
-    if (pidfd >= 0) close(pidfd);
-    if (ufd < 0) Fail(std::string("replay failed: cannot take the process's userfaultfd: ") + strerror(errno));
-    fcntl(ufd, F_SETFD, FD_CLOEXEC);
+  if (server)
     server->Add(p.outer_pid, ufd, file, std::move(r.lazy));
-  }
+  else if (ufd >= 0)
+    close(ufd);  // with the restorer's own (closed after 'D'), the regions are plain memory again
   if (times) {
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     fprintf(stderr, "ibdbg: pid %d: %.1f MiB of memory written in %.1f ms (%.2f GB/s), %.1f MiB left to the page server\n",
@@ -1991,7 +1971,7 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
   for (auto& pp : all) {
     Prepared& p = *pp;
     BuildVmas(p, sh);
-    MarkFastFill(p, opts.lazy);
+    MarkFastFill(p);
     BuildThreads(p.m, p);
     AddSharedObjectFds(p, sh);
     for (auto& f : p.m.fds) {
@@ -2050,7 +2030,8 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
     hdr->proc = p.m.proc;
     hdr->sig = p.m.sig;
     // A number free in the restorer: above the launcher's descriptors.
-    if (opts.lazy) hdr->lazy_uffd_fd = p.close_from + (int)p.launcher_fds.size();
+    hdr->lazy_uffd_fd = p.close_from + (int)p.launcher_fds.size();
+    hdr->uffd_fill_only = !opts.lazy;
     for (auto& v : p.vmas)
       if (v.fd >= 0) v.fd = TargetOf(p, v.fd);
   }

@@ -99,6 +99,7 @@ namespace {
 struct Job {
   RecordHeader h;
   uint64_t off;
+  bool copy = false;
   std::vector<uint8_t> stored, out;
 };
 
@@ -128,10 +129,28 @@ void WriteInto(pid_t pid, uint64_t addr, const std::vector<uint8_t>& data) {
   }
 }
 
+void CopyInto(int uffd, uint64_t addr, const std::vector<uint8_t>& data) {
+  uint64_t done = 0;
+  while (done < data.size()) {
+    uffdio_copy c{};
+    c.dst = addr + done;
+    c.src = (uint64_t)(data.data() + done);
+    c.len = data.size() - done;
+    int r = ioctl(uffd, UFFDIO_COPY, &c);
+    if (c.copy > 0) done += (uint64_t)c.copy;
+    if (r == 0 || c.copy > 0) continue;
+    int err = c.copy < 0 ? (int)-c.copy : errno;
+    char where[64];
+    snprintf(where, sizeof where, " at %#llx", (unsigned long long)(addr + done));
+    throw std::runtime_error(std::string("replay failed: cannot copy into the process's memory") + where + ": " +
+                             strerror(err));
+  }
+}
+
 }  // namespace
 
 FillResult FillPages(const PageFile& f, uint64_t first_offset, uint64_t first_index, pid_t pid,
-                     const PageClassifier& classify, int threads, bool walk_ahead) {
+                     const PageClassifier& classify, int threads, bool walk_ahead, int uffd) {
   FillResult res;
   Pipe q;
   const size_t depth = (size_t)threads * 2 + 2;
@@ -157,7 +176,10 @@ FillResult FillPages(const PageFile& f, uint64_t first_offset, uint64_t first_in
         }
         try {
           f.Payload(j->h, j->off, j->stored, j->out);
-          WriteInto(pid, j->h.arg, j->out);
+          if (j->copy)
+            CopyInto(uffd, j->h.arg, j->out);
+          else
+            WriteInto(pid, j->h.arg, j->out);
           bytes += j->out.size();
         } catch (const std::exception& e) {
           fail(e.what());
@@ -206,6 +228,7 @@ FillResult FillPages(const PageFile& f, uint64_t first_offset, uint64_t first_in
       }
       j->h = h;
       j->off = here;
+      j->copy = use == PageUse::Copy;
       std::lock_guard<std::mutex> l(q.mu);
       q.ready.push_back(std::move(j));
       q.cv.notify_all();

@@ -47,8 +47,10 @@ struct PageRun {
   uint64_t addr, len, offset;
 };
 
-// What to do with a page record at (addr, len): write it, skip it, or throw.
-enum class PageUse { Write, Skip, Lazy };
+// What to do with a page record at (addr, len): write it (process_vm_writev),
+// copy it through the userfaultfd, skip it, leave it to the page server, or
+// throw.
+enum class PageUse { Write, Copy, Skip, Lazy };
 using PageClassifier = std::function<PageUse(uint64_t addr, uint64_t len)>;
 
 struct FillResult {
@@ -64,8 +66,12 @@ struct FillResult {
 // the headers that probably follow, records of the size just seen, are asked
 // for in the background, so that the walk does not wait for one read after
 // another.
+// Records classified Copy go in with UFFDIO_COPY on `uffd` (registered
+// regions, nothing running yet): the kernel allocates each page and copies
+// into it, where a first write through process_vm_writev has it zeroed
+// first (most of an eager replay's time on the machines measured).
 FillResult FillPages(const PageFile& f, uint64_t first_offset, uint64_t first_index, pid_t pid,
-                     const PageClassifier& classify, int threads, bool walk_ahead = false);
+                     const PageClassifier& classify, int threads, bool walk_ahead = false, int uffd = -1);
 
 // The lazy replay's page server: owns the userfaultfd of each restored
 // process, answers its page faults from the image and copies every other

@@ -424,23 +424,32 @@ static void map_regions(void) {
     }
     long r = S6(__NR_mmap, v->start, v->end - v->start, prot, flags, fd, off);
     if (r < 0 && r > -4096) fail("cannot map region", r, v->start);
-    if (v->kind & IBDBG_VMA_THP) S3(__NR_madvise, v->start, v->end - v->start, MADV_HUGEPAGE);
   }
 }
 
 /* Lazy replay: the launcher's page server answers faults in the LAZY regions
  * from the image and fills them in the background.  Faults of system calls
  * wait for it too (no UFFD_USER_MODE_ONLY), and fork, mremap, munmap and
- * madvise reach it as events. */
+ * madvise reach it as events.  Eager replay: the launcher fills the LAZY
+ * regions with UFFDIO_COPY, which needs no zeroed page first. */
 static void make_userfaultfd(void) {
   if (hdr.lazy_uffd_fd <= 0) return;
-  long fd = S1(__NR_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+  int fill = hdr.uffd_fill_only != 0;
+  /* Filling only: the launcher copies every page before anything runs, so
+   * faults from user mode are all there could be (and there are none). */
+  long fd = S1(__NR_userfaultfd, O_CLOEXEC | O_NONBLOCK | (fill ? UFFD_USER_MODE_ONLY : 0));
+  if (fd < 0 && fill) return; /* the launcher writes the pages itself then */
   if (fd < 0) fail("userfaultfd refused (lazy replay needs root)", fd, 0);
   struct uffdio_api api;
   memset(&api, 0, sizeof api);
   api.api = UFFD_API;
-  api.features = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP;
+  if (!fill)
+    api.features = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP;
   long r = S3(__NR_ioctl, fd, UFFDIO_API, &api);
+  if (r < 0 && fill) {
+    S1(__NR_close, fd);
+    return;
+  }
   if (r < 0) fail("userfaultfd refused the events lazy replay needs (fork, mremap, munmap, madvise)", r, 0);
   for (uint32_t i = 0; i < hdr.nvmas; i++) {
     struct ibdbg_plan_vma* v = &vmas[i];
@@ -451,6 +460,10 @@ static void make_userfaultfd(void) {
     reg.range.len = v->end - v->start;
     reg.mode = UFFDIO_REGISTER_MODE_MISSING;
     r = S3(__NR_ioctl, fd, UFFDIO_REGISTER, &reg);
+    if (r < 0 && fill) {
+      S1(__NR_close, fd); /* every registration goes with it */
+      return;
+    }
     if (r < 0) fail("cannot register a region with userfaultfd", r, v->start);
   }
   r = S3(__NR_dup3, fd, hdr.lazy_uffd_fd, O_CLOEXEC);
@@ -461,7 +474,6 @@ static void make_userfaultfd(void) {
 static void protect_regions(void) {
   for (uint32_t i = 0; i < hdr.nvmas; i++) {
     struct ibdbg_plan_vma* v = &vmas[i];
-    if (v->kind & IBDBG_VMA_THP) S3(__NR_madvise, v->start, v->end - v->start, MADV_NOHUGEPAGE);
     if (!(v->kind & IBDBG_VMA_FILL) || v->prot == (PROT_READ | PROT_WRITE)) continue;
     long r = S3(__NR_mprotect, v->start, v->end - v->start, v->prot);
     if (r < 0) fail("cannot protect region", r, v->start);

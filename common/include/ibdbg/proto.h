@@ -317,11 +317,8 @@ enum ibdbg_vma_kind {
   IBDBG_VMA_FILL = 0x100, /* flag: the launcher writes its pages after 'M' */
   IBDBG_VMA_GROWSDOWN = 0x200,
   IBDBG_VMA_SHM_RMID = 0x400, /* SYSV: mark the segment removed once attached */
-  /* ANON with every page in the image: filled through transparent huge
-   * pages (MADV_HUGEPAGE), then MADV_NOHUGEPAGE, which under the "madvise"
-   * THP mode behaves as the captured region did. */
-  IBDBG_VMA_THP = 0x800,
-  /* ANON whose pages arrive on demand: registered with the userfaultfd. */
+  /* ANON registered with the restorer's userfaultfd: the launcher fills it
+   * with UFFDIO_COPY (no zeroed page first), or on demand (lazy). */
   IBDBG_VMA_LAZY = 0x1000,
 };
 
@@ -371,11 +368,13 @@ struct ibdbg_plan_hdr {
   struct ibdbg_restart_info restart_info;
   struct ibdbg_process_info proc;
   struct ibdbg_signal_state sig;
-  /* Lazy replay: the restorer makes a userfaultfd, registers the LAZY
-   * regions with it and leaves it at this descriptor number for the
-   * launcher to take (pidfd_getfd) before 'D'; 0: eager. */
+  /* The restorer makes a userfaultfd, registers the LAZY regions with it
+   * and leaves it at this descriptor number for the launcher to take
+   * (pidfd_getfd) before 'D'; 0: none. */
   int32_t lazy_uffd_fd;
-  uint32_t pad_lazy;
+  /* 1: only for filling before 'D' (UFFD_USER_MODE_ONLY, no events; any
+   * user may): without it the launcher writes with process_vm_writev. */
+  uint32_t uffd_fill_only;
 };
 
 /* Bytes the restorer writes on status_fd. */
