@@ -52,6 +52,7 @@
 #include "ibdbg/pty.h"
 #include "ibdbg/restorer_layout.h"
 #include "ipc_replay.h"
+#include "page_fill.h"
 
 namespace ibdbg::replay {
 namespace {
@@ -367,6 +368,19 @@ void BuildVmas(Prepared& p, Shared& sh) {
       default: Fail("unknown memory region kind in the image");
     }
     p.vmas.push_back(pv);
+  }
+}
+
+// Private anonymous regions are registered with a userfaultfd of the
+// restorer: in a lazy replay their pages arrive on demand, in an eager one
+// the launcher copies them in with UFFDIO_COPY (see FillPages).
+void MarkFastFill(Prepared& p) {
+  for (size_t i = 0; i < p.vmas.size() && i < p.m.vmas.size(); i++) {
+    ibdbg_plan_vma& pv = p.vmas[i];
+    const ibdbg_image_vma& v = p.m.vmas[i];
+    if ((pv.kind & 0xff) != IBDBG_VMA_ANON || !(pv.kind & IBDBG_VMA_FILL) || pv.flags != MAP_PRIVATE) continue;
+    if (p.vdso_patch && v.start == p.vdso_old) continue;  // the restorer patches it before 'D'
+    pv.kind |= IBDBG_VMA_LAZY;
   }
 }
 
@@ -1819,8 +1833,73 @@ void AddSharedObjectFds(Prepared& p, const Shared& sh) {
 
 }  // namespace
 
+// Writes the process's pages (on worker threads, reading ahead); in a lazy
+// replay hands the LAZY regions' records and the process's userfaultfd to
+// the page server instead.
+void FillPagesOf(Prepared& p, PageServer* server, bool times) {
+  auto t0 = std::chrono::steady_clock::now();
+  bool vdso_filled = false;
+  int ufd = -1;
+  auto classify = [&](uint64_t a, uint64_t len) {
+    for (auto& v : p.m.vmas)
+      if (v.kind == IBDBG_IVMA_VDSO && a >= v.start && a < v.end) {
+        vdso_filled = true;
+        if (!p.vdso_patch) return PageUse::Skip;  // the kernel's own vdso serves
+      }
+    for (auto& v : p.vmas)
+      if ((v.kind & IBDBG_VMA_FILL) && a >= v.start && a + len <= v.end) {
+        if (!(v.kind & IBDBG_VMA_LAZY) || ufd < 0) return PageUse::Write;
+        return server ? PageUse::Lazy : PageUse::Copy;
+      }
+    Fail(p.image_file + ": corrupted image (pages outside any memory region)");
+  };
+  // The restorer's userfaultfd (an eager replay without one, as where the
+  // kernel has none, writes with process_vm_writev).
+  int pidfd = (int)syscall(SYS_pidfd_open, p.outer_pid, 0);
+  ufd = pidfd < 0 ? -1 : (int)syscall(SYS_pidfd_getfd, pidfd, p.hdr->lazy_uffd_fd, 0);
+  int getfd_errno = errno;
+  if (pidfd >= 0) close(pidfd);
+  if (ufd >= 0) fcntl(ufd, F_SETFD, FD_CLOEXEC);
+  if (server && ufd < 0)
+    Fail(std::string("replay failed: cannot take the process's userfaultfd: ") + strerror(getfd_errno));
+  FillResult r;
+  std::shared_ptr<PageFile> file;
+  if (p.have_pages) {
+    file = std::make_shared<PageFile>(p.image_file);
+    uint64_t index = p.reader->current_index();
+    p.reader.reset();
+    int threads = (int)std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
+    try {
+      if (server) file->Random();
+      r = FillPages(*file, p.first_pages.offset, index, p.outer_pid, classify, threads, server != nullptr, ufd);
+    } catch (const std::exception& e) {
+      if (ufd >= 0) close(ufd);
+      std::string m = e.what();
+      Fail(m.rfind("replay failed", 0) == 0 ? m + " (pid " + std::to_string(p.m.proc.pid) + ")" : m);
+    }
+  }
+  p.reader.reset();
+  p.first_pages.data.clear();
+  if (p.vdso_patch && !vdso_filled)
+    Fail(p.image_file + ": captured on another kernel by an ibdbg that did not keep the vdso; cannot replay here");
+  uint64_t lazy_bytes = 0;
+  for (auto& run : r.lazy) lazy_bytes += run.len;
+  if (server)
+    server->Add(p.outer_pid, ufd, file, std::move(r.lazy));
+  else if (ufd >= 0)
+    close(ufd);  // with the restorer's own (closed after 'D'), the regions are plain memory again
+  if (times) {
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    fprintf(stderr, "ibdbg: pid %d: %.1f MiB of memory written in %.1f ms (%.2f GB/s), %.1f MiB left to the page server\n",
+            (int)p.m.proc.pid, r.bytes / 1048576.0, ms, ms > 0 ? r.bytes / ms / 1e6 : 0.0, lazy_bytes / 1048576.0);
+  }
+}
+
 Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOptions& opts) {
   if (image_files.empty()) Fail("the image has no processes");
+  const auto launch_t0 = std::chrono::steady_clock::now();
+  if (opts.lazy)
+    if (std::string why = LazyRefusal(); !why.empty()) Fail(why);
   std::vector<std::unique_ptr<Prepared>> all;
   std::map<pid_t, int> by_pid;
   for (const auto& file : image_files) {
@@ -1897,6 +1976,7 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
   for (auto& pp : all) {
     Prepared& p = *pp;
     BuildVmas(p, sh);
+    MarkFastFill(p);
     BuildThreads(p.m, p);
     AddSharedObjectFds(p, sh);
     for (auto& f : p.m.fds) {
@@ -1954,6 +2034,9 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
     snprintf(hdr->restart_info.job_dir, sizeof hdr->restart_info.job_dir, "%s", opts.job_dir.c_str());
     hdr->proc = p.m.proc;
     hdr->sig = p.m.sig;
+    // A number free in the restorer: above the launcher's descriptors.
+    hdr->lazy_uffd_fd = p.close_from + (int)p.launcher_fds.size();
+    hdr->uffd_fill_only = !opts.lazy;
     for (auto& v : p.vmas)
       if (v.fd >= 0) v.fd = TargetOf(p, v.fd);
   }
@@ -2050,52 +2133,17 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
       L.pids.push_back(it->second);
     }
     L.pid = root.outer_pid;
+    const auto mapped_t = std::chrono::steady_clock::now();
     // Memory, straight into each process.
+    std::shared_ptr<PageServer> server = opts.lazy ? std::make_shared<PageServer>() : nullptr;
+    const char* times = getenv("IBDBG_REPLAY_TIMES");
     for (auto& pp : all) {
       Prepared& p = *pp;
-      auto in_fill_region = [&](uint64_t a, uint64_t len) {
-        for (auto& v : p.vmas)
-          if ((v.kind & IBDBG_VMA_FILL) && a >= v.start && a + len <= v.end) return true;
-        return false;
-      };
-      auto in_vdso = [&](uint64_t a) {
-        for (auto& v : p.m.vmas)
-          if (v.kind == IBDBG_IVMA_VDSO && a >= v.start && a < v.end) return true;
-        return false;
-      };
-      bool vdso_filled = false;
-      image::Record rec = std::move(p.first_pages);
-      bool more = p.have_pages;
-      while (more) {
-        if (rec.type == image::RecordType::Pages && in_vdso(rec.arg)) {
-          vdso_filled = true;
-          if (!p.vdso_patch) {  // the kernel's own vdso serves
-            more = p.reader->Next(rec);
-            continue;
-          }
-        }
-        if (rec.type == image::RecordType::Pages) {
-          if (!in_fill_region(rec.arg, rec.data.size()))
-            Fail(p.image_file + ": corrupted image (pages outside any memory region)");
-          size_t off = 0;
-          while (off < rec.data.size()) {
-            iovec local = {rec.data.data() + off, rec.data.size() - off};
-            iovec remote = {(void*)(rec.arg + off), rec.data.size() - off};
-            ssize_t n = process_vm_writev(p.outer_pid, &local, 1, &remote, 1, 0);
-            if (n <= 0) {
-              char where[96];
-              snprintf(where, sizeof where, " (pid %d at %#llx)", (int)p.m.proc.pid,
-                       (unsigned long long)(rec.arg + off));
-              Fail(std::string("replay failed: cannot write the process's memory") + where + ": " + strerror(errno));
-            }
-            off += (size_t)n;
-          }
-        }
-        more = p.reader->Next(rec);
-      }
-      p.reader.reset();
-      if (p.vdso_patch && !vdso_filled)
-        Fail(p.image_file + ": captured on another kernel by an ibdbg that did not keep the vdso; cannot replay here");
+      FillPagesOf(p, server.get(), times && *times == '1');
+    }
+    if (server) {
+      server->Start();
+      L.pages = server;
     }
     // Only once every process's memory is in: memory shared between them
     // (SysV segments, MPI's shared-memory queues) holds pages each of them
@@ -2110,6 +2158,13 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
       if (c == IBDBG_RST_FAILED) Fail("replay failed: " + msg);
       if (c != IBDBG_RST_PARKED) Fail("replay failed: the restorer stopped early");
       L.sigreturn_insn = addr;
+    }
+    if (times && *times == '1') {
+      auto ms = [&](std::chrono::steady_clock::time_point t) {
+        return std::chrono::duration<double, std::milli>(t - launch_t0).count();
+      };
+      fprintf(stderr, "ibdbg: replay launched: regions mapped after %.1f ms, processes running after %.1f ms\n",
+              ms(mapped_t), ms(std::chrono::steady_clock::now()));
     }
   } catch (...) {
     kill(child, SIGKILL);

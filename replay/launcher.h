@@ -9,10 +9,13 @@
 #include <sys/types.h>
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace ibdbg::replay {
+
+class PageServer;
 
 struct ReplayOptions {
   std::string restorer;     // path of ibdbg-restore
@@ -20,6 +23,9 @@ struct ReplayOptions {
   std::string job_dir;
   bool gdb = false;         // park threads for gdb instead of running them
   bool verbose = false;
+  // Pages of private anonymous memory arrive on demand (userfaultfd) and in
+  // the background instead of before the process runs; root only.
+  bool lazy = false;
 
   // ---- a job of several parts (hosts); none of this is needed for one ----
   // The images of the job's other parts: a TCP connection between one of our
@@ -46,6 +52,8 @@ struct Launched {
   uint64_t sigreturn_insn = 0;  // for gdb: where parked threads resume
   std::string exe;
   std::vector<pid_t> pids;      // every replayed process, as this namespace sees it
+  // Lazy replay: serves the pages until all are present (see page_fill.h).
+  std::shared_ptr<PageServer> pages;
 };
 
 // Starts the single process of `image_file` (a proc-*.img).  Throws

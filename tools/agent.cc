@@ -183,6 +183,7 @@ std::vector<pid_t> Agent::UnregisteredDescendants() {
 }
 
 void Agent::DoSuspend() {
+  if (before_capture) before_capture();
   // Libraries that connected a moment ago belong in this capture.
   for (;;) {
     pollfd lp = {lfd_, POLLIN, 0};

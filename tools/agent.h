@@ -7,6 +7,7 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -31,6 +32,8 @@ class Agent {
   // Serves until the watched child exits; returns its exit code (128+signal
   // if killed).
   int Loop();
+  // Runs before every capture (a lazy replay waits for its pages there).
+  std::function<void()> before_capture;
 
  private:
   struct Lib {

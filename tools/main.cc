@@ -26,6 +26,7 @@
 #include "inspect.h"
 #include "job.h"
 #include "replay/launcher.h"
+#include "replay/page_fill.h"
 #include "translate/translate.h"
 #ifdef IBDBG_HAVE_SOFTRDMA
 #include "launcher.h"
@@ -244,6 +245,7 @@ std::vector<std::string> SplitCommands(const std::string& s) {
 struct ReplayTarget {
   std::map<std::string, std::string> hosts;  // OLD -> NEW
   std::string remote_shell = "ssh";
+  bool lazy = false;  // --lazy: pages on demand (replay/page_fill.h)
   std::string Where(const std::string& part) const {
     auto it = hosts.find(part);
     return it == hosts.end() ? part : it->second;
@@ -424,6 +426,7 @@ int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const 
     if (gdb || !gdb_batch.empty())
       throw std::runtime_error("--gdb replays jobs of one host; this one spans " + std::to_string(parts.size()) +
                                " (replay it without --gdb, or attach gdb to a part's process)");
+    if (t.lazy) throw std::runtime_error("--lazy replays jobs of one host; this one spans " + std::to_string(parts.size()));
     return CmdReplayParts(idir, parts, dir, listen, t);
   }
   std::vector<std::string> files;
@@ -439,8 +442,17 @@ int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const 
   ro.agent = agent.socket_name();
   ro.job_dir = job.dir;
   ro.gdb = with_gdb;
+  ro.lazy = t.lazy;
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   replay::Launched L = replay::LaunchJob(files, ro);
+  if (L.pages) {
+    // A capture must see every page: it waits for the rest to arrive.
+    agent.before_capture = [pages = L.pages] { pages->WaitDone(); };
+    L.pages->OnDone([pages = L.pages.get()] {
+      fprintf(stderr, "ibdbg: lazy replay: every page present (%.1f MiB from the page server in %.1f ms)\n",
+              pages->bytes() / 1048576.0, pages->fill_ms());
+    });
+  }
   if (files.size() == 1)
     fprintf(stderr, "ibdbg: replaying %s as pid %d (job %s, images in %s/images)\n", idir.c_str(), L.image_pid,
             job.job_id.c_str(), job.dir.c_str());
@@ -550,6 +562,8 @@ int main(int argc, char** argv) {
   auto* g2 = replay->add_option("--gdb-batch", gdb_batch, "Run these gdb commands (';'-separated), then let it run on");
   g1->excludes(g2);
   replay->add_option("--dir", dir, "Job directory for the replayed job (default: a new one)");
+  replay->add_flag("--lazy", target.lazy,
+                   "Run at once; memory arrives on demand and in the background (userfaultfd; needs root)");
   replay->footer("Example: ibdbg replay /tmp/job/images/latest --gdb-batch 'thread apply all bt'");
 
   auto* inspect = app.add_subcommand("inspect", "Describe an image: processes, threads, memory, files, provenance");

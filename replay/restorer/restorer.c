@@ -25,6 +25,8 @@
 #include <linux/sched.h>
 #include <linux/shm.h>
 #include <linux/time.h>
+#include <linux/ioctl.h>
+#include <linux/userfaultfd.h>
 
 #include "ibdbg/proto.h"
 #include "ibdbg/restorer_layout.h"
@@ -425,6 +427,50 @@ static void map_regions(void) {
   }
 }
 
+/* Lazy replay: the launcher's page server answers faults in the LAZY regions
+ * from the image and fills them in the background.  Faults of system calls
+ * wait for it too (no UFFD_USER_MODE_ONLY), and fork, mremap, munmap and
+ * madvise reach it as events.  Eager replay: the launcher fills the LAZY
+ * regions with UFFDIO_COPY, which needs no zeroed page first. */
+static void make_userfaultfd(void) {
+  if (hdr.lazy_uffd_fd <= 0) return;
+  int fill = hdr.uffd_fill_only != 0;
+  /* Filling only: the launcher copies every page before anything runs, so
+   * faults from user mode are all there could be (and there are none). */
+  long fd = S1(__NR_userfaultfd, O_CLOEXEC | O_NONBLOCK | (fill ? UFFD_USER_MODE_ONLY : 0));
+  if (fd < 0 && fill) return; /* the launcher writes the pages itself then */
+  if (fd < 0) fail("userfaultfd refused (lazy replay needs root)", fd, 0);
+  struct uffdio_api api;
+  memset(&api, 0, sizeof api);
+  api.api = UFFD_API;
+  if (!fill)
+    api.features = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP;
+  long r = S3(__NR_ioctl, fd, UFFDIO_API, &api);
+  if (r < 0 && fill) {
+    S1(__NR_close, fd);
+    return;
+  }
+  if (r < 0) fail("userfaultfd refused the events lazy replay needs (fork, mremap, munmap, madvise)", r, 0);
+  for (uint32_t i = 0; i < hdr.nvmas; i++) {
+    struct ibdbg_plan_vma* v = &vmas[i];
+    if (!(v->kind & IBDBG_VMA_LAZY)) continue;
+    struct uffdio_register reg;
+    memset(&reg, 0, sizeof reg);
+    reg.range.start = v->start;
+    reg.range.len = v->end - v->start;
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+    r = S3(__NR_ioctl, fd, UFFDIO_REGISTER, &reg);
+    if (r < 0 && fill) {
+      S1(__NR_close, fd); /* every registration goes with it */
+      return;
+    }
+    if (r < 0) fail("cannot register a region with userfaultfd", r, v->start);
+  }
+  r = S3(__NR_dup3, fd, hdr.lazy_uffd_fd, O_CLOEXEC);
+  if (r < 0) fail("cannot place the userfaultfd", r, 0);
+  S1(__NR_close, fd);
+}
+
 static void protect_regions(void) {
   for (uint32_t i = 0; i < hdr.nvmas; i++) {
     struct ibdbg_plan_vma* v = &vmas[i];
@@ -605,10 +651,15 @@ void __attribute__((used, noreturn)) restorer_main(uint64_t* sp) {
   clear_address_space();
   place_vdso();
   map_regions();
+  make_userfaultfd();
   put("M");
   char c = 0;
   read_exact(plan_fd, &c, 1);
   if (c != IBDBG_RST_FILLED) fail("launcher did not fill memory", 0, 0);
+  /* The page server holds the userfaultfd now.  Ours would keep it alive
+   * after the server closes its own (all pages present): faults would then
+   * wait for nobody instead of becoming plain zero fill. */
+  if (hdr.lazy_uffd_fd > 0) S1(__NR_close, hdr.lazy_uffd_fd);
   if (hdr.vdso_patch) patch_vdso();
   protect_regions();
   restore_process_state();

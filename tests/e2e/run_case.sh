@@ -4,7 +4,7 @@
 # replay again, for several generations), then let it check itself.
 #
 #   run_case.sh BUILD_DIR PROGRAM [--as-user] [--generations N] [--keep] [--max-image-mb N]
-#               [--outside SCRIPT] [--expect-log PATTERN] [--run-on]
+#               [--outside SCRIPT] [--expect-log PATTERN] [--run-on] [--lazy]
 #
 # --as-user runs every ibdbg command as the unprivileged user nobody.
 # --max-image-mb fails if any captured image takes more than N MiB on disk.
@@ -16,11 +16,12 @@
 # --image-while-running replays an image taken without --stop (a forked
 # capture: the job runs on while its memory is written from a frozen copy);
 # the job is stopped afterwards by another capture, whose image is not used.
+# --lazy replays with `ibdbg replay --lazy` (pages on demand).
 set -u
 . "$(dirname "$0")/lib.sh"
 build=$1 prog=$2
 shift 2
-as_user=0 generations=1 twice=0 max_image_mb=0 outside="" expect_log="" run_on=0 while_running=0
+as_user=0 generations=1 twice=0 max_image_mb=0 outside="" expect_log="" run_on=0 while_running=0 replay_opts=()
 while [ $# -gt 0 ]; do
   case $1 in
     --as-user) as_user=1 ;;
@@ -32,6 +33,7 @@ while [ $# -gt 0 ]; do
     --expect-log) expect_log=$2; shift ;;
     --run-on) run_on=1 ;;
     --image-while-running) while_running=1 ;;
+    --lazy) replay_opts+=(--lazy) ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -107,7 +109,7 @@ remove_listed() {
 
 for g in $(seq 1 "$generations"); do
   remove_listed
-  ( "${as[@]}" "$ibdbg" replay "$img" --dir "$work/job$g" 2>&1 | cat > "$work/out.$g" ) &
+  ( "${as[@]}" "$ibdbg" replay "$img" "${replay_opts[@]}" --dir "$work/job$g" 2>&1 | cat > "$work/out.$g" ) &
   replayer=$!
   if [ "$g" -lt "$generations" ]; then
     img=$(capture "$work/job$g") || fail "capture of generation $g failed"

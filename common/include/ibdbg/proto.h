@@ -327,6 +327,9 @@ enum ibdbg_vma_kind {
   IBDBG_VMA_FILL = 0x100, /* flag: the launcher writes its pages after 'M' */
   IBDBG_VMA_GROWSDOWN = 0x200,
   IBDBG_VMA_SHM_RMID = 0x400, /* SYSV: mark the segment removed once attached */
+  /* ANON registered with the restorer's userfaultfd: the launcher fills it
+   * with UFFDIO_COPY (no zeroed page first), or on demand (lazy). */
+  IBDBG_VMA_LAZY = 0x1000,
 };
 
 struct ibdbg_plan_vma {
@@ -375,6 +378,13 @@ struct ibdbg_plan_hdr {
   struct ibdbg_restart_info restart_info;
   struct ibdbg_process_info proc;
   struct ibdbg_signal_state sig;
+  /* The restorer makes a userfaultfd, registers the LAZY regions with it
+   * and leaves it at this descriptor number for the launcher to take
+   * (pidfd_getfd) before 'D'; 0: none. */
+  int32_t lazy_uffd_fd;
+  /* 1: only for filling before 'D' (UFFD_USER_MODE_ONLY, no events; any
+   * user may): without it the launcher writes with process_vm_writev. */
+  uint32_t uffd_fill_only;
 };
 
 /* ---- verbs state (capture/verbs), image record "verbs" ------------------ */
