@@ -542,6 +542,28 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
     if (cap->client_fd >= 0 && peers.count(cap->client_fd)) peers[cap->client_fd].conn.Send(reply);
     cap.reset();
   };
+  // One barrier of a capture: an agent's answer counts once; true when the
+  // last one arrived and all went well (a failure ends the capture here).
+  auto arrive = [&](int fd, const json& m) {
+    auto it = std::find(cap->waiting.begin(), cap->waiting.end(), fd);
+    if (it == cap->waiting.end()) return false;
+    cap->waiting.erase(it);
+    if (!m.value("ok", false)) cap->error = m.value("error", std::string("an agent failed"));
+    if (!cap->waiting.empty()) return false;
+    if (!cap->error.empty()) {
+      finish_capture(false);
+      return false;
+    }
+    return true;
+  };
+  // The next phase, to every agent of the capture still connected.
+  auto broadcast = [&](const json& msg) {
+    for (int afd : cap->agents)
+      if (peers.count(afd)) {
+        peers[afd].conn.Send(msg);
+        cap->waiting.push_back(afd);
+      }
+  };
 
   auto start_capture = [&](int client_fd, bool stop, const json& options) -> std::optional<std::string> {
     if (cap) return "a capture is already in progress";
@@ -630,48 +652,23 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
           next_interval = interval_s > 0 ? now + std::chrono::seconds(interval_s)
                                          : std::chrono::steady_clock::time_point::max();
         } else if (op == "suspended" && cap && !cap->writing) {
-          auto it = std::find(cap->waiting.begin(), cap->waiting.end(), fd);
-          if (it != cap->waiting.end()) {
-            cap->waiting.erase(it);
-            if (!m->value("ok", false)) cap->error = m->value("error", std::string("an agent failed"));
-            if (cap->waiting.empty()) {
-              if (!cap->error.empty()) {
-                finish_capture(false);
-              } else {
-                // The barrier: the whole job stands still; now it is written.
-                cap->writing = true;
-                for (int afd : cap->agents)
-                  if (peers.count(afd)) {
-                    peers[afd].conn.Send({{"op", "write"},
-                                          {"dir", cap->dir->temp_path()},
-                                          {"job_id", job.job_id},
-                                          {"options", cap->options}});
-                    cap->waiting.push_back(afd);
-                  }
-              }
-            }
+          if (arrive(fd, *m)) {
+            // The barrier: the whole job stands still; now it is written.
+            cap->writing = true;
+            broadcast({{"op", "write"},
+                       {"dir", cap->dir->temp_path()},
+                       {"job_id", job.job_id},
+                       {"options", cap->options}});
           }
         } else if (op == "forked" && cap && cap->writing && cap->forked && !cap->detached) {
-          auto it = std::find(cap->waiting.begin(), cap->waiting.end(), fd);
-          if (it != cap->waiting.end()) {
-            cap->waiting.erase(it);
-            if (!m->value("ok", false)) cap->error = m->value("error", std::string("an agent failed"));
-            if (cap->waiting.empty()) {
-              if (!cap->error.empty()) {
-                finish_capture(false);
-              } else {
-                cap->detached = true;
-                for (int afd : cap->agents)
-                  if (peers.count(afd)) {
-                    peers[afd].conn.Send({{"op", "detach"}});
-                    cap->waiting.push_back(afd);
-                  }
-                auto stopped = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    std::chrono::steady_clock::now() - cap->started);
-                if (cap->client_fd >= 0 && peers.count(cap->client_fd))
-                  peers[cap->client_fd].conn.Send({{"op", "running"}, {"stopped_ms", stopped.count()}});
-              }
-            }
+          if (arrive(fd, *m)) {
+            // Every process has its frozen copy: all may run on together.
+            cap->detached = true;
+            broadcast({{"op", "detach"}});
+            auto stopped = std::chrono::duration_cast<std::chrono::milliseconds>(
+                std::chrono::steady_clock::now() - cap->started);
+            if (cap->client_fd >= 0 && peers.count(cap->client_fd))
+              peers[cap->client_fd].conn.Send({{"op", "running"}, {"stopped_ms", stopped.count()}});
           }
         } else if (op == "captured" && cap && cap->writing) {
           auto it = std::find(cap->waiting.begin(), cap->waiting.end(), fd);

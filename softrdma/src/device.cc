@@ -1,5 +1,6 @@
 // softrdma: the device, its context, queries, events and the small helpers
 // of the verbs ABI (strings, rates, sysfs).
+#include "logline.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -20,23 +21,13 @@ namespace softrdma {
 std::atomic<int> g_debug{0};
 
 void Log(const char* fmt, ...) {
-  char buf[512];
   va_list ap;
   va_start(ap, fmt);
-  int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+  VLogLine(fmt, ap);
   va_end(ap);
-  if (n < 0) return;
-  if (n > int(sizeof buf) - 2) n = sizeof buf - 2;
-  buf[n++] = '\n';
-  ssize_t r = write(2, buf, size_t(n));
-  (void)r;
 }
 
-uint64_t NowNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
-}
+uint64_t NowNs() { return MonotonicNs(); }
 
 namespace {
 

@@ -16,6 +16,7 @@
 // or id, signals blocked, named "softrdma-cm") accepts and reads the CM
 // sockets; everything else runs in the caller's thread under one mutex.
 // Control path only: allocation here is fine, the data path is softrdma's.
+#include "logline.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -166,23 +167,13 @@ bool g_debug = false;
 void Log(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 void Log(const char* fmt, ...) {
   if (!g_debug) return;
-  char buf[512];
   va_list ap;
   va_start(ap, fmt);
-  int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+  softrdma::VLogLine(fmt, ap);
   va_end(ap);
-  if (n < 0) return;
-  if (n > int(sizeof buf) - 2) n = sizeof buf - 2;
-  buf[n++] = '\n';
-  ssize_t r = write(2, buf, size_t(n));
-  (void)r;
 }
 
-uint64_t NowNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
-}
+uint64_t NowNs() { return softrdma::MonotonicNs(); }
 
 int Fail(int e) {
   errno = e;
