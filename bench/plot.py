@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Plots of the benchmarks' CSVs.
    plot.py images.csv OUT_DIR  ->  OUT_DIR/gbps.png, OUT_DIR/pauses.png   (bench/images.sh)
-   plot.py --softrdma softrdma.csv OUT_DIR  ->  OUT_DIR/softrdma.png      (bench/softrdma.sh)"""
+   plot.py --softrdma softrdma.csv OUT_DIR  ->  OUT_DIR/softrdma.png      (bench/softrdma.sh)
+   plot.py --verbs verbs.csv OUT_DIR  ->  OUT_DIR/verbs.png               (bench/verbs.sh)"""
 import csv
 import sys
 
@@ -40,6 +41,29 @@ def plot_softrdma(path, out):
     fig.savefig(f"{out}/softrdma.png", dpi=120)
 
 
+def plot_verbs(path, out):
+    """Every A/B sample of the verbs layer's cost (plain vs under `ibdbg run`), medians as lines."""
+    rows = [r for r in csv.DictReader(open(path)) if r["plain"] and r["samples"].startswith("plain:")]
+    fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 4.5), squeeze=False)
+    for ax, r in zip(axes[0], rows):
+        plain, with_ = (s.split(":", 1)[1].split() for s in r["samples"].split(" / "))
+        for i, (name, vals) in enumerate((("plain", plain), ("ibdbg run", with_))):
+            ax.scatter([i] * len(vals), [float(v) for v in vals], alpha=0.6)
+            med = float(r["plain"] if i == 0 else r["with_ibdbg"])
+            ax.hlines(med, i - 0.25, i + 0.25, color="black")
+        ax.set_xticks([0, 1])
+        ax.set_xticklabels(["plain", "ibdbg run"])
+        ax.set_xlim(-0.6, 1.6)
+        ax.set_ylabel(r["unit"])
+        ax.set_title(f'{r["what"]}\nadded {r["added_pct"]}% (goal {r["goal"]}): {r["verdict"]}', fontsize=8)
+    fig.suptitle("verbs layer cost outside captures (softrdma, one host; lines: medians)")
+    fig.tight_layout()
+    fig.savefig(f"{out}/verbs.png", dpi=120)
+
+
+if sys.argv[1] == "--verbs":
+    plot_verbs(sys.argv[2], sys.argv[3])
+    sys.exit(0)
 if sys.argv[1] == "--softrdma":
     plot_softrdma(sys.argv[2], sys.argv[3])
     sys.exit(0)
