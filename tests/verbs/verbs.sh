@@ -18,8 +18,10 @@ command -v ibv_rc_pingpong >/dev/null || { echo "SKIP: ibverbs-utils not install
 fail_name=verbs.$mode
 e2e_setup "verbs-$mode" 0
 cd "$work"
-# A port of our own: other tests (softrdma's) use the programs' default 18515.
-port=$(( 20000 + ($$ * 7 + RANDOM) % 20000 ))
+# A port of our own: other tests (softrdma's) use the programs' default 18515
+# and fixed ranges from 21000 to 24999; below 32768, where softrdma's own
+# connections take ephemeral ports.
+port=$(( 25000 + ($$ * 7 + RANDOM) % 7000 ))
 
 # A server and its client, each its own job; both must end well.
 pair() {
@@ -31,13 +33,17 @@ pair() {
   local srv=$!
   # The client retries until the server listens.
   sleep 0.5
+  local rc
   for _ in $(seq 50); do
     IBDBG_VERBS_DEBUG=1 timeout 60 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/$name-c" -- "$@" 127.0.0.1 \
-      > "$name.c.out" 2>&1 && break
+      > "$name.c.out" 2>&1
+    rc=$?
+    [ $rc = 0 ] && break
     grep -q "Couldn't connect\|Unable to connect\|Connection refused" "$name.c.out" || break
     sleep 0.2
   done
-  echo "rc=$?" >> "$name.c.out"
+  # The client's own status (the loop's would be that of its last break).
+  echo "rc=$rc" >> "$name.c.out"
   wait_bounded $srv 60 || fail "$name: the server did not end"
   for side in s c; do
     grep -q "^rc=0" "$name.$side.out" || fail "$name ($side) failed: $(tail -3 "$name.$side.out")"
