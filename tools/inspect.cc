@@ -232,9 +232,22 @@ const char* VerbsKindName(uint32_t k) {
     case IBDBG_VERBS_SRQ: return "srq";
     case IBDBG_VERBS_AH: return "ah";
     case IBDBG_VERBS_CHANNEL: return "channel";
+    case IBDBG_VERBS_RECV: return "recv";
   }
   return "unknown";
 }
+
+const char* LinkLayerName(uint64_t l) {
+  switch (l) {
+    case 0: return "unknown";
+    case 1: return "infiniband";  // IBV_LINK_LAYER_INFINIBAND
+    case 2: return "ethernet";    // IBV_LINK_LAYER_ETHERNET
+  }
+  return "other";
+}
+
+// enum ibv_mtu (1..5) to bytes; 0 when unset.
+uint64_t MtuBytes(uint64_t m) { return m >= 1 && m <= 5 ? 128ull << m : 0; }
 
 const char* QpStateName(uint64_t s) {
   static const char* const k[] = {"RESET", "INIT", "RTR", "RTS", "SQD", "SQE", "ERR"};
@@ -259,6 +272,8 @@ ojson VerbsJson(const std::vector<uint8_t>& data, const std::string& path) {
   ojson v;
   v["backend"] = CStr(h.backend);
   v["posts_blocked"] = h.posts_blocked;
+  v["link_layer"] = LinkLayerName(h.link_layer);
+  if (h.translated) v["translated"] = true;
   if (h.refused[0]) v["refused"] = CStr(h.refused);
   if (h.nbackend_tids > IBDBG_VERBS_MAX_TIDS || h.nbackend_fds > IBDBG_VERBS_MAX_FDS)
     throw ImageError(path + ": verbs record is damaged");
@@ -275,8 +290,14 @@ ojson VerbsJson(const std::vector<uint8_t>& data, const std::string& path) {
     switch (o.kind) {
       case IBDBG_VERBS_CONTEXT:
         e["device"] = CStr(o.name);
-        e["cmd_fd"] = (int64_t)u[0];
-        e["async_fd"] = (int64_t)u[1];
+        e["cmd_fd"] = (int64_t)u[IBDBG_VCTX_CMD_FD];
+        e["async_fd"] = (int64_t)u[IBDBG_VCTX_ASYNC_FD];
+        if (u[IBDBG_VCTX_LINK_LAYER]) {
+          e["link_layer"] = LinkLayerName(u[IBDBG_VCTX_LINK_LAYER]);
+          e["lid"] = u[IBDBG_VCTX_LID];
+          e["active_mtu"] = MtuBytes(u[IBDBG_VCTX_ACTIVE_MTU]);
+          e["gid"] = GidText(o.gid);
+        }
         break;
       case IBDBG_VERBS_PD: e["context"] = Hex(o.parent[0]); break;
       case IBDBG_VERBS_MR:
@@ -303,10 +324,32 @@ ojson VerbsJson(const std::vector<uint8_t>& data, const std::string& path) {
         break;
       case IBDBG_VERBS_AH:
         e["pd"] = Hex(o.parent[0]);
-        e["dlid"] = u[0];
-        e["port"] = u[1];
-        if (u[2]) e["dgid"] = GidText(o.gid);
+        e["dlid"] = u[IBDBG_VAH_DLID];
+        e["port"] = u[IBDBG_VAH_PORT];
+        e["sl"] = u[IBDBG_VAH_SL];
+        if (u[IBDBG_VAH_IS_GLOBAL]) {
+          e["dgid"] = GidText(o.gid);
+          e["sgid_index"] = u[IBDBG_VAH_SGID_INDEX];
+          e["hop_limit"] = u[IBDBG_VAH_HOP_LIMIT];
+          e["traffic_class"] = u[IBDBG_VAH_TRAFFIC_CLASS];
+          e["flow_label"] = u[IBDBG_VAH_FLOW_LABEL];
+        }
         break;
+      case IBDBG_VERBS_RECV: {
+        e["owner"] = Hex(o.parent[0]);
+        e["wr_id"] = Hex(u[0]);
+        if (u[1] > IBDBG_VERBS_RECV_MAX_SGE) throw ImageError(path + ": verbs record is damaged");
+        ojson sges = ojson::array();
+        for (uint64_t i = 0; i < u[1]; i++) {
+          ojson g;
+          g["addr"] = Hex(u[2 + 2 * i]);
+          g["length"] = u[3 + 2 * i] & 0xffffffffu;
+          g["lkey"] = Hex(u[3 + 2 * i] >> 32);
+          sges.push_back(std::move(g));
+        }
+        e["sges"] = std::move(sges);
+        break;
+      }
       case IBDBG_VERBS_QP:
         e["qpn"] = Hex(u[IBDBG_VQP_QPN]);
         e["type"] = QpTypeName(u[IBDBG_VQP_TYPE]);
@@ -326,6 +369,26 @@ ojson VerbsJson(const std::vector<uint8_t>& data, const std::string& path) {
         e["sends_outstanding"] = (int64_t)u[IBDBG_VQP_SENDS_OUTSTANDING];
         e["recvs_posted"] = (int64_t)u[IBDBG_VQP_RECVS_POSTED];
         e["wr_api"] = (o.flags & 1) != 0;
+        e["attr_mask"] = Hex(u[IBDBG_VQP_ATTR_MASK]);
+        e["path_mtu"] = MtuBytes(u[IBDBG_VQP_PATH_MTU]);
+        e["access_flags"] = Hex(u[IBDBG_VQP_ACCESS_FLAGS]);
+        e["sl"] = u[IBDBG_VQP_SL];
+        e["max_inline"] = u[IBDBG_VQP_MAX_INLINE];
+        e["max_send_sge"] = u[IBDBG_VQP_MAX_SEND_SGE];
+        e["max_recv_sge"] = u[IBDBG_VQP_MAX_RECV_SGE];
+        e["timeout"] = u[IBDBG_VQP_TIMEOUT];
+        e["retry_cnt"] = u[IBDBG_VQP_RETRY_CNT];
+        e["rnr_retry"] = u[IBDBG_VQP_RNR_RETRY];
+        e["min_rnr_timer"] = u[IBDBG_VQP_MIN_RNR_TIMER];
+        e["max_rd_atomic"] = u[IBDBG_VQP_MAX_RD_ATOMIC];
+        e["max_dest_rd_atomic"] = u[IBDBG_VQP_MAX_DEST_RD_ATOMIC];
+        if (u[IBDBG_VQP_IS_GLOBAL]) {
+          e["dgid"] = GidText(o.gid);
+          e["sgid_index"] = u[IBDBG_VQP_SGID_INDEX];
+          e["hop_limit"] = u[IBDBG_VQP_HOP_LIMIT];
+          e["traffic_class"] = u[IBDBG_VQP_TRAFFIC_CLASS];
+          e["flow_label"] = u[IBDBG_VQP_FLOW_LABEL];
+        }
         break;
     }
     objs.push_back(std::move(e));
@@ -347,6 +410,8 @@ std::string VerbsLine(const ojson& e) {
     l += "  qpn " + e["qpn"].get<std::string>() + "  " + e["type"].get<std::string>() + "  " + e["state"].get<std::string>();
     add("dest_qpn", "dest_qpn");
     add("dlid", "dlid");
+    add("dgid", "dgid");
+    add("path_mtu", "mtu");
     add("sq_psn", "sq_psn");
     add("rq_psn", "rq_psn");
     add("sends_outstanding", "sends outstanding");
@@ -356,7 +421,8 @@ std::string VerbsLine(const ojson& e) {
     return l;
   }
   for (const char* key : {"device", "cmd_fd", "async_fd", "fd", "addr", "length", "access", "lkey", "rkey", "cqe",
-                          "buffered", "channel", "max_wr", "srq_limit", "recvs_posted", "dlid", "dgid"})
+                          "buffered", "channel", "max_wr", "srq_limit", "recvs_posted", "link_layer", "lid",
+                          "active_mtu", "gid", "dlid", "dgid", "owner", "wr_id"})
     add(key, key);
   if (e.contains("extended") && e["extended"].get<bool>()) l += "  extended";
   return l;

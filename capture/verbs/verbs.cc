@@ -253,6 +253,11 @@ struct VCtx {
   struct ibv_context* real;
   struct verbs_context* real_vctx;  // the backend's extended ops, or NULL
   struct verbs_context vc;          // vc.context is what the application holds
+  // Port 1 as the application saw it when it opened the device: the record's
+  // fabric (link layer, LID, GID) for translate and replay.
+  struct ibv_port_attr port;
+  union ibv_gid gid0;
+  bool port_known;
 };
 struct VPd {
   struct ibv_pd pd;
@@ -1176,6 +1181,8 @@ EXPORT struct ibv_context* ibv_open_device(struct ibv_device* dev) {
     c->num_comp_vectors = real->num_comp_vectors;
     c->abi_compat = __VERBS_ABI_IS_EXTENDED;
     fill_ops(v);
+    v->port_known = NEXT(ibv_query_port, V11)(real, 1, (struct _compat_ibv_port_attr*)&v->port) == 0;
+    if (v->port_known && NEXT(ibv_query_gid, V11)(real, 1, 0, &v->gid0) != 0) memset(&v->gid0, 0, sizeof v->gid0);
     link_obj(&v->o, IBDBG_VERBS_CONTEXT);
   } else if (real) {
     NEXT(ibv_close_device, V11)(real);
@@ -1825,8 +1832,17 @@ size_t describe(void* out, size_t cap) {
         VCtx* v = (VCtx*)((char*)o - offsetof(VCtx, o));
         e->handle = (uint64_t)&v->vc.context;
         if (v->vc.context.device) memcpy(e->name, v->vc.context.device->name, sizeof e->name - 1);
-        e->u[0] = (uint64_t)(int64_t)v->vc.context.cmd_fd;
-        e->u[1] = (uint64_t)(int64_t)v->vc.context.async_fd;
+        e->u[IBDBG_VCTX_CMD_FD] = (uint64_t)(int64_t)v->vc.context.cmd_fd;
+        e->u[IBDBG_VCTX_ASYNC_FD] = (uint64_t)(int64_t)v->vc.context.async_fd;
+        if (v->port_known) {
+          const struct ibv_port_attr& pa = v->port;
+          // Older backends leave link_layer 0 (unspecified), which means InfiniBand.
+          e->u[IBDBG_VCTX_LINK_LAYER] = pa.link_layer ? pa.link_layer : IBV_LINK_LAYER_INFINIBAND;
+          e->u[IBDBG_VCTX_LID] = pa.lid, e->u[IBDBG_VCTX_ACTIVE_MTU] = pa.active_mtu;
+          e->u[IBDBG_VCTX_PORT_STATE] = pa.state, e->u[IBDBG_VCTX_GID_TBL_LEN] = (uint64_t)pa.gid_tbl_len;
+          memcpy(e->gid, v->gid0.raw, 16);
+          if (!h->link_layer) h->link_layer = (uint32_t)e->u[IBDBG_VCTX_LINK_LAYER];
+        }
         break;
       }
       case IBDBG_VERBS_PD: {
@@ -1870,9 +1886,14 @@ size_t describe(void* out, size_t cap) {
         VAh* v = (VAh*)((char*)o - offsetof(VAh, o));
         e->handle = (uint64_t)&v->ah;
         e->parent[0] = (uint64_t)v->ah.pd;
-        e->u[0] = v->attr.dlid, e->u[1] = v->attr.port_num, e->u[2] = v->attr.is_global;
-        e->u[3] = v->attr.grh.sgid_index;
-        memcpy(e->gid, v->attr.grh.dgid.raw, 16);
+        const struct ibv_ah_attr& a = v->attr;
+        uint64_t* u = e->u;
+        u[IBDBG_VAH_DLID] = a.dlid, u[IBDBG_VAH_PORT] = a.port_num, u[IBDBG_VAH_IS_GLOBAL] = a.is_global;
+        u[IBDBG_VAH_SGID_INDEX] = a.grh.sgid_index, u[IBDBG_VAH_SL] = a.sl;
+        u[IBDBG_VAH_SRC_PATH_BITS] = a.src_path_bits, u[IBDBG_VAH_STATIC_RATE] = a.static_rate;
+        u[IBDBG_VAH_HOP_LIMIT] = a.grh.hop_limit, u[IBDBG_VAH_TRAFFIC_CLASS] = a.grh.traffic_class;
+        u[IBDBG_VAH_FLOW_LABEL] = a.grh.flow_label;
+        memcpy(e->gid, a.grh.dgid.raw, 16);
         break;
       }
       case IBDBG_VERBS_QP: {
@@ -1892,6 +1913,17 @@ size_t describe(void* out, size_t cap) {
         u[IBDBG_VQP_PORT] = v->attr.port_num, u[IBDBG_VQP_QKEY] = v->attr.qkey;
         u[IBDBG_VQP_SENDS_OUTSTANDING] = (uint64_t)v->sends_out;
         u[IBDBG_VQP_RECVS_POSTED] = (uint64_t)(v->srq ? 0 : v->recvs);
+        const struct ibv_qp_attr& a = v->attr;
+        u[IBDBG_VQP_ATTR_MASK] = (uint64_t)v->attr_mask, u[IBDBG_VQP_PATH_MTU] = a.path_mtu;
+        u[IBDBG_VQP_PKEY_INDEX] = a.pkey_index, u[IBDBG_VQP_ACCESS_FLAGS] = a.qp_access_flags;
+        u[IBDBG_VQP_SL] = a.ah_attr.sl, u[IBDBG_VQP_SRC_PATH_BITS] = a.ah_attr.src_path_bits;
+        u[IBDBG_VQP_STATIC_RATE] = a.ah_attr.static_rate, u[IBDBG_VQP_IS_GLOBAL] = a.ah_attr.is_global;
+        u[IBDBG_VQP_SGID_INDEX] = a.ah_attr.grh.sgid_index, u[IBDBG_VQP_HOP_LIMIT] = a.ah_attr.grh.hop_limit;
+        u[IBDBG_VQP_TRAFFIC_CLASS] = a.ah_attr.grh.traffic_class, u[IBDBG_VQP_FLOW_LABEL] = a.ah_attr.grh.flow_label;
+        u[IBDBG_VQP_TIMEOUT] = a.timeout, u[IBDBG_VQP_RETRY_CNT] = a.retry_cnt;
+        u[IBDBG_VQP_RNR_RETRY] = a.rnr_retry, u[IBDBG_VQP_MIN_RNR_TIMER] = a.min_rnr_timer;
+        u[IBDBG_VQP_MAX_RD_ATOMIC] = a.max_rd_atomic, u[IBDBG_VQP_MAX_DEST_RD_ATOMIC] = a.max_dest_rd_atomic;
+        u[IBDBG_VQP_SQ_SIG_ALL] = v->sig_all;
         if (v->attr.ah_attr.is_global) memcpy(e->gid, v->attr.ah_attr.grh.dgid.raw, 16);
         break;
       }

@@ -169,7 +169,16 @@ std::string VerbsRecord(uint32_t nobjs_claimed) {
   h.backend_tids[0] = 4321;
   h.nbackend_fds = 2;
   h.backend_fds[0] = 7, h.backend_fds[1] = 9;
-  ibdbg_verbs_obj o[2]{};
+  h.link_layer = 1;
+  ibdbg_verbs_obj o[4]{};
+  o[2].kind = IBDBG_VERBS_CONTEXT;
+  o[2].handle = 0x4000;
+  std::snprintf(o[2].name, sizeof o[2].name, "softrdma0");
+  o[2].u[IBDBG_VCTX_LINK_LAYER] = 1, o[2].u[IBDBG_VCTX_LID] = 7, o[2].u[IBDBG_VCTX_ACTIVE_MTU] = 5;
+  o[3].kind = IBDBG_VERBS_RECV;
+  o[3].handle = 0x7000;
+  o[3].parent[0] = 0x6000;
+  o[3].u[0] = 0x2a, o[3].u[1] = 1, o[3].u[2] = 0x7f0000020000, o[3].u[3] = 4096 | (0x101ull << 32);
   o[0].kind = IBDBG_VERBS_MR;
   o[0].handle = 0x5000;
   o[0].u[0] = 0x7f0000020000, o[0].u[1] = 4096, o[0].u[2] = 7, o[0].u[3] = 0x101, o[0].u[4] = 0x102;
@@ -177,6 +186,8 @@ std::string VerbsRecord(uint32_t nobjs_claimed) {
   o[1].handle = 0x6000;
   o[1].u[IBDBG_VQP_QPN] = 0x84ef01, o[1].u[IBDBG_VQP_TYPE] = 2, o[1].u[IBDBG_VQP_STATE] = 3;
   o[1].u[IBDBG_VQP_DEST_QPN] = 0xd7f301, o[1].u[IBDBG_VQP_RECVS_POSTED] = 12;
+  o[1].u[IBDBG_VQP_PATH_MTU] = 3, o[1].u[IBDBG_VQP_IS_GLOBAL] = 1, o[1].u[IBDBG_VQP_SGID_INDEX] = 1;
+  o[1].gid[10] = 0xff, o[1].gid[11] = 0xff, o[1].gid[12] = 10, o[1].gid[15] = 2;
   std::string s((const char*)&h, sizeof h);
   s.append((const char*)o, sizeof o);
   return s;
@@ -185,23 +196,33 @@ std::string VerbsRecord(uint32_t nobjs_claimed) {
 TEST(Inspect, VerbsRecord) {
   TempDir t;
   auto p = test::DefaultProcess(1234);
-  p.extra.push_back({(uint32_t)image::RecordType::Verbs, 0, VerbsRecord(2)});
+  p.extra.push_back({(uint32_t)image::RecordType::Verbs, 0, VerbsRecord(4)});
   test::BuildImage(t / "img", {p});
   std::string out = InspectImage(t / "img", false);
   SCOPED_TRACE(out);
-  EXPECT_TRUE(Has(out, "verbs (2 objects, backend /usr/lib/softrdma/libibverbs.so.1)"));
+  EXPECT_TRUE(Has(out, "context 0x4000  device softrdma0"));
+  EXPECT_TRUE(Has(out, "link_layer infiniband  lid 7  active_mtu 4096"));
+  EXPECT_TRUE(Has(out, "recv 0x7000  owner 0x6000  wr_id 0x2a"));
+  EXPECT_TRUE(Has(out, "verbs (4 objects, backend /usr/lib/softrdma/libibverbs.so.1)"));
   EXPECT_TRUE(Has(out, "backend threads: 4321  backend fds: 7,9"));
   EXPECT_TRUE(Has(out, "mr 0x5000  addr 0x7f0000020000  length 4096  access 0x7  lkey 0x101  rkey 0x102"));
   EXPECT_TRUE(Has(out, "qp 0x6000  qpn 0x84ef01  RC  RTS  dest_qpn 0xd7f301"));
   EXPECT_TRUE(Has(out, "receives posted 12"));
   json j = json::parse(InspectImage(t / "img", true));
-  EXPECT_EQ(j["processes"][0]["verbs"]["objects"][1]["state"], "RTS");
+  const json& v = j["processes"][0]["verbs"];
+  EXPECT_EQ(v["objects"][1]["state"], "RTS");
+  EXPECT_EQ(v["link_layer"], "infiniband");
+  EXPECT_EQ(v["objects"][1]["path_mtu"], 1024);
+  EXPECT_EQ(v["objects"][1]["sgid_index"], 1);
+  EXPECT_EQ(v["objects"][1]["dgid"], "0000:0000:0000:0000:0000:ffff:0a00:0002");
+  EXPECT_EQ(v["objects"][3]["sges"][0]["length"], 4096);
+  EXPECT_EQ(v["objects"][3]["sges"][0]["lkey"], "0x101");
 }
 
 TEST(Inspect, DamagedVerbsRecordIsAnError) {
   TempDir t;
   auto p = test::DefaultProcess(1234);
-  p.extra.push_back({(uint32_t)image::RecordType::Verbs, 0, VerbsRecord(3)});  // claims one more object
+  p.extra.push_back({(uint32_t)image::RecordType::Verbs, 0, VerbsRecord(5)});  // claims one more object
   test::BuildImage(t / "img", {p});
   EXPECT_NE(InspectError(t / "img").find("verbs record is damaged"), std::string::npos);
 }

@@ -391,31 +391,55 @@ struct ibdbg_plan_hdr {
 /* What the verbs layer knew when the process was captured: a header, then
  * nobjs ibdbg_verbs_obj.  Objects name each other by `handle`, the address of
  * the virtual object the application holds (it is in the image's memory). */
-#define IBDBG_VERBS_MAGIC 0x5342524556474249ull /* "IBGVERBS" */
+#define IBDBG_VERBS_MAGIC 0x3253425245564249ull /* "IBVERBS2": u[40], attributes for replay/translate */
 #define IBDBG_VERBS_MAX_TIDS 64
 #define IBDBG_VERBS_MAX_FDS 1024
+#define IBDBG_VERBS_NU 40
 enum ibdbg_verbs_kind {
-  IBDBG_VERBS_CONTEXT = 1, /* name: device; u[0] cmd_fd u[1] async_fd */
+  IBDBG_VERBS_CONTEXT = 1, /* name: device; u[]: IBDBG_VCTX_*; gid[]: port 1's GID index 0 */
   IBDBG_VERBS_PD = 2,      /* parent[0] context */
   IBDBG_VERBS_MR = 3,      /* parent[0] pd; u[0] addr u[1] length u[2] access u[3] lkey u[4] rkey */
   IBDBG_VERBS_CQ = 4,      /* parent[0] context parent[1] channel; u[0] cqe u[1] buffered completions u[2] extended */
-  IBDBG_VERBS_QP = 5,      /* parent[0] pd [1] send cq [2] recv cq [3] srq; u[]: IBDBG_VQP_* */
+  IBDBG_VERBS_QP = 5,      /* parent[0] pd [1] send cq [2] recv cq [3] srq; u[]: IBDBG_VQP_*; gid[]: AV dgid */
   IBDBG_VERBS_SRQ = 6,     /* parent[0] pd; u[0] max_wr u[1] max_sge u[2] srq_limit u[3] receives posted */
-  IBDBG_VERBS_AH = 7,      /* parent[0] pd; u[0] dlid u[1] port u[2] is_global u[3] sgid_index; gid[] dgid */
+  IBDBG_VERBS_AH = 7,      /* parent[0] pd; u[]: IBDBG_VAH_*; gid[] dgid */
   IBDBG_VERBS_CHANNEL = 8, /* parent[0] context; u[0] fd */
+  /* A posted receive not yet completed, in posting order: parent[0] the QP or
+   * SRQ; u[0] wr_id u[1] num_sge, then per SGE u[2+2i] addr
+   * u[3+2i] length | lkey << 32 (at most IBDBG_VERBS_RECV_MAX_SGE). */
+  IBDBG_VERBS_RECV = 9,
 };
+#define IBDBG_VERBS_RECV_MAX_SGE 19
+/* A context: its port 1 as the application saw it at capture. */
+enum ibdbg_verbs_ctx_field {
+  IBDBG_VCTX_CMD_FD = 0, IBDBG_VCTX_ASYNC_FD, IBDBG_VCTX_LINK_LAYER /* IBV_LINK_LAYER_* */, IBDBG_VCTX_LID,
+  IBDBG_VCTX_ACTIVE_MTU /* enum ibv_mtu */, IBDBG_VCTX_PORT_STATE, IBDBG_VCTX_GID_TBL_LEN, IBDBG_VCTX_PHYS_PORT_CNT,
+};
+/* A QP: ids, caps, and every attribute modify_qp set (mask in ATTR_MASK). */
 enum ibdbg_verbs_qp_field {
   IBDBG_VQP_QPN = 0, IBDBG_VQP_TYPE, IBDBG_VQP_STATE, IBDBG_VQP_MAX_SEND_WR, IBDBG_VQP_MAX_RECV_WR,
   IBDBG_VQP_MAX_SEND_SGE, IBDBG_VQP_MAX_RECV_SGE, IBDBG_VQP_MAX_INLINE, IBDBG_VQP_DEST_QPN,
   IBDBG_VQP_RQ_PSN, IBDBG_VQP_SQ_PSN, IBDBG_VQP_DLID, IBDBG_VQP_PORT, IBDBG_VQP_QKEY,
   IBDBG_VQP_SENDS_OUTSTANDING, IBDBG_VQP_RECVS_POSTED,
+  IBDBG_VQP_ATTR_MASK, IBDBG_VQP_PATH_MTU, IBDBG_VQP_PKEY_INDEX, IBDBG_VQP_ACCESS_FLAGS,
+  IBDBG_VQP_SL, IBDBG_VQP_SRC_PATH_BITS, IBDBG_VQP_STATIC_RATE, IBDBG_VQP_IS_GLOBAL,
+  IBDBG_VQP_SGID_INDEX, IBDBG_VQP_HOP_LIMIT, IBDBG_VQP_TRAFFIC_CLASS, IBDBG_VQP_FLOW_LABEL,
+  IBDBG_VQP_TIMEOUT, IBDBG_VQP_RETRY_CNT, IBDBG_VQP_RNR_RETRY, IBDBG_VQP_MIN_RNR_TIMER,
+  IBDBG_VQP_MAX_RD_ATOMIC, IBDBG_VQP_MAX_DEST_RD_ATOMIC, IBDBG_VQP_SQ_SIG_ALL,
+  IBDBG_VQP_NFIELDS /* <= IBDBG_VERBS_NU */
+};
+/* An address handle: every field of its ibv_ah_attr. */
+enum ibdbg_verbs_ah_field {
+  IBDBG_VAH_DLID = 0, IBDBG_VAH_PORT, IBDBG_VAH_IS_GLOBAL, IBDBG_VAH_SGID_INDEX, IBDBG_VAH_SL,
+  IBDBG_VAH_SRC_PATH_BITS, IBDBG_VAH_STATIC_RATE, IBDBG_VAH_HOP_LIMIT, IBDBG_VAH_TRAFFIC_CLASS,
+  IBDBG_VAH_FLOW_LABEL,
 };
 struct ibdbg_verbs_obj {
   uint32_t kind;
   uint32_t flags;
   uint64_t handle;
   uint64_t parent[4];
-  uint64_t u[16];
+  uint64_t u[IBDBG_VERBS_NU];
   uint8_t gid[16];
   char name[64];
 };
@@ -433,6 +457,13 @@ struct ibdbg_verbs_hdr {
   uint32_t nbackend_tids, nbackend_fds;
   int32_t backend_tids[IBDBG_VERBS_MAX_TIDS];
   int32_t backend_fds[IBDBG_VERBS_MAX_FDS];
+  /* The fabric the image is for: IBV_LINK_LAYER_* of the contexts' ports at
+   * capture, rewritten by `ibdbg translate` (which also rewrites the QPs' and
+   * AHs' paths: GRH, sgid index, path MTU); 0 = unknown.  A replay on a
+   * device of another link layer refuses and says to translate. */
+  uint32_t link_layer;
+  uint32_t translated; /* 1 once `ibdbg translate` rewrote this record */
+  uint32_t reserved[14];
 };
 
 /* Bytes the restorer writes on status_fd. */
