@@ -200,12 +200,18 @@ void Agent::DoPresuspend() {
     ibdbg_msg_hdr h;
     if (!ReadFull(fd, &h, sizeof h, 60000)) {
       char st = ProcState(l.pid);
-      if (st == 'Z' || st == 'X' || st == '?') exited.push_back(fd);
-      else if (err.empty()) err = "process " + std::to_string(l.pid) + " did not hold its verbs posts in time";
+      if (st == 'Z' || st == 'X' || st == '?') {
+        exited.push_back(fd);
+        continue;
+      }
+      // It may hold its posts yet: the RESUME that ends this capture releases them.
+      l.held = true;
+      if (err.empty()) err = "process " + std::to_string(l.pid) + " did not hold its verbs posts in time";
       continue;
     }
     std::string text(h.len < 4096 ? h.len : 0, '\0');
     if (h.len >= 4096 || !ReadFull(fd, text.data(), text.size(), 10000)) {
+      l.held = true;
       if (err.empty()) err = "process " + std::to_string(l.pid) + " sent a bad answer";
       continue;
     }
