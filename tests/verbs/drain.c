@@ -4,10 +4,15 @@
  * arrives once, in order, and that the count matches.  The server is a slow
  * consumer: it empties its CQ (reposting each receive) every 50 ms, so that
  * the client's last sends mostly wait for receives it has yet to repost, and
- * their completions then sit in the server's CQ for up to 50 ms.  A capture taken meanwhile must find every send the client's
+ * their completions then sit in the server's CQ for up to 50 ms.
+ * With PAUSE, once that file exists the client waits for its sends to
+ * complete, posts TAIL unsignaled sends (more than the server's receive
+ * queue: most wait for reposts), says "paused after N sends" and waits until
+ * PAUSE is gone; a signaled send then retires them (unsignaled sends after
+ * the last signaled one, which a capture must see complete).  A capture taken meanwhile must find every send the client's
  * backend completed among the receives the server's layer took (the job-wide
  * drain barrier, capture/verbs/README.md).
- *   drain server PORT GO          drain client PORT GO HOST
+ *   drain server PORT GO          drain client PORT GO HOST [PAUSE]
  * Needs a RoCE device with GID index 1 (softrdma --mode roce). */
 #include <arpa/inet.h>
 #include <infiniband/verbs.h>
@@ -22,7 +27,9 @@
 #define SLOT 4096
 #define RQ 256
 #define WINDOW 32
-#define NSLOT 256 /* >= RQ, WINDOW + 1 */
+#define NSLOT 256 /* >= RQ */
+#define TAIL 4096
+#define MSGS 8192 /* 16-byte messages in flight at most: > TAIL + WINDOW */
 #define END UINT64_MAX
 
 struct info {
@@ -78,7 +85,7 @@ int main(int argc, char** argv) {
   struct ibv_cq* cq = ctx ? ibv_create_cq(ctx, 1024, NULL, NULL, 0) : NULL;
   if (!mr || !cq) die("cannot make the PD, MR or CQ");
   struct ibv_qp_init_attr ia = {.send_cq = cq, .recv_cq = cq, .qp_type = IBV_QPT_RC,
-                                .cap = {.max_send_wr = WINDOW, .max_recv_wr = RQ, .max_send_sge = 1, .max_recv_sge = 1}};
+                                .cap = {.max_send_wr = MSGS, .max_recv_wr = RQ, .max_send_sge = 1, .max_recv_sge = 1}};
   struct ibv_qp* qp = ibv_create_qp(pd, &ia);
   if (!qp) die("cannot create the QP");
   struct ibv_qp_attr at = {.qp_state = IBV_QPS_INIT, .pkey_index = 0, .port_num = 1, .qp_access_flags = 0};
@@ -159,23 +166,42 @@ int main(int argc, char** argv) {
     }
     printf("received %llu\nPASS\n", (unsigned long long)expect);
   } else {
+    const char* pause = argc > 5 ? argv[5] : NULL;
     uint64_t next = 0, done = 0;
-    int out = 0, stop = 0;
+    int out = 0, stop = 0, paused = 0;
     for (;;) {
-      while (out < WINDOW && !stop) {
+      while (out < WINDOW && !stop && paused != 1) {
         if ((next & 255) == 0 && access(go, F_OK) == 0) {
           stop = 1;
           break;
         }
-        uint64_t* m = (uint64_t*)(buf + (next % WINDOW) * SLOT);
+        if ((next & 255) == 0 && pause && !paused && access(pause, F_OK) == 0) {
+          paused = 1;
+          break;
+        }
+        uint64_t* m = (uint64_t*)(buf + (next % MSGS) * 16);
         m[0] = next;
-        struct ibv_sge sg = {(uintptr_t)m, SLOT, mr->lkey};
+        struct ibv_sge sg = {(uintptr_t)m, 16, mr->lkey};
         struct ibv_send_wr w = {.wr_id = next, .sg_list = &sg, .num_sge = 1, .opcode = IBV_WR_SEND,
                                 .send_flags = IBV_SEND_SIGNALED}, *bad;
         if (ibv_post_send(qp, &w, &bad)) die("post_send");
         next++, out++;
       }
       if (stop && out == 0) break;
+      if (paused == 1 && out == 0) {
+        for (int k = 0; k < TAIL; k++, next++) {
+          uint64_t* m = (uint64_t*)(buf + (next % MSGS) * 16);
+          m[0] = next;
+          struct ibv_sge sg = {(uintptr_t)m, 16, mr->lkey};
+          struct ibv_send_wr w = {.wr_id = next, .sg_list = &sg, .num_sge = 1, .opcode = IBV_WR_SEND}, *bad;
+          if (ibv_post_send(qp, &w, &bad)) die("post_send (unsignaled)");
+        }
+        printf("paused after %llu sends\n", (unsigned long long)next);
+        fflush(stdout);
+        while (access(pause, F_OK) == 0) usleep(10000);
+        paused = 2;
+        continue;
+      }
       int n = ibv_poll_cq(cq, 16, wc);
       if (n < 0) die("poll_cq");
       for (int i = 0; i < n; i++) {
@@ -186,8 +212,8 @@ int main(int argc, char** argv) {
         out--, done++;
       }
     }
-    // The end: its own slot (WINDOW is past every message's).
-    uint64_t* m = (uint64_t*)(buf + WINDOW * SLOT);
+    // The end: its own slot (past every message's).
+    uint64_t* m = (uint64_t*)(buf + MSGS * 16);
     m[0] = END, m[1] = next;
     struct ibv_sge sg = {(uintptr_t)m, 16, mr->lkey};
     struct ibv_send_wr w = {.wr_id = END, .sg_list = &sg, .num_sge = 1, .opcode = IBV_WR_SEND,

@@ -11,7 +11,9 @@
 #                               job, captured 3 times mid-traffic (once --no-fork); each image shows every send the sender's
 #                               backend completed among the receives the receiver's layer took (returned or
 #                               buffered), nothing in flight, and softrdma's accepted connections as backend
-#                               fds; the programs' own checks (order, count) pass after the captures
+#                               fds; a 4th capture just after the sender posted 4096 unsignaled sends (most
+#                               waiting for the receiver's reposts) finds all of them received; the
+#                               programs' own checks (order, count) pass after the captures
 #   verbs.sh BUILD capture_bw   ib_write_bw -D and ib_send_bw -D (passive server and client in one job)
 #                               captured 5 times each: no capture refuses, both programs end well
 set -u
@@ -123,23 +125,19 @@ capture)
 drain)
   prog=$build/tests/verbs/verbs-drain
   ( timeout 280 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/job" -- sh -c \
-      "stdbuf -oL $prog server $port $work/go & stdbuf -oL $prog client $port $work/go 127.0.0.1; echo client=\$?; wait \$!; echo server=\$?" \
+      "stdbuf -oL $prog server $port $work/go & stdbuf -oL $prog client $port $work/go 127.0.0.1 $work/pause; echo client=\$?; wait \$!; echo server=\$?" \
       > run.out 2>&1; echo "rc=$?" >> run.out ) &
   runner=$!
   for _ in $(seq 600); do [ "$(grep -c "^READY" run.out)" = 2 ] && break; sleep 0.05; done
   [ "$(grep -c "^READY" run.out)" = 2 ] || { touch go; fail "the pair did not start: $(tail -3 run.out)"; }
-  buffered=0
-  for i in 1 2 3; do
-    sleep 0.3
-    # The second one without a frozen copy (the job stands still until written).
-    opt=; [ $i = 2 ] && opt=--no-fork
-    img=$("$ibdbg" capture $opt --dir "$work/job" 2>cap$i.err) || { touch go; fail "capture $i failed: $(cat cap$i.err)"; }
-    grep -q "client=" run.out && fail "the pair ended before capture $i"
-    "$ibdbg" inspect --json "$img" > inspect$i.json || { touch go; fail "inspect $i failed"; }
-    # sender: its CQ took send completions only; receiver: receive completions only.
-    out=$(python3 - "$port" inspect$i.json 2>&1 <<'PY'
+  # check_image JSON [RECEIVES]: prints "RECEIVES_TAKEN BUFFERED" or fails.
+  # RECEIVES: what the receiver must have taken (default: the sends the
+  # sender's layer took completions of, every send being signaled then).
+  check_image() {
+    python3 - "$port" "$@" 2>&1 <<'PY'
 import json, sys
 port, doc = sys.argv[1], json.load(open(sys.argv[2]))
+expect = int(sys.argv[3]) if len(sys.argv) > 3 else None
 send = recv = None
 for p in doc["processes"]:
     v = p.get("verbs")
@@ -175,19 +173,39 @@ for p in doc["processes"]:
         sys.exit("process %s: no accepted connection of softrdma's in the image" % p["pid"])
 if not send or not recv:
     sys.exit("no sender and receiver CQ in the image")
-if send["sends_taken"] != recv["recvs_taken"]:
-    sys.exit("the sender's backend completed %d sends, the receiver's layer took %d receives (%d buffered)"
-             % (send["sends_taken"], recv["recvs_taken"], recv["buffered"]))
-print(send["sends_taken"], recv["buffered"])
+want = send["sends_taken"] if expect is None else expect
+if want != recv["recvs_taken"]:
+    sys.exit("the receiver should have taken %d receives (the sender's %s sends), its layer took %d (%d buffered)"
+             % (want, "completed" if expect is None else "posted", recv["recvs_taken"], recv["buffered"]))
+print(recv["recvs_taken"], recv["buffered"])
 PY
-) || { touch go; fail "capture $i: $out"; }
+  }
+  buffered=0
+  for i in 1 2 3; do
+    sleep 0.3
+    # The second one without a frozen copy (the job stands still until written).
+    opt=; [ $i = 2 ] && opt=--no-fork
+    img=$("$ibdbg" capture $opt --dir "$work/job" 2>cap$i.err) || { touch go; fail "capture $i failed: $(cat cap$i.err)"; }
+    grep -q "client=" run.out && fail "the pair ended before capture $i"
+    "$ibdbg" inspect --json "$img" > inspect$i.json || { touch go; fail "inspect $i failed"; }
+    out=$(check_image inspect$i.json) || { touch go; fail "capture $i: $out"; }
     echo "capture $i: sends completed = receives taken = ${out% *}, ${out#* } of them buffered by the drain"
     buffered=$((buffered + ${out#* }))
   done
-  touch go
   # The slow consumer leaves completions in its CQ for 50 ms at a time: the
   # drain step, not the application, must have taken some of them.
-  [ $buffered -gt 0 ] || fail "no capture found the receiver's last completions in its CQ (the drain step was not exercised)"
+  [ $buffered -gt 0 ] || { touch go; fail "no capture found the receiver's last completions in its CQ (the drain step was not exercised)"; }
+  # Unsignaled sends after the last signaled one, most of them waiting for
+  # the slow consumer's reposts: the capture must wait until all are done.
+  touch pause
+  wait_for run.out "^paused after" 30 || { touch go; fail "the sender did not pause"; }
+  n=$(sed -n 's/^paused after \([0-9]*\) sends/\1/p' run.out)
+  img=$("$ibdbg" capture --dir "$work/job" 2>cap4.err) || { touch go; fail "capture 4 failed: $(cat cap4.err)"; }
+  "$ibdbg" inspect --json "$img" > inspect4.json || { touch go; fail "inspect 4 failed"; }
+  out=$(check_image inspect4.json "$n") || { touch go; fail "capture 4 (after $n sends, the last 4096 unsignaled): $out"; }
+  echo "capture 4: all $n sends (the last 4096 unsignaled) taken as receives, ${out#* } of them buffered by the drain"
+  rm -f pause
+  touch go
   wait_bounded $runner 120 || fail "the pair did not end after the captures"
   grep -q "client=0" run.out && grep -q "server=0" run.out && [ "$(grep -c '^PASS' run.out)" = 2 ] ||
     fail "the pair failed after the captures (order, count): $(tail -5 run.out)"
