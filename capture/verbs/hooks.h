@@ -31,15 +31,16 @@ struct ibdbg_verbs_hooks {
    * thread in the checkpoint signal's handler). */
   int (*is_backend_thread)(int tid);
   /* Version 2: the job-wide drain barrier (README.md).  Application threads
-   * and every backend of the job run.  Blocks new posts and control verbs,
-   * waits (bounded) until every send posted on this process's QPs, signaled
-   * or not, has completed, moving the completions on the way into the
-   * buffers the application's next polls return first. */
+   * and every backend of the job run.  Blocks new sends and control verbs
+   * (receives may still be posted: a peer's last sends may need them), waits
+   * (bounded) until every send posted on this process's QPs, signaled or
+   * not, has completed, moving the completions on the way into the buffers
+   * the application's next polls return first. */
   const char* (*presuspend)(void);
   /* After every process of the job is presuspended (nothing of anyone's in
-   * flight): takes what is left in every CQ (the receive completions the
-   * peers' last sends produced) into the buffers, and asks the backend for
-   * the descriptors and threads it owns. */
+   * flight): blocks receives too, takes what is left in every CQ (the
+   * receive completions the peers' last sends produced) into the buffers,
+   * and asks the backend for the descriptors and threads it owns. */
   const char* (*drain)(void);
 };
 
