@@ -215,7 +215,7 @@ capture_bw)
     port=$((port + 1))
     : > $prog.out
     ( timeout 200 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/$prog" -- sh -c \
-        "stdbuf -oL $prog -x 1 -s 65536 -D 12 -p $port & for i in \$(seq 100); do ss -ltn | grep -q ':$port ' && break; sleep 0.1; done; stdbuf -oL $prog -x 1 -s 65536 -D 12 -p $port 127.0.0.1; echo client=\$?; wait \$!; echo server=\$?" \
+        "stdbuf -oL $prog -x 1 -s 65536 -D 20 -p $port & for i in \$(seq 100); do ss -ltn | grep -q ':$port ' && break; sleep 0.1; done; stdbuf -oL $prog -x 1 -s 65536 -D 20 -p $port 127.0.0.1; echo client=\$?; wait \$!; echo server=\$?" \
         > $prog.out 2>&1; echo "rc=$?" >> $prog.out ) &
     runner=$!
     for _ in $(seq 600); do [ "$(grep -c "remote address" $prog.out)" = 2 ] && break; sleep 0.05; done
