@@ -163,6 +163,9 @@ const ibdbg_verbs_hooks* g_vh;
 char* g_verbs_buf;
 const size_t kVerbsBufCap = 1 << 20;
 bool g_verbs_held;  // posts are held by a quiesce that no resume ended yet
+// PRESUSPEND answered: the SUSPEND that follows only drains (the job-wide
+// barrier is behind us), a RESUME instead releases the posts.
+bool g_presuspended;
 struct sigaction g_app_action;     // what the application asked for g_sig
 __thread unsigned t_interrupts __attribute__((tls_model("initial-exec")));
 // Pending signals taken out of the kernel's queues during a capture, to be
@@ -720,9 +723,13 @@ void ckpt_capture() {
   g_npending = 0;
   // Verbs first, while every thread runs: posts stop, sends complete, CQs
   // are drained into the buffers the application's next polls return.
+  // After a PRESUSPEND (every process of the job past it) only the drain is
+  // left.
+  bool pre = g_presuspended && g_verbs_held;
+  g_presuspended = false;
   if (g_vh) {
     g_verbs_held = true;
-    if (const char* vwhy = g_vh->quiesce()) {
+    if (const char* vwhy = pre ? g_vh->drain() : g_vh->quiesce()) {
       verbs_release();
       send_error(vwhy);
       return;
@@ -759,6 +766,24 @@ void ckpt_capture() {
   verbs_release();
 }
 
+// The first step of a capture (capture/verbs/README.md, the job-wide drain
+// barrier): verbs posts held and this process's sends complete while every
+// process of the job still runs (a peer's backend must answer them).  A
+// process without the verbs layer passes at once.
+void ckpt_presuspend() {
+  if (g_vh && !g_verbs_held) {
+    g_verbs_held = true;
+    if (const char* vwhy = g_vh->presuspend()) {
+      verbs_release();
+      send_error(vwhy);
+      return;
+    }
+  }
+  g_presuspended = true;
+  ibdbg_msg_hdr h = {IBDBG_MSG_PRESUSPENDED, 0};
+  write_all(g_sock, &h, sizeof h);
+}
+
 void* ckpt_main(void*) {
   sigset_t all;
   sigfillset(&all);
@@ -780,7 +805,15 @@ void* ckpt_main(void*) {
       if (!read_all(g_sock, scratch, k)) return nullptr;
       left -= k;
     }
-    if (h.type == IBDBG_MSG_SUSPEND) ckpt_capture();
+    if (h.type == IBDBG_MSG_SUSPEND) {
+      ckpt_capture();
+    } else if (h.type == IBDBG_MSG_PRESUSPEND) {
+      ckpt_presuspend();
+    } else if (h.type == IBDBG_MSG_RESUME && g_presuspended) {
+      // The capture was abandoned between its two steps.
+      g_presuspended = false;
+      verbs_release();
+    }
   }
 }
 

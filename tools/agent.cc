@@ -182,6 +182,57 @@ std::vector<pid_t> Agent::UnregisteredDescendants() {
   return out;
 }
 
+void Agent::DoPresuspend() {
+  if (before_capture) before_capture();
+  for (;;) {
+    pollfd lp = {lfd_, POLLIN, 0};
+    if (poll(&lp, 1, 0) != 1) break;
+    AcceptLib();
+  }
+  std::string err;
+  std::vector<int> asked, exited;
+  for (auto& [fd, l] : libs_)
+    if (SendMsg(fd, IBDBG_MSG_PRESUSPEND)) asked.push_back(fd);
+  // All at once: a process's sends complete only while its peers' backends
+  // keep running, so every library works on its own at the same time.
+  for (int fd : asked) {
+    Lib& l = libs_[fd];
+    ibdbg_msg_hdr h;
+    if (!ReadFull(fd, &h, sizeof h, 60000)) {
+      char st = ProcState(l.pid);
+      if (st == 'Z' || st == 'X' || st == '?') {
+        exited.push_back(fd);
+        continue;
+      }
+      // It may hold its posts yet: the RESUME that ends this capture releases them.
+      l.held = true;
+      if (err.empty()) err = "process " + std::to_string(l.pid) + " did not hold its verbs posts in time";
+      continue;
+    }
+    std::string text(h.len < 4096 ? h.len : 0, '\0');
+    if (h.len >= 4096 || !ReadFull(fd, text.data(), text.size(), 10000)) {
+      l.held = true;
+      if (err.empty()) err = "process " + std::to_string(l.pid) + " sent a bad answer";
+      continue;
+    }
+    if (h.type == IBDBG_MSG_PRESUSPENDED) {
+      l.held = true;
+    } else if (err.empty()) {
+      err = "process " + std::to_string(l.pid) + ": " +
+            (h.type == IBDBG_MSG_ERROR ? text : std::string("unexpected answer from the capture library"));
+    }
+  }
+  for (int fd : exited) {
+    close(fd);
+    libs_.erase(fd);
+  }
+  if (!exited.empty()) SendProcs();
+  if (err.empty())
+    coord_.Send({{"op", "presuspended"}, {"ok", true}});
+  else
+    coord_.Send({{"op", "presuspended"}, {"ok", false}, {"error", err}});
+}
+
 void Agent::DoSuspend() {
   if (before_capture) before_capture();
   // Libraries that connected a moment ago belong in this capture.
@@ -482,7 +533,13 @@ void Agent::Resume(bool kill_them) {
     for (pid_t p : UnregisteredDescendants()) ::kill(p, SIGKILL);
   }
   for (auto& [fd, l] : libs_) {
-    if (!l.suspended) continue;
+    bool held = l.held;
+    l.held = false;
+    if (!l.suspended) {
+      // Presuspended only (the capture ended before its SUSPEND).
+      if (held && !kill_them) SendMsg(fd, IBDBG_MSG_RESUME);
+      continue;
+    }
     l.suspended = false;
     if (kill_them) {
       ::kill(l.pid, SIGKILL);
@@ -513,7 +570,9 @@ int Agent::Loop() {
       }
       while (auto m = coord_.Pop()) {
         std::string op = m->value("op", "");
-        if (op == "suspend")
+        if (op == "presuspend")
+          DoPresuspend();
+        else if (op == "suspend")
           DoSuspend();
         else if (op == "write")
           DoWrite(m->value("dir", ""), m->value("job_id", job_.job_id), m->value("options", json::object()));

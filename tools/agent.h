@@ -42,12 +42,15 @@ class Agent {
     std::string exe;
     std::vector<capture::PipeRefill> refills;
     bool suspended = false;
+    bool held = false;  // presuspended: RESUME releases it if no SUSPEND follows
   };
   void AcceptLib();
   void SendProcs();
-  // A capture in two steps, each ending in a barrier at the coordinator:
-  // every process of the job stops (and its TCP sends drain), then every
-  // agent writes.
+  // A capture in steps, each ending in a barrier at the coordinator: every
+  // process holds its verbs posts until its own sends completed (DoPresuspend;
+  // capture/verbs/README.md), every process drains its CQs and stops (and
+  // its TCP sends drain), then every agent writes.
+  void DoPresuspend();
   void DoSuspend();
   void DoWrite(const std::string& dir, const std::string& job_id, const json& options);
   // A forked capture: DoWrite has written what needs the stopped processes

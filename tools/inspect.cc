@@ -313,6 +313,10 @@ ojson VerbsJson(const std::vector<uint8_t>& data, const std::string& path) {
         e["cqe"] = u[0];
         e["buffered"] = u[1];
         e["extended"] = u[2] != 0;
+        // Successful completions the layer took from the backend (returned to
+        // the application or buffered by the capture).
+        e["sends_taken"] = u[3];
+        e["recvs_taken"] = u[4];
         if (o.parent[1]) e["channel"] = Hex(o.parent[1]);
         break;
       case IBDBG_VERBS_SRQ:
@@ -421,8 +425,8 @@ std::string VerbsLine(const ojson& e) {
     return l;
   }
   for (const char* key : {"device", "cmd_fd", "async_fd", "fd", "addr", "length", "access", "lkey", "rkey", "cqe",
-                          "buffered", "channel", "max_wr", "srq_limit", "recvs_posted", "link_layer", "lid",
-                          "active_mtu", "gid", "dlid", "dgid", "owner", "wr_id"})
+                          "buffered", "sends_taken", "recvs_taken", "channel", "max_wr", "srq_limit", "recvs_posted",
+                          "link_layer", "lid", "active_mtu", "gid", "dlid", "dgid", "owner", "wr_id"})
     add(key, key);
   if (e.contains("extended") && e["extended"].get<bool>()) l += "  extended";
   return l;

@@ -358,6 +358,9 @@ struct Capture {
   json options = json::object();  // compression settings for the agents
   std::vector<int> waiting;  // agent fds
   std::vector<int> agents;   // every agent asked
+  // Past the first barrier: every process holds its verbs posts, its own
+  // sends complete (capture/verbs/README.md); now each drains and stops.
+  bool suspending = false;
   bool writing = false;      // past the barrier: every process stopped
   // A forked capture: every agent has its processes' frozen copies (a second
   // barrier: no process runs on before every one has its copy, or the
@@ -592,7 +595,7 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
     // Every agent is asked: one may have processes it has not reported yet.
     for (auto& [fd, p] : peers)
       if (p.role == "agent") {
-        p.conn.Send({{"op", "suspend"}});
+        p.conn.Send({{"op", "presuspend"}});
         cap->waiting.push_back(fd);
         cap->agents.push_back(fd);
       }
@@ -651,7 +654,13 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
           interval_s = m->value("seconds", 0);
           next_interval = interval_s > 0 ? now + std::chrono::seconds(interval_s)
                                          : std::chrono::steady_clock::time_point::max();
-        } else if (op == "suspended" && cap && !cap->writing) {
+        } else if (op == "presuspended" && cap && !cap->suspending) {
+          if (arrive(fd, *m)) {
+            // The drain barrier: nothing of anyone's is in flight any more.
+            cap->suspending = true;
+            broadcast({{"op", "suspend"}});
+          }
+        } else if (op == "suspended" && cap && cap->suspending && !cap->writing) {
           if (arrive(fd, *m)) {
             // The barrier: the whole job stands still; now it is written.
             cap->writing = true;

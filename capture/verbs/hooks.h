@@ -12,15 +12,14 @@
 extern "C" {
 #endif
 
-#define IBDBG_VERBS_HOOKS_VERSION 1
+#define IBDBG_VERBS_HOOKS_VERSION 2
 
 struct ibdbg_verbs_hooks {
   uint32_t version;
-  /* Application threads still run.  Blocks new posts and control verbs,
-   * waits (bounded) for posted signaled sends to complete and drains every
-   * CQ into the buffers that the application's next polls return first.
-   * Returns NULL, or a one-line reason why this process cannot be captured
-   * faithfully (posts stay blocked until resume() either way). */
+  /* Application threads still run.  presuspend() then drain(), for a
+   * capture without the job-wide barrier.  Returns NULL, or a one-line
+   * reason why this process cannot be captured faithfully (posts stay
+   * blocked until resume() either way). */
   const char* (*quiesce)(void);
   /* Every other thread is stopped: no locks, no allocation.  Writes the
    * verbs state record (ibdbg_verbs_hdr + objects, proto.h) into buf and
@@ -31,6 +30,18 @@ struct ibdbg_verbs_hooks {
   /* Nonzero for a thread the backend started (no locks: called by each
    * thread in the checkpoint signal's handler). */
   int (*is_backend_thread)(int tid);
+  /* Version 2: the job-wide drain barrier (README.md).  Application threads
+   * and every backend of the job run.  Blocks new sends and control verbs
+   * (receives may still be posted: a peer's last sends may need them), waits
+   * (bounded) until every send posted on this process's QPs, signaled or
+   * not, has completed, moving the completions on the way into the buffers
+   * the application's next polls return first. */
+  const char* (*presuspend)(void);
+  /* After every process of the job is presuspended (nothing of anyone's in
+   * flight): blocks receives too, takes what is left in every CQ (the
+   * receive completions the peers' last sends produced) into the buffers,
+   * and asks the backend for the descriptors and threads it owns. */
+  const char* (*drain)(void);
 };
 
 #ifdef __cplusplus

@@ -288,6 +288,9 @@ struct VCq {
   uint32_t cap, head;
   volatile uint32_t n;
   volatile uint32_t pollers;  // unlocked polls in progress
+  // Successful completions taken from the backend (returned or buffered),
+  // for the image: a peer's sends against our receives (README.md).
+  volatile uint64_t sends_taken, recvs_taken;
   // The extended poll session (one thread at a time, by the API's contract).
   struct ibv_wc cur;
   bool cur_buffered, real_open, locked;
@@ -319,6 +322,10 @@ struct VQp {
   volatile int64_t sends_out;  // signaled sends posted and not completed
   volatile int64_t recvs;      // receives posted and not completed
   int64_t batch_sig;           // ibv_wr_* session: signaled requests so far
+  // Unsignaled sends posted after the last signaled one: only the backend
+  // can tell when they are done (the capture asks it, see quiesce).
+  volatile int64_t unsig_tail;
+  int64_t batch_tail;  // ibv_wr_* session: the same within the session
   struct ibv_qp_cap cap;
   struct ibv_qp_attr attr;  // what modify_qp set, accumulated
   int attr_mask;
@@ -390,6 +397,11 @@ void qpn_del(uint32_t qpn) {
 // ---- the capture gate: posts wait while a capture quiesces ------------------------
 volatile uint32_t g_block;
 volatile uint32_t g_inflight;
+// Receives have a gate of their own: they stay open until the drain, so that
+// a peer's last sends find the receives our application reposts (a capture
+// holding them would leave those sends waiting, README.md).
+volatile uint32_t g_block_recv;
+volatile uint32_t g_inflight_recv;
 volatile uint32_t g_quiesce;  // polls take the locked path
 uint64_t g_blocked_posts;
 
@@ -397,19 +409,21 @@ uint64_t g_blocked_posts;
 bool g_debug;
 uint64_t g_n_post_send, g_n_post_recv, g_n_poll, g_n_wr;
 
-inline void gate_enter() {
+inline void gate_enter(volatile uint32_t* block = &g_block, volatile uint32_t* inflight = &g_inflight) {
   for (;;) {
-    __atomic_add_fetch(&g_inflight, 1, __ATOMIC_SEQ_CST);
-    if (__builtin_expect(!__atomic_load_n(&g_block, __ATOMIC_SEQ_CST), 1)) return;
-    if (__atomic_sub_fetch(&g_inflight, 1, __ATOMIC_SEQ_CST) == 0) futex(&g_inflight, FUTEX_WAKE_PRIVATE, 1, nullptr);
+    __atomic_add_fetch(inflight, 1, __ATOMIC_SEQ_CST);
+    if (__builtin_expect(!__atomic_load_n(block, __ATOMIC_SEQ_CST), 1)) return;
+    if (__atomic_sub_fetch(inflight, 1, __ATOMIC_SEQ_CST) == 0) futex(inflight, FUTEX_WAKE_PRIVATE, 1, nullptr);
     __atomic_add_fetch(&g_blocked_posts, 1, __ATOMIC_RELAXED);
-    while (__atomic_load_n(&g_block, __ATOMIC_SEQ_CST)) futex(&g_block, FUTEX_WAIT_PRIVATE, 1, nullptr);
+    while (__atomic_load_n(block, __ATOMIC_SEQ_CST)) futex(block, FUTEX_WAIT_PRIVATE, 1, nullptr);
   }
 }
-inline void gate_exit() {
-  if (__atomic_sub_fetch(&g_inflight, 1, __ATOMIC_SEQ_CST) == 0 && __atomic_load_n(&g_block, __ATOMIC_SEQ_CST))
-    futex(&g_inflight, FUTEX_WAKE_PRIVATE, 1, nullptr);
+inline void gate_exit(volatile uint32_t* block = &g_block, volatile uint32_t* inflight = &g_inflight) {
+  if (__atomic_sub_fetch(inflight, 1, __ATOMIC_SEQ_CST) == 0 && __atomic_load_n(block, __ATOMIC_SEQ_CST))
+    futex(inflight, FUTEX_WAKE_PRIVATE, 1, nullptr);
 }
+inline void recv_gate_enter() { gate_enter(&g_block_recv, &g_inflight_recv); }
+inline void recv_gate_exit() { gate_exit(&g_block_recv, &g_inflight_recv); }
 
 // ---- completions: accounting, buffers ---------------------------------------------
 void account(uint32_t qpn, enum ibv_wc_status st, enum ibv_wc_opcode op) {
@@ -423,8 +437,16 @@ void account(uint32_t qpn, enum ibv_wc_status st, enum ibv_wc_opcode op) {
     __atomic_sub_fetch(&q->sends_out, 1, __ATOMIC_RELAXED);
   }
 }
-void account_wcs(const struct ibv_wc* wc, int n) {
-  for (int i = 0; i < n; i++) account(wc[i].qp_num, wc[i].status, wc[i].opcode);
+// Accounts completions taken from v, and counts them for the image (one
+// atomic per kind and call).
+void account_cq(VCq* v, const struct ibv_wc* wc, int n) {
+  uint64_t sends = 0, recvs = 0;
+  for (int i = 0; i < n; i++) {
+    account(wc[i].qp_num, wc[i].status, wc[i].opcode);
+    if (wc[i].status == IBV_WC_SUCCESS) (wc[i].opcode & IBV_WC_RECV) ? recvs++ : sends++;
+  }
+  if (sends) __atomic_add_fetch(&v->sends_taken, sends, __ATOMIC_RELAXED);
+  if (recvs) __atomic_add_fetch(&v->recvs_taken, recvs, __ATOMIC_RELAXED);
 }
 
 // Takes everything the backend holds for this CQ into its buffer (v->lk held,
@@ -438,7 +460,7 @@ bool drain_cq(VCq* v) {
     if (!v->rx) {
       r = v->poll(v->real, 1, w);
       if (r <= 0) return true;
-      account_wcs(w, 1);
+      account_cq(v, w, 1);
     } else {
       struct ibv_poll_cq_attr a = {};
       struct ibv_cq_ex* x = v->rx;
@@ -463,7 +485,7 @@ bool drain_cq(VCq* v) {
         if (x->read_slid) w->slid = x->read_slid(x);
         if (x->read_sl) w->sl = x->read_sl(x);
         if (x->read_dlid_path_bits) w->dlid_path_bits = x->read_dlid_path_bits(x);
-        account_wcs(w, 1);
+        account_cq(v, w, 1);
         __atomic_store_n(&v->n, v->n + 1, __ATOMIC_RELEASE);
       }
       x->end_poll(x);
@@ -492,7 +514,7 @@ int v_poll_cq(struct ibv_cq* c, int n, struct ibv_wc* wc) {
     __atomic_add_fetch(&v->pollers, 1, __ATOMIC_SEQ_CST);
     if (__builtin_expect(!__atomic_load_n(&g_quiesce, __ATOMIC_SEQ_CST), 1)) {
       int r = v->poll(v->real, n, wc);
-      if (r > 0) account_wcs(wc, r);
+      if (r > 0) account_cq(v, wc, r);
       __atomic_sub_fetch(&v->pollers, 1, __ATOMIC_RELEASE);
       return r;
     }
@@ -503,7 +525,7 @@ int v_poll_cq(struct ibv_cq* c, int n, struct ibv_wc* wc) {
   int got = take_buffered(v, n, wc);
   if (got < n) {
     int r = v->poll(v->real, n - got, wc + got);
-    if (r > 0) account_wcs(wc + got, r), got += r;
+    if (r > 0) account_cq(v, wc + got, r), got += r;
     else if (r < 0 && got == 0) got = r;
   }
   unlock(&v->lk);
@@ -517,8 +539,11 @@ int v_req_notify_cq(struct ibv_cq* c, int solicited) {
 
 int count_signaled(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr* stop) {
   int n = 0;
+  int64_t tail = q->unsig_tail;
   for (; wr && wr != stop; wr = wr->next)
-    if (q->sig_all || (wr->send_flags & IBV_SEND_SIGNALED)) n++;
+    if (q->sig_all || (wr->send_flags & IBV_SEND_SIGNALED)) n++, tail = 0;
+    else tail++;
+  __atomic_store_n(&q->unsig_tail, tail, __ATOMIC_RELAXED);
   return n;
 }
 
@@ -540,6 +565,7 @@ int post_send_ud(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr** bad) {
     }
     struct ibv_send_wr* rbad = nullptr;
     int rc = q->post_send(q->real, tmp, &rbad);
+    if (!rc) count_signaled(q, orig[0], wr);  // for its unsignaled tail
     if (rc) {
       int i = rbad ? (int)(rbad - tmp) : 0;
       if (i < 0 || i >= k) i = 0;
@@ -576,20 +602,20 @@ int count_recvs(struct ibv_recv_wr* wr, struct ibv_recv_wr* stop) {
 int v_post_recv(struct ibv_qp* qp, struct ibv_recv_wr* wr, struct ibv_recv_wr** bad) {
   VQp* q = qp_of(qp);
   if (__builtin_expect(g_debug, 0)) __atomic_add_fetch(&g_n_post_recv, 1, __ATOMIC_RELAXED);
-  gate_enter();
+  recv_gate_enter();
   int rc = q->post_recv(q->real, wr, bad);
   __atomic_add_fetch(&q->recvs, count_recvs(wr, rc ? *bad : nullptr), __ATOMIC_RELAXED);
-  gate_exit();
+  recv_gate_exit();
   return rc;
 }
 
 int v_post_srq_recv(struct ibv_srq* s, struct ibv_recv_wr* wr, struct ibv_recv_wr** bad) {
   VSrq* v = srq_of(s);
   if (__builtin_expect(g_debug, 0)) __atomic_add_fetch(&g_n_post_recv, 1, __ATOMIC_RELAXED);
-  gate_enter();
+  recv_gate_enter();
   int rc = v->real->context->ops.post_srq_recv(v->real, wr, bad);
   __atomic_add_fetch(&v->recvs, count_recvs(wr, rc ? *bad : nullptr), __ATOMIC_RELAXED);
-  gate_exit();
+  recv_gate_exit();
   return rc;
 }
 
@@ -613,7 +639,9 @@ void cur_from_real(VCq* v) {
   v->cq.wr_id = x->wr_id;
   v->cq.status = x->status;
   v->cur_buffered = false;
-  account(x->read_qp_num(x), x->status, x->read_opcode(x));
+  enum ibv_wc_opcode op = x->read_opcode(x);
+  account(x->read_qp_num(x), x->status, op);
+  if (x->status == IBV_WC_SUCCESS) __atomic_add_fetch((op & IBV_WC_RECV) ? &v->recvs_taken : &v->sends_taken, 1, __ATOMIC_RELAXED);
 }
 void cur_from_buf(VCq* v) {
   take_buffered(v, 1, &v->cur);
@@ -722,19 +750,25 @@ inline struct ibv_qp_ex* wr_sync(struct ibv_qp_ex* x, bool starts_wr) {
   struct ibv_qp_ex* r = q->rx;
   r->wr_id = x->wr_id;
   r->wr_flags = x->wr_flags;
-  if (starts_wr && (q->sig_all || (x->wr_flags & IBV_SEND_SIGNALED))) q->batch_sig++;
+  if (starts_wr) {
+    if (q->sig_all || (x->wr_flags & IBV_SEND_SIGNALED)) q->batch_sig++, q->batch_tail = 0;
+    else q->batch_tail++;
+  }
   if (starts_wr && __builtin_expect(g_debug, 0)) __atomic_add_fetch(&g_n_wr, 1, __ATOMIC_RELAXED);
   return r;
 }
 void v_wr_start(struct ibv_qp_ex* x) {
   gate_enter();  // left in v_wr_complete / v_wr_abort
-  qpx_of(x)->batch_sig = 0;
+  qpx_of(x)->batch_sig = qpx_of(x)->batch_tail = 0;
   qpx_of(x)->rx->wr_start(qpx_of(x)->rx);
 }
 int v_wr_complete(struct ibv_qp_ex* x) {
   VQp* q = qpx_of(x);
   int rc = q->rx->wr_complete(q->rx);
-  if (rc == 0) __atomic_add_fetch(&q->sends_out, q->batch_sig, __ATOMIC_RELAXED);
+  if (rc == 0) {
+    __atomic_store_n(&q->unsig_tail, q->batch_sig ? q->batch_tail : q->unsig_tail + q->batch_tail, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&q->sends_out, q->batch_sig, __ATOMIC_RELAXED);
+  }
   gate_exit();
   return rc;
 }
@@ -1758,53 +1792,159 @@ const char* refuse(const char* a, uint64_t n = ~0ull, const char* b = "") {
 
 bool g_ctl_ours;  // quiesce holds g_ctl until resume
 
-const char* quiesce() {
-  if (g_refused >= 0) return refuse(kFeatureName[g_refused], ~0ull, " was used by this process (not supported)");
-  // Control verbs wait from now on (they hold g_ctl), posts at the gate.
-  if (!lock_timed(&g_ctl, 10000)) return refuse("a control verb (create/modify/destroy) does not return");
-  g_ctl_ours = true;
-  __atomic_store_n(&g_block, 1, __ATOMIC_SEQ_CST);
-  __atomic_store_n(&g_quiesce, 1, __ATOMIC_SEQ_CST);
+// What the backend can tell (softrdma's SOFTRDMA_PRIVATE_1 exports, README.md):
+// send requests not yet retired on a QP, signaled or not; the descriptors and
+// threads it owns, including those its own threads opened or started after the
+// calls we watched.  NULL for a backend without them.
+int (*g_sends_pending)(struct ibv_qp*);
+int (*g_owned_fds)(int*, int);
+int (*g_owned_tids)(int*, int);
+void find_backend_exports() {
+  static bool looked;
+  if (looked) return;
+  looked = true;
+  g_sends_pending = (int (*)(struct ibv_qp*))dlvsym(RTLD_DEFAULT, "softrdma_qp_sends_pending", "SOFTRDMA_PRIVATE_1");
+  g_owned_fds = (int (*)(int*, int))dlvsym(RTLD_DEFAULT, "softrdma_owned_fds", "SOFTRDMA_PRIVATE_1");
+  g_owned_tids = (int (*)(int*, int))dlvsym(RTLD_DEFAULT, "softrdma_owned_tids", "SOFTRDMA_PRIVATE_1");
+}
+
+// Every CQ's completions into its buffer (no poller in an unlocked section).
+const char* drain_all(int64_t end) {
+  bool full = false;
+  for (VObj* o = g_objs.next; o != &g_objs; o = o->next) {
+    if (o->kind != IBDBG_VERBS_CQ) continue;
+    VCq* v = (VCq*)((char*)o - offsetof(VCq, o));
+    // An extended poll session ends with its end_poll; one that posts
+    // meanwhile waits at the gate, and the capture refuses.
+    while (__atomic_load_n(&v->pollers, __ATOMIC_SEQ_CST)) {
+      if (now_ms() > end) return refuse("an ibv_start_poll session does not end (does it post before its end_poll?)");
+      sleep_ms(1);
+    }
+    lock(&v->lk);
+    if (!drain_cq(v)) full = true;
+    unlock(&v->lk);
+  }
+  if (full) return refuse("a CQ's capture buffer is full (the application has not polled its completions)");
+  return nullptr;
+}
+
+// A QP with sends of ours still in flight: *pending gets how many are known
+// (-1: unsignaled ones after the last signaled, which the backend cannot
+// count for us).
+bool sends_in_flight(VQp* q, int64_t* pending) {
+  if (q->qx.qp_base.state != IBV_QPS_RTS) return false;
+  int64_t sig = __atomic_load_n(&q->sends_out, __ATOMIC_RELAXED);
+  if (g_sends_pending) {
+    // The backend retires unsignaled requests too (a real RC QP does when a
+    // later signaled one completes): it counts them all.
+    int64_t n = g_sends_pending(q->real);
+    if (n < sig) n = sig;
+    *pending = n;
+    return n > 0;
+  }
+  if (sig > 0) {
+    *pending = sig;
+    return true;
+  }
+  // UD: a datagram is done once sent, and may be lost anyway.
+  if (q->qx.qp_base.qp_type != IBV_QPT_UD && __atomic_load_n(&q->unsig_tail, __ATOMIC_RELAXED) > 0) {
+    *pending = -1;
+    return true;
+  }
+  return false;
+}
+
+const char* busy_refusal(VQp* q, int64_t pending, const char* when) {
+  if (pending < 0)
+    return refuse("unsignaled sends posted after the last signaled one on QP ", q->qx.qp_base.qp_num,
+                  ": this backend cannot tell whether they completed");
+  return refuse("sends posted on QP ", q->qx.qp_base.qp_num, when);
+}
+
+// Closes a gate and waits (bounded) for the posts inside to leave.
+bool gate_close(volatile uint32_t* block, volatile uint32_t* inflight) {
+  __atomic_store_n(block, 1, __ATOMIC_SEQ_CST);
   int64_t end = now_ms() + 10000;
   for (;;) {
-    uint32_t in = __atomic_load_n(&g_inflight, __ATOMIC_SEQ_CST);
-    if (!in) break;
-    if (now_ms() > end) return refuse("a post (or an ibv_wr_start session) does not end");
+    uint32_t in = __atomic_load_n(inflight, __ATOMIC_SEQ_CST);
+    if (!in) return true;
+    if (now_ms() > end) return false;
     struct timespec ts = {0, 10000000};
-    futex(&g_inflight, FUTEX_WAIT_PRIVATE, in, &ts);
+    futex(inflight, FUTEX_WAIT_PRIVATE, in, &ts);
   }
-  // Posted sends complete (the peer's receives are its application's
-  // business: a send waiting for one may never complete, hence the bound);
-  // every completion on the way goes to the buffers.
-  end = now_ms() + 5000;
+}
+
+const char* presuspend() {
+  if (g_refused >= 0) return refuse(kFeatureName[g_refused], ~0ull, " was used by this process (not supported)");
+  find_backend_exports();
+  // Control verbs wait from now on (they hold g_ctl), sends at the gate;
+  // receives until the drain.
+  if (!lock_timed(&g_ctl, 10000)) return refuse("a control verb (create/modify/destroy) does not return");
+  g_ctl_ours = true;
+  __atomic_store_n(&g_quiesce, 1, __ATOMIC_SEQ_CST);
+  if (!gate_close(&g_block, &g_inflight)) return refuse("a post (or an ibv_wr_start session) does not end");
+  // Posted sends complete, signaled or not (the peer's receives are its
+  // application's business, which may still post them: a send waiting for
+  // one may never complete, hence the bound); every completion on the way
+  // goes to the buffers.
+  int64_t end = now_ms() + 5000;
   for (;;) {
-    bool full = false;
-    for (VObj* o = g_objs.next; o != &g_objs; o = o->next) {
-      if (o->kind != IBDBG_VERBS_CQ) continue;
-      VCq* v = (VCq*)((char*)o - offsetof(VCq, o));
-      // An extended poll session ends with its end_poll; one that posts
-      // meanwhile waits at the gate, and the capture refuses.
-      while (__atomic_load_n(&v->pollers, __ATOMIC_SEQ_CST)) {
-        if (now_ms() > end) return refuse("an ibv_start_poll session does not end (does it post before its end_poll?)");
-        sleep_ms(1);
-      }
-      lock(&v->lk);
-      if (!drain_cq(v)) full = true;
-      unlock(&v->lk);
-    }
-    if (full) return refuse("a CQ's capture buffer is full (the application has not polled its completions)");
+    if (const char* why = drain_all(end)) return why;
     VQp* busy = nullptr;
+    int64_t pending = 0;
     for (VObj* o = g_objs.next; o != &g_objs && !busy; o = o->next) {
       if (o->kind != IBDBG_VERBS_QP) continue;
       VQp* q = (VQp*)((char*)o - offsetof(VQp, o));
-      if (q->qx.qp_base.state == IBV_QPS_RTS && __atomic_load_n(&q->sends_out, __ATOMIC_RELAXED) > 0) busy = q;
+      if (sends_in_flight(q, &pending)) busy = q;
     }
     if (!busy) break;
-    if (now_ms() > end)
-      return refuse("sends posted on QP ", busy->qx.qp_base.qp_num, " do not complete within 5 s");
+    if (pending < 0 || now_ms() > end) return busy_refusal(busy, pending, " do not complete within 5 s");
     sleep_ms(1);
   }
   return nullptr;
+}
+
+// The backend's own descriptors and threads, as it tells them (README.md).
+uint64_t g_owned_fd[kMaxFd / 64];
+int g_owned_list[4 * kMaxFd];
+void take_backend_owned() {
+  memset(g_owned_fd, 0, sizeof g_owned_fd);
+  if (g_owned_fds) {
+    int n = g_owned_fds(g_owned_list, 4 * kMaxFd);
+    for (int i = 0; i < n && i < 4 * kMaxFd; i++)
+      if (g_owned_list[i] >= 0 && g_owned_list[i] < kMaxFd) g_owned_fd[g_owned_list[i] / 64] |= 1ull << (g_owned_list[i] % 64);
+  }
+  if (g_owned_tids) {
+    int tids[IBDBG_VERBS_MAX_TIDS];
+    int n = g_owned_tids(tids, IBDBG_VERBS_MAX_TIDS);
+    for (int i = 0; i < n && i < IBDBG_VERBS_MAX_TIDS; i++) {
+      bool known = false;
+      for (uint32_t k = 0; k < g_nbackend_tid; k++) known |= g_backend_tid[k] == tids[i];
+      if (!known && g_nbackend_tid < IBDBG_VERBS_MAX_TIDS) g_backend_tid[g_nbackend_tid++] = tids[i];
+    }
+  }
+}
+
+const char* drain() {
+  // Every process of the job has its posts held and its sends complete, so
+  // what the peers' sends produced here is in our backend's CQs by now
+  // (a reliable responder completes the receive before it acknowledges).
+  // Receives posted until now were for them; from here on nothing changes.
+  if (!gate_close(&g_block_recv, &g_inflight_recv)) return refuse("a receive post does not end");
+  if (const char* why = drain_all(now_ms() + 5000)) return why;
+  for (VObj* o = g_objs.next; o != &g_objs; o = o->next) {
+    if (o->kind != IBDBG_VERBS_QP) continue;
+    VQp* q = (VQp*)((char*)o - offsetof(VQp, o));
+    int64_t pending = 0;
+    if (sends_in_flight(q, &pending)) return busy_refusal(q, pending, " are in flight again after the job-wide barrier");
+  }
+  take_backend_owned();
+  return nullptr;
+}
+
+const char* quiesce() {
+  if (const char* why = presuspend()) return why;
+  return drain();
 }
 
 size_t describe(void* out, size_t cap) {
@@ -1820,7 +1960,7 @@ size_t describe(void* out, size_t cap) {
   for (uint32_t i = 0; i < g_nbackend_tid; i++)
     if (syscall(SYS_tgkill, getpid(), g_backend_tid[i], 0) == 0) h->backend_tids[h->nbackend_tids++] = g_backend_tid[i];
   for (int fd = 0; fd < kMaxFd; fd++)
-    if (g_backend_fd[fd / 64] & (1ull << (fd % 64))) h->backend_fds[h->nbackend_fds++] = fd;
+    if ((g_backend_fd[fd / 64] | g_owned_fd[fd / 64]) & (1ull << (fd % 64))) h->backend_fds[h->nbackend_fds++] = fd;
   ibdbg_verbs_obj* objs = (ibdbg_verbs_obj*)(h + 1);
   uint32_t n = 0;
   for (VObj* o = g_objs.next; o != &g_objs && n < g_nobjs; o = o->next, n++) {
@@ -1872,6 +2012,7 @@ size_t describe(void* out, size_t cap) {
         e->parent[0] = (uint64_t)v->cq.context;
         e->parent[1] = (uint64_t)v->cq.channel;
         e->u[0] = (uint64_t)v->cq.cqe, e->u[1] = v->n, e->u[2] = v->rx != nullptr;
+        e->u[3] = v->sends_taken, e->u[4] = v->recvs_taken;
         break;
       }
       case IBDBG_VERBS_SRQ: {
@@ -1936,7 +2077,9 @@ size_t describe(void* out, size_t cap) {
 void resume() {
   __atomic_store_n(&g_quiesce, 0, __ATOMIC_SEQ_CST);
   __atomic_store_n(&g_block, 0, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&g_block_recv, 0, __ATOMIC_SEQ_CST);
   futex(&g_block, FUTEX_WAKE_PRIVATE, 0x7fffffff, nullptr);
+  futex(&g_block_recv, FUTEX_WAKE_PRIVATE, 0x7fffffff, nullptr);
   if (g_ctl_ours) g_ctl_ours = false, unlock(&g_ctl);
 }
 
@@ -1967,7 +2110,7 @@ int is_backend_thread(int tid) {
 }  // namespace
 
 EXPORT const struct ibdbg_verbs_hooks ibdbg_verbs_hooks = {IBDBG_VERBS_HOOKS_VERSION, quiesce, describe, resume,
-                                                          is_backend_thread};
+                                                          is_backend_thread, presuspend, drain};
 
 namespace {
 __attribute__((constructor)) void verbs_init() {

@@ -326,6 +326,8 @@ SR_EXPORT struct ibv_context* ibv_open_device(struct ibv_device* d) {
     return nullptr;
   }
   ctx->async_wr = p[1];
+  OwnFd(p[0]);
+  OwnFd(p[1]);
   struct ibv_context* c = &ctx->vctx.context;
   c->device = d;
   c->cmd_fd = -1;
@@ -341,8 +343,8 @@ SR_EXPORT struct ibv_context* ibv_open_device(struct ibv_device* d) {
 
 SR_EXPORT int ibv_close_device(struct ibv_context* c) {
   Context* ctx = ToCtx(c);
-  close(c->async_fd);
-  close(ctx->async_wr);
+  CloseOwned(c->async_fd);
+  CloseOwned(ctx->async_wr);
   pthread_mutex_destroy(&c->mutex);
   delete ctx;
   return 0;
@@ -528,13 +530,15 @@ SR_EXPORT struct ibv_comp_channel* ibv_create_comp_channel(struct ibv_context* c
   ch->ch.fd = p[0];
   ch->ch.refcnt = 0;
   ch->wr = p[1];
+  OwnFd(p[0]);
+  OwnFd(p[1]);
   return &ch->ch;
 }
 
 SR_EXPORT int ibv_destroy_comp_channel(struct ibv_comp_channel* ch) {
   if (__atomic_load_n(&ch->refcnt, __ATOMIC_ACQUIRE) != 0) return EBUSY;
-  close(ch->fd);
-  close(reinterpret_cast<Channel*>(ch)->wr);
+  CloseOwned(ch->fd);
+  CloseOwned(reinterpret_cast<Channel*>(ch)->wr);
   free(ch);
   return 0;
 }

@@ -31,6 +31,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -296,7 +297,7 @@ void KillConn(Conn* c) {
   if (c->dead) return;
   c->dead = true;
   epoll_ctl(g_eng->ep, EPOLL_CTL_DEL, c->fd, nullptr);
-  close(c->fd);
+  CloseOwned(c->fd);
   c->fd = -1;
   g_eng->to_free.push_back(c);
 }
@@ -1460,13 +1461,14 @@ bool Pass() {
         for (;;) {
           int fd = accept4(l->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
           if (fd < 0) break;
+          OwnFd(fd);
           Conn* c = NewConn(fd, Role::kPending);
           if (!c) {
-            close(fd);
+            CloseOwned(fd);
             continue;
           }
           if (!AddConn(c, EPOLLIN)) {
-            close(fd);
+            CloseOwned(fd);
             delete c;
           }
         }
@@ -1532,6 +1534,7 @@ bool Pass() {
 }
 
 void* ProgressMain(void*) {
+  g_progress_tid.store(int(syscall(SYS_gettid)), std::memory_order_release);
   sigset_t all;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, nullptr);
@@ -1559,6 +1562,8 @@ void EngineInit() {
   for (auto& q : e->qps) q.store(nullptr);
   e->ep = epoll_create1(EPOLL_CLOEXEC);
   e->wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  OwnFd(e->ep);
+  OwnFd(e->wake);
   if (e->ep < 0 || e->wake < 0) return;
   CmaInit();
   struct epoll_event ev;
@@ -1582,6 +1587,7 @@ void EngineInit() {
 Listener* NewListener() {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return nullptr;
+  OwnFd(fd);
   struct sockaddr_in a;
   memset(&a, 0, sizeof a);
   a.sin_family = AF_INET;
@@ -1589,14 +1595,14 @@ Listener* NewListener() {
   a.sin_port = 0;
   if (bind(fd, reinterpret_cast<struct sockaddr*>(&a), sizeof a) != 0 || listen(fd, 128) != 0) {
     SR_LOG("softrdma: cannot listen: %s", strerror(errno));
-    close(fd);
+    CloseOwned(fd);
     return nullptr;
   }
   socklen_t l = sizeof a;
   getsockname(fd, reinterpret_cast<struct sockaddr*>(&a), &l);
   Listener* li = new (std::nothrow) Listener;
   if (!li) {
-    close(fd);
+    CloseOwned(fd);
     return nullptr;
   }
   li->fd = fd;
@@ -1611,6 +1617,7 @@ Listener* NewListener() {
 int ConnectTo(uint32_t ip, uint16_t port, bool blocking) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (blocking ? 0 : SOCK_NONBLOCK), 0);
   if (fd < 0) return -1;
+  OwnFd(fd);
   struct sockaddr_in a;
   memset(&a, 0, sizeof a);
   a.sin_family = AF_INET;
@@ -1622,7 +1629,7 @@ int ConnectTo(uint32_t ip, uint16_t port, bool blocking) {
   }
   int r = connect(fd, reinterpret_cast<struct sockaddr*>(&a), sizeof a);
   if (r != 0 && !(errno == EINPROGRESS && !blocking)) {
-    close(fd);
+    CloseOwned(fd);
     return -1;
   }
   int one = 1;
@@ -1639,7 +1646,7 @@ void StartConnect(Qp* qp) {
   }
   Conn* c = NewConn(fd, Role::kOut);
   if (!c) {
-    close(fd);
+    CloseOwned(fd);
     return;
   }
   c->kind = qp->ex.qp_base.qp_type == IBV_QPT_RC ? kKindRc : kKindUc;
@@ -1647,7 +1654,7 @@ void StartConnect(Qp* qp) {
   qp->out = c;
   if (!AddConn(c, EPOLLOUT | EPOLLIN)) {
     qp->out = nullptr;
-    close(fd);
+    CloseOwned(fd);
     free(c->stage);
     free(c->rw);
     delete c;
@@ -1825,7 +1832,7 @@ int EngineUdSend(Qp* qp, SendWqe* w, const void* data, uint32_t len) {
       hello.qkey = kKindUd;
       hello.rkey = host().ip;
       if (send(u->fd, &hello, sizeof hello, MSG_NOSIGNAL) != ssize_t(sizeof hello)) {
-        close(u->fd);
+        CloseOwned(u->fd);
         u->fd = -1;
         continue;
       }
@@ -1860,7 +1867,7 @@ int EngineUdSend(Qp* qp, SendWqe* w, const void* data, uint32_t len) {
       }
     }
     if (ok) return 0;
-    close(u->fd);
+    CloseOwned(u->fd);
     u->fd = -1;
     if (done) return 0;  // partially sent: the stream is gone, the datagram lost
   }

@@ -299,6 +299,12 @@ bool HasRecv(Qp* qp);
 void PostAsync(Context* ctx, enum ibv_event_type type, void* obj);
 uint64_t NowNs();
 
+// Descriptors the library opens are marked as its own (owned.cc,
+// softrdma_owned_fds); CloseOwned unmarks and closes.
+void OwnFd(int fd);
+void CloseOwned(int fd);
+extern std::atomic<int> g_progress_tid;
+
 extern std::atomic<int> g_debug;
 void Log(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 #define SR_LOG(...)                                           \

@@ -7,6 +7,15 @@
 #   verbs.sh BUILD unsupported  an unsupported feature is reported once; a capture refuses naming it
 #   verbs.sh BUILD capture      ibv_rc_pingpong captured mid-traffic (no --stop): inspect shows
 #                               its QPs/MRs/CQs with states; the job runs on and its data check passes
+#   verbs.sh BUILD drain        the job-wide drain barrier: a sender and a receiver of ours (drain.c) in one
+#                               job, captured 3 times mid-traffic (once --no-fork); each image shows every send the sender's
+#                               backend completed among the receives the receiver's layer took (returned or
+#                               buffered), nothing in flight, and softrdma's accepted connections as backend
+#                               fds; a 4th capture just after the sender posted 4096 unsignaled sends (most
+#                               waiting for the receiver's reposts) finds all of them received; the
+#                               programs' own checks (order, count) pass after the captures
+#   verbs.sh BUILD capture_bw   ib_write_bw -D and ib_send_bw -D (passive server and client in one job)
+#                               captured 5 times each: no capture refuses, both programs end well
 set -u
 build=$1 mode=$2
 here=$(cd "$(dirname "$0")" && pwd)
@@ -112,6 +121,116 @@ capture)
   grep -q "RDMA verbs objects; replaying them is not implemented yet" replay.out || fail "the replay's refusal: $(cat replay.out)"
   grep -q "client=0" run.out && grep -q "server=0" run.out ||
     fail "the pingpong failed after the capture (its data check, or a lost message)"
+  ;;
+drain)
+  prog=$build/tests/verbs/verbs-drain
+  ( timeout 280 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/job" -- sh -c \
+      "stdbuf -oL $prog server $port $work/go & stdbuf -oL $prog client $port $work/go 127.0.0.1 $work/pause; echo client=\$?; wait \$!; echo server=\$?" \
+      > run.out 2>&1; echo "rc=$?" >> run.out ) &
+  runner=$!
+  for _ in $(seq 600); do [ "$(grep -c "^READY" run.out)" = 2 ] && break; sleep 0.05; done
+  [ "$(grep -c "^READY" run.out)" = 2 ] || { touch go; fail "the pair did not start: $(tail -3 run.out)"; }
+  # check_image JSON [RECEIVES]: prints "RECEIVES_TAKEN BUFFERED" or fails.
+  # RECEIVES: what the receiver must have taken (default: the sends the
+  # sender's layer took completions of, every send being signaled then).
+  check_image() {
+    python3 - "$port" "$@" 2>&1 <<'PY'
+import json, sys
+port, doc = sys.argv[1], json.load(open(sys.argv[2]))
+expect = int(sys.argv[3]) if len(sys.argv) > 3 else None
+send = recv = None
+for p in doc["processes"]:
+    v = p.get("verbs")
+    if not v:
+        continue
+    cqs = [o for o in v["objects"] if o["kind"] == "cq"]
+    qps = [o for o in v["objects"] if o["kind"] == "qp"]
+    if len(cqs) != 1 or len(qps) != 1:
+        sys.exit("process %s: %d CQs, %d QPs (1 of each expected)" % (p["pid"], len(cqs), len(qps)))
+    cq, qp = cqs[0], qps[0]
+    if qp["sends_outstanding"] != 0:
+        sys.exit("process %s: %d sends outstanding after the drain" % (p["pid"], qp["sends_outstanding"]))
+    if cq["sends_taken"] and not cq["recvs_taken"]:
+        send = cq
+    elif cq["recvs_taken"] and not cq["sends_taken"]:
+        recv = cq
+    # Every TCP socket softrdma opened (its listeners, the connections it made
+    # and those its progress thread accepted) is the backend's; the program's
+    # own socket (on the test's port) is not.
+    bfds = set(v["backend_fds"])
+    socks = [f for f in p["fds"] if f["kind"].startswith("socket") and "socket_address" in f]
+    listen = {f["socket_address"].rsplit(":", 1)[-1] for f in socks if f["kind"] == "socket-listen"}
+    accepted = 0
+    for f in socks:
+        ports = {f["socket_address"].rsplit(":", 1)[-1], f.get("socket_peer", ":").rsplit(":", 1)[-1]}
+        ours = port in ports
+        if ours == (f["fd"] in bfds):
+            sys.exit("process %s: fd %d (%s %s) is %s" % (p["pid"], f["fd"], f["kind"], f["socket_address"],
+                     "listed as the backend's" if ours else "softrdma's but not listed as the backend's"))
+        if f["kind"] == "socket-conn" and f["socket_address"].rsplit(":", 1)[-1] in listen:
+            accepted += 1
+    if not accepted:
+        sys.exit("process %s: no accepted connection of softrdma's in the image" % p["pid"])
+if not send or not recv:
+    sys.exit("no sender and receiver CQ in the image")
+want = send["sends_taken"] if expect is None else expect
+if want != recv["recvs_taken"]:
+    sys.exit("the receiver should have taken %d receives (the sender's %s sends), its layer took %d (%d buffered)"
+             % (want, "completed" if expect is None else "posted", recv["recvs_taken"], recv["buffered"]))
+print(recv["recvs_taken"], recv["buffered"])
+PY
+  }
+  buffered=0
+  for i in 1 2 3; do
+    sleep 0.3
+    # The second one without a frozen copy (the job stands still until written).
+    opt=; [ $i = 2 ] && opt=--no-fork
+    img=$("$ibdbg" capture $opt --dir "$work/job" 2>cap$i.err) || { touch go; fail "capture $i failed: $(cat cap$i.err)"; }
+    grep -q "client=" run.out && fail "the pair ended before capture $i"
+    "$ibdbg" inspect --json "$img" > inspect$i.json || { touch go; fail "inspect $i failed"; }
+    out=$(check_image inspect$i.json) || { touch go; fail "capture $i: $out"; }
+    echo "capture $i: sends completed = receives taken = ${out% *}, ${out#* } of them buffered by the drain"
+    buffered=$((buffered + ${out#* }))
+  done
+  # The slow consumer leaves completions in its CQ for 50 ms at a time: the
+  # drain step, not the application, must have taken some of them.
+  [ $buffered -gt 0 ] || { touch go; fail "no capture found the receiver's last completions in its CQ (the drain step was not exercised)"; }
+  # Unsignaled sends after the last signaled one, most of them waiting for
+  # the slow consumer's reposts: the capture must wait until all are done.
+  touch pause
+  wait_for run.out "^paused after" 30 || { touch go; fail "the sender did not pause"; }
+  n=$(sed -n 's/^paused after \([0-9]*\) sends/\1/p' run.out)
+  img=$("$ibdbg" capture --dir "$work/job" 2>cap4.err) || { touch go; fail "capture 4 failed: $(cat cap4.err)"; }
+  "$ibdbg" inspect --json "$img" > inspect4.json || { touch go; fail "inspect 4 failed"; }
+  out=$(check_image inspect4.json "$n") || { touch go; fail "capture 4 (after $n sends, the last 4096 unsignaled): $out"; }
+  echo "capture 4: all $n sends (the last 4096 unsignaled) taken as receives, ${out#* } of them buffered by the drain"
+  rm -f pause
+  touch go
+  wait_bounded $runner 120 || fail "the pair did not end after the captures"
+  grep -q "client=0" run.out && grep -q "server=0" run.out && [ "$(grep -c '^PASS' run.out)" = 2 ] ||
+    fail "the pair failed after the captures (order, count): $(tail -5 run.out)"
+  ;;
+capture_bw)
+  for prog in ib_write_bw ib_send_bw; do
+    port=$((port + 1))
+    : > $prog.out
+    ( timeout 200 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/$prog" -- sh -c \
+        "stdbuf -oL $prog -x 1 -s 65536 -D 20 -p $port & for i in \$(seq 100); do ss -ltn | grep -q ':$port ' && break; sleep 0.1; done; stdbuf -oL $prog -x 1 -s 65536 -D 20 -p $port 127.0.0.1; echo client=\$?; wait \$!; echo server=\$?" \
+        > $prog.out 2>&1; echo "rc=$?" >> $prog.out ) &
+    runner=$!
+    for _ in $(seq 600); do [ "$(grep -c "remote address" $prog.out)" = 2 ] && break; sleep 0.05; done
+    [ "$(grep -c "remote address" $prog.out)" = 2 ] || fail "$prog did not start: $(tail -3 $prog.out)"
+    for i in 1 2 3 4 5; do
+      sleep 0.3
+      img=$("$ibdbg" capture --dir "$work/$prog" 2>$prog.cap$i.err) || fail "$prog: capture $i refused: $(cat $prog.cap$i.err)"
+      grep -q "client=" $prog.out && fail "$prog ended before capture $i was done"
+      "$ibdbg" inspect "$img" | grep -q "^    qp .* RTS" || fail "$prog: capture $i has no QP in RTS"
+    done
+    wait_bounded $runner 120 || fail "$prog did not end after the captures"
+    grep -q "client=0" $prog.out && grep -q "server=0" $prog.out && grep -q "^rc=0" $prog.out ||
+      fail "$prog failed after the captures: $(tail -5 $prog.out)"
+    echo "$prog: 5 captures, both sides ended well"
+  done
   ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac

@@ -31,6 +31,13 @@ enum ibdbg_msg_type {
   /* lib -> agent: payload int32 pid of the copy (the library's view), with
    * its pidfd attached (SCM_RIGHTS); or IBDBG_MSG_ERROR if there is none. */
   IBDBG_MSG_FORKED = 8,
+  /* agent -> lib, before SUSPEND: hold the verbs posts and let this
+   * process's sends complete while every backend of the job still runs
+   * (capture/verbs/README.md, the job-wide drain barrier).  A RESUME instead
+   * of the SUSPEND that follows releases the posts. */
+  IBDBG_MSG_PRESUSPEND = 9,
+  /* lib -> agent: posts held, own sends complete (or IBDBG_MSG_ERROR) */
+  IBDBG_MSG_PRESUSPENDED = 10,
 };
 
 struct ibdbg_msg_hdr {
@@ -399,7 +406,10 @@ enum ibdbg_verbs_kind {
   IBDBG_VERBS_CONTEXT = 1, /* name: device; u[]: IBDBG_VCTX_*; gid[]: port 1's GID index 0 */
   IBDBG_VERBS_PD = 2,      /* parent[0] context */
   IBDBG_VERBS_MR = 3,      /* parent[0] pd; u[0] addr u[1] length u[2] access u[3] lkey u[4] rkey */
-  IBDBG_VERBS_CQ = 4,      /* parent[0] context parent[1] channel; u[0] cqe u[1] buffered completions u[2] extended */
+  /* parent[0] context parent[1] channel; u[0] cqe u[1] buffered completions u[2] extended;
+   * u[3] u[4]: successful send and receive completions taken from the backend
+   * so far (returned to the application or buffered) */
+  IBDBG_VERBS_CQ = 4,
   IBDBG_VERBS_QP = 5,      /* parent[0] pd [1] send cq [2] recv cq [3] srq; u[]: IBDBG_VQP_*; gid[]: AV dgid */
   IBDBG_VERBS_SRQ = 6,     /* parent[0] pd; u[0] max_wr u[1] max_sge u[2] srq_limit u[3] receives posted */
   IBDBG_VERBS_AH = 7,      /* parent[0] pd; u[]: IBDBG_VAH_*; gid[] dgid */
