@@ -94,6 +94,24 @@ grep -q "^  from $img (capture" roce.txt || fail "inspect does not show the pare
 grep -q "options  fabric roce, mtu 1024, target_caps $work/caps-roce.json" roce.txt || fail "inspect does not show the options: $(grep -A3 provenance roce.txt)"
 grep -q "(matches)" roce.txt || fail "the parent's checksum does not match"
 
+# A target with smaller queues: refused before anything is written, one
+# `ibdbg:` line per reason, each naming its object.
+python3 - caps-roce.json > caps-small.json <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["devices"][0]["max_cqe"] = 100
+d["devices"][0]["max_qp_wr"] = 100
+print(json.dumps(d))
+PY
+"$ibdbg" translate "$img" -o "$work/small" --fabric roce --target-caps caps-small.json > small.out 2> small.err &&
+  fail "a translation for a target with too small queues did not refuse"
+[ -e "$work/small" ] && fail "a refused translation wrote an image"
+[ "$(grep -Ec '^ibdbg: pid [0-9]+ CQ 0x[0-9a-f]+ uses cqe [0-9]+; the target \(softrdma0\) allows 100$' small.err)" = 2 ] ||
+  fail "the refusal does not name both CQs: $(cat small.err)"
+[ "$(grep -Ec '^ibdbg: pid [0-9]+ QP 0x[0-9a-f]+ uses max_recv_wr [0-9]+; the target \(softrdma0\) allows 100$' small.err)" = 2 ] ||
+  fail "the refusal does not name both QPs: $(cat small.err)"
+[ "$(grep -vEc '^ibdbg: pid [0-9]+ ' small.err)" = 0 ] || fail "the refusal has other lines: $(cat small.err)"
+
 # ---- replays on the other fabric ----------------------------------------------------
 check_refusal() {  # check_refusal IMAGE DEVICE FABRIC-TO-TRANSLATE-TO
   timeout 60 "$ibdbg" replay "$1" --device "$2" --dir "$work/r-$2" > refuse.out 2>&1 && fail "replay of $1 on $2 did not refuse"
