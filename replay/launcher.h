@@ -26,6 +26,9 @@ struct ReplayOptions {
   // Pages of private anonymous memory arrive on demand (userfaultfd) and in
   // the background instead of before the process runs; root only.
   bool lazy = false;
+  // `ibdbg replay --device`: the verbs device the replay loads ("softrdma:roce",
+  // "softrdma:ib" or a device name); "" = the recorded one.
+  std::string verbs_device;
 
   // ---- a job of several parts (hosts); none of this is needed for one ----
   // The images of the job's other parts: a TCP connection between one of our

@@ -48,6 +48,32 @@ static std::string PreloadList(const std::string& dir) {
   return l;
 }
 
+// Preloads go after ibdbg's capture library and verbs layer when those are
+// there already (`ibdbg run -- ibdbg softrdma -- CMD`): the verbs layer must
+// come before the backend it forwards to, as when softrdma starts `ibdbg run`.
+static void PreloadAfterIbdbg(const std::string& value) {
+  const char* old = getenv("LD_PRELOAD");
+  std::vector<std::string> items;
+  for (const char* c = old ? old : ""; *c;) {
+    size_t n = strcspn(c, ": ");
+    if (n) items.emplace_back(c, n);
+    c += n;
+    if (*c) c++;
+  }
+  auto ends = [](const std::string& s, const char* tail) {
+    size_t l = strlen(tail);
+    return s.size() >= l && s.compare(s.size() - l, l, tail) == 0;
+  };
+  size_t at = 0;
+  for (size_t i = 0; i < items.size(); i++)
+    if (ends(items[i], "libibdbg_capture.so") || ends(items[i], "libibdbg_verbs.so")) at = i + 1;
+  if (!at) return Prepend("LD_PRELOAD", value, ' ');
+  items.insert(items.begin() + at, value);
+  std::string v;
+  for (const auto& it : items) v += (v.empty() ? "" : " ") + it;
+  setenv("LD_PRELOAD", v.c_str(), 1);
+}
+
 int RunSoftRdma(const std::string& mode, const std::vector<std::string>& argv) {
   if (mode != "ib" && mode != "roce") {
     fprintf(stderr, "ibdbg softrdma: --mode must be ib or roce, not '%s'\n", mode.c_str());
@@ -63,11 +89,11 @@ int RunSoftRdma(const std::string& mode, const std::vector<std::string>& argv) {
     return 127;
   }
   Prepend("LD_LIBRARY_PATH", dir, ':');
-  Prepend("LD_PRELOAD", PreloadList(dir), ' ');
+  std::string preload = PreloadList(dir);
   // The device's sysfs entries for programs that read them directly (UCX,
   // Open MPI); optional: without it plain verbs programs still work.
-  if (access((dir + "/libsoftrdma-sysfs.so").c_str(), R_OK) == 0)
-    Prepend("LD_PRELOAD", dir + "/libsoftrdma-sysfs.so", ' ');
+  if (access((dir + "/libsoftrdma-sysfs.so").c_str(), R_OK) == 0) preload = dir + "/libsoftrdma-sysfs.so " + preload;
+  PreloadAfterIbdbg(preload);
   setenv("SOFTRDMA_MODE", mode.c_str(), 1);
   // Open MPI's openib BTL takes its per-device settings from INI files by
   // vendor/part id; softrdma's is next to the library. mpirun passes OMPI_MCA_*

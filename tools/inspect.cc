@@ -416,6 +416,10 @@ std::string VerbsLine(const ojson& e) {
     add("dlid", "dlid");
     add("dgid", "dgid");
     add("path_mtu", "mtu");
+    add("sl", "sl");
+    if (e.contains("sgid_index"))
+      l += "  grh sgid_index " + e["sgid_index"].dump() + " hop_limit " + e["hop_limit"].dump() + " traffic_class " +
+           e["traffic_class"].dump();
     add("sq_psn", "sq_psn");
     add("rq_psn", "rq_psn");
     add("sends_outstanding", "sends outstanding");
@@ -428,8 +432,31 @@ std::string VerbsLine(const ojson& e) {
                           "buffered", "sends_taken", "recvs_taken", "channel", "max_wr", "srq_limit", "recvs_posted",
                           "link_layer", "lid", "active_mtu", "gid", "dlid", "dgid", "owner", "wr_id"})
     add(key, key);
+  if (k == "ah" && e.contains("sgid_index"))
+    l += "  grh sgid_index " + e["sgid_index"].dump() + " hop_limit " + e["hop_limit"].dump() + " traffic_class " +
+         e["traffic_class"].dump();
   if (e.contains("extended") && e["extended"].get<bool>()) l += "  extended";
   return l;
+}
+
+std::string S(const ojson& j);
+
+std::string VerbsText(const ojson& v) {
+  std::string o;
+  auto line = [&](const std::string& s) { o += s + "\n"; };
+  line("  verbs (" + S(v["objects"].size()) + " objects, backend " + v["backend"].get<std::string>() + ")");
+  // The fabric the record's paths are for: what a replay checks the device against.
+  line("    fabric " + v["link_layer"].get<std::string>() +
+       (v.contains("translated") ? " (translated: QP and AH paths are the target's; ids as the application saw)"
+                                 : ""));
+  if (v.contains("refused")) line("    unsupported feature used: " + v["refused"].get<std::string>());
+  std::vector<std::string> tids, bfds;
+  for (const auto& x : v["backend_threads"]) tids.push_back(x.dump());
+  for (const auto& x : v["backend_fds"]) bfds.push_back(x.dump());
+  line("    backend threads: " + (tids.empty() ? std::string("-") : Join(tids, ",")) +
+       "  backend fds: " + (bfds.empty() ? std::string("-") : Join(bfds, ",")));
+  for (const auto& e : v["objects"]) line(VerbsLine(e));
+  return o;
 }
 
 ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
@@ -930,17 +957,7 @@ std::string RenderText(const ojson& doc) {
         line(l);
       }
     }
-    if (p.contains("verbs")) {
-      const ojson& v = p["verbs"];
-      line("  verbs (" + S(v["objects"].size()) + " objects, backend " + v["backend"].get<std::string>() + ")");
-      if (v.contains("refused")) line("    unsupported feature used: " + v["refused"].get<std::string>());
-      std::vector<std::string> tids, bfds;
-      for (const auto& x : v["backend_threads"]) tids.push_back(x.dump());
-      for (const auto& x : v["backend_fds"]) bfds.push_back(x.dump());
-      line("    backend threads: " + (tids.empty() ? std::string("-") : Join(tids, ",")) +
-           "  backend fds: " + (bfds.empty() ? std::string("-") : Join(bfds, ",")));
-      for (const auto& e : v["objects"]) line(VerbsLine(e));
-    }
+    if (p.contains("verbs")) o += VerbsText(p["verbs"]);
     if (!p["signal_handlers"].empty()) {
       line("  signal handlers");
       for (const auto& s : p["signal_handlers"]) {
@@ -1048,6 +1065,33 @@ std::string InspectImage(const std::string& image, bool as_json) {
 
   if (as_json) return doc.dump(2, ' ', false, ojson::error_handler_t::replace) + "\n";
   return RenderText(doc);
+}
+
+std::string InspectVerbs(const std::string& image, bool as_json) {
+  const std::string dir = image::ResolveImageDir(image);
+  const image::Manifest m = image::ReadManifest(dir);
+  ojson doc;
+  doc["image"] = dir;
+  ojson procs = ojson::array();
+  std::string text = "image      " + Printable(dir) + "\n";
+  for (const image::ManifestProcess& mp : m.processes) {
+    ojson p = ReadProcess(dir, mp);
+    ojson e;
+    e["pid"] = p["pid"];
+    e["host"] = mp.host;
+    text += "\nprocess " + S(p["pid"]) + " on " + Printable(mp.host) + "\n";
+    if (p.contains("verbs")) {
+      text += VerbsText(p["verbs"]);
+      e["verbs"] = std::move(p["verbs"]);
+    } else {
+      text += "  no verbs state\n";
+      e["verbs"] = nullptr;
+    }
+    procs.push_back(std::move(e));
+  }
+  doc["processes"] = std::move(procs);
+  if (as_json) return doc.dump(2, ' ', false, ojson::error_handler_t::replace) + "\n";
+  return text;
 }
 
 }  // namespace ibdbg::tools

@@ -13,4 +13,9 @@ namespace ibdbg::tools {
 // Throws ImageError (one line) on any problem.
 std::string InspectImage(const std::string& image, bool as_json);
 
+// `ibdbg inspect IMAGE --verbs [--json]`: only each process's verbs state (the
+// same objects and keys as InspectImage's "verbs"), with every record still
+// verified.
+std::string InspectVerbs(const std::string& image, bool as_json);
+
 }  // namespace ibdbg::tools

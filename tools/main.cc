@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -12,6 +13,8 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <cstring>
 #include <iostream>
 #include <map>
@@ -20,8 +23,11 @@
 #include <vector>
 
 #include "agent.h"
+#include "caps.h"
 #include "ibdbg/error.h"
+#include "ibdbg/image_file.h"
 #include "ibdbg/manifest.h"
+#include "ibdbg/proto.h"
 #include "ibdbg/version.h"
 #include "inspect.h"
 #include "job.h"
@@ -246,6 +252,7 @@ struct ReplayTarget {
   std::map<std::string, std::string> hosts;  // OLD -> NEW
   std::string remote_shell = "ssh";
   bool lazy = false;  // --lazy: pages on demand (replay/page_fill.h)
+  std::string device;  // --device softrdma:MODE | DEVNAME: the verbs device of the replay
   std::string Where(const std::string& part) const {
     auto it = hosts.find(part);
     return it == hosts.end() ? part : it->second;
@@ -290,6 +297,7 @@ std::vector<std::string> PartCommand(const std::string& idir, const std::string&
   std::vector<std::string> cmd = {SelfExe(), "replay", idir, "--part", part.name, "--dir", job_dir,
                                   "--remote-shell", t.remote_shell};
   for (auto& [o, n] : t.hosts) cmd.insert(cmd.end(), {"--host", o + "=" + n});
+  if (!t.device.empty()) cmd.insert(cmd.end(), {"--device", t.device});
   if (!part.via.empty()) cmd.insert(cmd.end(), {"--via", part.via});
   std::string where = t.Where(part.name);
   if (where == from) return cmd;
@@ -311,7 +319,7 @@ bool ParseVia(const std::string& via, std::string* host, pid_t* pid, pid_t* ppid
 }
 
 int CmdReplayPart(const std::string& image, const std::string& dir, const std::string& part_name,
-                  const std::string& via) {
+                  const std::string& via, const std::string& device) {
   std::string idir = ResolveImageDir(image);
   Manifest m = ReadManifest(idir);
   auto parts = PartsOf(idir, m);
@@ -320,6 +328,7 @@ int CmdReplayPart(const std::string& image, const std::string& dir, const std::s
   JobDir job = LoadJob(dir);
   Agent agent(job, via, part_name);
   replay::ReplayOptions ro;
+  ro.verbs_device = device;
   ro.restorer = Restorer();
   ro.agent = agent.socket_name();
   ro.job_dir = job.dir;
@@ -409,10 +418,55 @@ int CmdReplayParts(const std::string& idir, std::map<std::string, JobPart>& part
   return ExitCode(status);
 }
 
+// The link layer a verbs image's record says it is for (0: no verbs state, or
+// unknown), from every process's record.
+uint32_t ImageLinkLayer(const std::string& idir, const Manifest& m) {
+  for (auto& p : m.processes) {
+    ImageReader r(idir + "/" + p.image);
+    RecordHeader h;
+    std::vector<uint8_t> data;
+    while (r.NextHeader(h)) {
+      if (h.type != static_cast<uint32_t>(RecordType::Verbs)) {
+        r.SkipPayload();
+        continue;
+      }
+      r.ReadPayload(data);
+      ibdbg_verbs_hdr vh;
+      if (data.size() < sizeof vh) throw std::runtime_error(idir + "/" + p.image + ": verbs record is damaged");
+      std::memcpy(&vh, data.data(), sizeof vh);
+      if (vh.link_layer) return vh.link_layer;
+    }
+  }
+  return 0;
+}
+
+// --device: "softrdma:roce", "softrdma:ib" or a device name of this host.
+uint32_t TargetLinkLayer(const std::string& device) {
+  if (device == "softrdma:roce") return kLinkEthernet;
+  if (device == "softrdma:ib") return kLinkInfiniBand;
+  if (device.rfind("softrdma:", 0) == 0)
+    throw std::runtime_error("bad --device " + device + ": softrdma's modes are softrdma:roce and softrdma:ib");
+  return DeviceLinkLayer(device);
+}
+
+// A verbs image replays on a device of the fabric it is for; the other one
+// needs `ibdbg translate` first.  Checked before anything starts.
+void CheckFabric(const std::string& idir, const Manifest& m, const std::string& device) {
+  if (device.empty()) return;
+  uint32_t have = ImageLinkLayer(idir, m);
+  if (!have) return;
+  uint32_t want = TargetLinkLayer(device);
+  if (have == want) return;
+  throw std::runtime_error(idir + " holds " + LinkLayerName(have) + " verbs state but " + device + " is " +
+                           LinkLayerName(want) + ": run `ibdbg translate " + idir + " -o OUT --fabric " +
+                           (want == kLinkEthernet ? "roce" : "ib") + "` and replay OUT");
+}
+
 int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const std::string& gdb_batch,
               const std::string& listen, const ReplayTarget& t) {
   std::string idir = ResolveImageDir(image);
   Manifest m = ReadManifest(idir);
+  CheckFabric(idir, m, t.device);
   auto parts = PartsOf(idir, m);
   for (auto& [old_host, new_host] : t.hosts)
     if (!parts.count(old_host)) {
@@ -443,6 +497,7 @@ int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const 
   ro.job_dir = job.dir;
   ro.gdb = with_gdb;
   ro.lazy = t.lazy;
+  ro.verbs_device = t.device;
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   replay::Launched L = replay::LaunchJob(files, ro);
   if (L.pages) {
@@ -540,8 +595,27 @@ int main(int argc, char** argv) {
   translate->add_option("image", image, "Image directory")->required();
   translate->add_option("-o,--output", out, "New image directory (must not exist)")->required();
   translate->add_option("--map-path", map_paths, "Rewrite file paths starting with OLD to NEW (OLD=NEW)");
-  translate->add_flag("--dry-run", dry_run, "Print what would change; write nothing");
-  translate->footer("Example: ibdbg translate /tmp/job/images/latest -o /tmp/img2 --map-path /home/a=/home/b");
+  std::string fabric, target_caps;
+  std::vector<std::string> device_maps, xhost_maps;
+  int ranks_per_host = 0, mtu = 0;
+  translate->add_option("--fabric", fabric,
+                        "Rewrite the verbs state for this fabric: roce (RoCE v2 over IPv4, as rxe) or ib")
+      ->check(CLI::IsMember({"roce", "ib"}));
+  translate->add_option("--target-caps", target_caps,
+                        "The target's devices and limits, as `ibdbg caps` printed them there (default: built-in "
+                        "values for the fabric; translate/README.md)");
+  translate->add_option("--device", device_maps, "Use device NEW where the capture used OLD (OLD=NEW)");
+  translate->add_option("--host", xhost_maps,
+                        "Processes captured on host OLD replay on host NEW (OLD=NEW; several OLD may share a NEW)");
+  translate->add_option("--ranks-per-host", ranks_per_host,
+                        "Then pack the job's hosts, whole and in capture order, K processes per host")
+      ->check(CLI::PositiveNumber);
+  translate->add_option("--mtu", mtu, "Path MTU of the connected QPs on the target (bytes; default: the captured "
+                                      "one, clamped to the target's active MTU)")
+      ->check(CLI::IsMember({256, 512, 1024, 2048, 4096}));
+  translate->add_flag("--dry-run", dry_run, "Print the rewrite object by object (old -> new); write nothing");
+  translate->footer("Example: ibdbg translate /tmp/job/images/latest -o /tmp/img2 --map-path /home/a=/home/b\n"
+                    "         ibdbg translate IMG -o IMG-roce --fabric roce --target-caps caps.json --dry-run");
 
   auto* replay = app.add_subcommand("replay", "Restart an image (optionally under gdb, stopped at its capture point)");
   replay->add_option("image", image, "Image directory")->required();
@@ -562,6 +636,9 @@ int main(int argc, char** argv) {
   auto* g2 = replay->add_option("--gdb-batch", gdb_batch, "Run these gdb commands (';'-separated), then let it run on");
   g1->excludes(g2);
   replay->add_option("--dir", dir, "Job directory for the replayed job (default: a new one)");
+  replay->add_option("--device", target.device,
+                     "The verbs device to replay on: softrdma:roce, softrdma:ib or a device name of this host; an "
+                     "image of the other fabric is refused (translate it first)");
   replay->add_flag("--lazy", target.lazy,
                    "Run at once; memory arrives on demand and in the background (userfaultfd; needs root)");
   replay->footer("Example: ibdbg replay /tmp/job/images/latest --gdb-batch 'thread apply all bt'");
@@ -569,6 +646,12 @@ int main(int argc, char** argv) {
   auto* inspect = app.add_subcommand("inspect", "Describe an image: processes, threads, memory, files, provenance");
   inspect->add_option("image", image, "Image directory")->required();
   inspect->add_flag("--json", json_out, "Machine-readable output");
+  bool verbs_only = false;
+  inspect->add_flag("--verbs", verbs_only, "Only the verbs state of each process");
+
+  auto* caps = app.add_subcommand("caps", "Print this host's verbs devices and their limits as JSON (for translate "
+                                          "--target-caps)");
+  caps->footer("Example: ibdbg softrdma --mode roce -- ibdbg caps > roce-caps.json");
 
   auto* status = app.add_subcommand("status", "Show a job's processes and images");
   status->add_option("--job", job_id, "Job id");
@@ -604,19 +687,47 @@ int main(int argc, char** argv) {
         target.hosts[hm.substr(0, eq)] = hm.substr(eq + 1);
       }
       if (!wait_part.empty()) return CmdWaitPart(dir, wait_part);
-      if (!part.empty()) return CmdReplayPart(image, dir, part, via);
+      if (!part.empty()) {
+        if (!target.device.empty()) TargetLinkLayer(target.device);  // a bad --device is said before anything starts
+        return CmdReplayPart(image, dir, part, via, target.device);
+      }
       return CmdReplay(image, dir, gdb, gdb_batch, listen, target);
     }
     if (*inspect) {
-      std::cout << tools::InspectImage(image, json_out);
+      std::cout << (verbs_only ? tools::InspectVerbs(image, json_out) : tools::InspectImage(image, json_out));
+      return 0;
+    }
+    if (*caps) {
+      std::cout << CapsJson();
       return 0;
     }
     if (*translate) {
       TranslateOptions to;
       for (auto& m : map_paths) to.map_paths.push_back(ParseMapping(m));
       to.dry_run = dry_run;
+      if (!fabric.empty()) to.fabric.link_layer = ParseFabric(fabric);
+      if (!target_caps.empty()) {
+        if (fabric.empty()) throw std::runtime_error("--target-caps needs --fabric");
+        std::ifstream f(target_caps);
+        if (!f) throw std::runtime_error("cannot read " + target_caps);
+        std::stringstream ss;
+        ss << f.rdbuf();
+        to.fabric.target_caps = ParseCaps(ss.str(), target_caps);
+        // The provenance names the file wherever translate ran from.
+        char real[PATH_MAX];
+        to.fabric.target_caps_file = realpath(target_caps.c_str(), real) ? real : target_caps;
+      }
+      if (mtu && fabric.empty()) throw std::runtime_error("--mtu needs --fabric");
+      to.fabric.mtu = mtu;
+      for (auto& d : device_maps) to.fabric.devices.push_back(ParseNameMapping(d, "--device"));
+      for (auto& h : xhost_maps) to.hosts.hosts.push_back(ParseNameMapping(h, "--host"));
+      to.hosts.ranks_per_host = ranks_per_host;
       TranslateResult r = TranslateImage(image, out, to);
-      for (auto& c : r.changes) std::cout << c << "\n";
+      if (dry_run) {
+        std::cout << RenderDiff(r);
+      } else {
+        for (auto& c : r.changes) std::cout << c << "\n";
+      }
       for (auto& w : r.warnings) std::cerr << "ibdbg: warning: " << w << "\n";
       if (!dry_run) std::cout << out << "\n";
       return 0;
@@ -626,7 +737,14 @@ int main(int argc, char** argv) {
     if (*sr) return softrdma::RunSoftRdma(sr_mode, cmd);
 #endif
   } catch (const std::exception& e) {
-    fprintf(stderr, "ibdbg: %s\n", e.what());
+    // One line per reason (translate's refusals may give several).
+    std::string what = e.what();
+    size_t pos = 0;
+    do {
+      size_t nl = what.find('\n', pos);
+      fprintf(stderr, "ibdbg: %s\n", what.substr(pos, nl == std::string::npos ? nl : nl - pos).c_str());
+      pos = nl == std::string::npos ? nl : nl + 1;
+    } while (pos != std::string::npos);
     return 1;
   }
   return 0;

@@ -10,8 +10,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "ibdbg/atomic_dir.h"
 #include "ibdbg/image_file.h"
@@ -130,14 +132,296 @@ T Load(const std::vector<uint8_t>& data, const std::string& path, const char* wh
   return t;
 }
 
+// ---- the verbs state ------------------------------------------------------
+
+// enum ibv_qp_attr_mask / ibv_access_flags / ibv_qp_type values the record
+// holds (proto.h keeps ibdbg free of libibverbs' headers).
+constexpr uint64_t kQpAttrAv = 1 << 7, kQpAttrPathMtu = 1 << 8;
+constexpr uint64_t kAccessRemoteAtomic = 1 << 3;
+constexpr uint64_t kQpRc = 2, kQpUc = 3, kQpUd = 4;
+constexpr uint64_t kRtr = 2;
+// A RoCE v2 path gets an IP TTL: what rdma-core's tools use by default.
+constexpr uint64_t kRoceHopLimit = 64;
+
+std::string GidString(const uint8_t* g) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%02x%02x:%02x%02x:%02x%02x:%02x%02x:%02x%02x:%02x%02x:%02x%02x:%02x%02x",
+                g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11], g[12], g[13], g[14],
+                g[15]);
+  return buf;
+}
+
+bool IsIpv4Mapped(const std::array<uint8_t, 16>& g) {
+  for (int i = 0; i < 10; i++)
+    if (g[i]) return false;
+  return g[10] == 0xff && g[11] == 0xff;
+}
+
+std::string Join(const std::vector<std::string>& v, const char* sep) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : sep) + s;
+  return out;
+}
+
+// Rewrites one process's verbs record for the target (translate/README.md:
+// the fields "as the application saw" stay, "the target path" is rewritten).
+class VerbsRewriter {
+ public:
+  VerbsRewriter(const FabricOptions& f, int pid, TranslateResult* report, std::vector<std::string>* refusals)
+      : f_(f), pid_(pid), report_(report), refusals_(refusals) {}
+
+  void Rewrite(std::vector<uint8_t>& data, const std::string& path) {
+    if (data.size() < sizeof(ibdbg_verbs_hdr)) throw ImageError(path + ": verbs record is damaged");
+    ibdbg_verbs_hdr h;
+    std::memcpy(&h, data.data(), sizeof h);
+    if (h.magic != IBDBG_VERBS_MAGIC || data.size() != sizeof h + (uint64_t)h.nobjs * sizeof(ibdbg_verbs_obj))
+      throw ImageError(path + ": verbs record is damaged");
+    if (!f_.link_layer && f_.devices.empty()) return;
+    objs_.resize(h.nobjs);
+    if (h.nobjs) std::memcpy(objs_.data(), data.data() + sizeof h, h.nobjs * sizeof(ibdbg_verbs_obj));
+
+    uint32_t from = h.link_layer;
+    for (const auto& o : objs_)
+      if (!from && o.kind == IBDBG_VERBS_CONTEXT) from = (uint32_t)o.u[IBDBG_VCTX_LINK_LAYER];
+    to_ = f_.link_layer ? f_.link_layer : from;
+    from_ = from;
+    if (f_.link_layer && !from) {
+      Refuse(Pid() + " verbs: the record does not say which link layer it was captured on");
+      return;
+    }
+    if (f_.link_layer) {
+      uint64_t ll = from;
+      Set(Pid() + " verbs", "link_layer", ll, to_, &LinkText);
+      h.link_layer = (uint32_t)ll;
+      h.translated = 1;
+    }
+    for (auto& o : objs_)
+      if (o.kind == IBDBG_VERBS_CONTEXT) Context(o);
+    // --device alone renames; the limits and paths are those of a fabric.
+    if (f_.link_layer) Objects();
+    std::memcpy(data.data(), &h, sizeof h);
+    if (h.nobjs) std::memcpy(data.data() + sizeof h, objs_.data(), h.nobjs * sizeof(ibdbg_verbs_obj));
+  }
+
+ private:
+  void Objects() {
+    for (const auto& o : objs_)
+      if (o.kind == IBDBG_VERBS_PD) pd_ctx_[o.handle] = o.parent[0];
+    for (auto& o : objs_) {
+      switch (o.kind) {
+        case IBDBG_VERBS_QP: Qp(o); break;
+        case IBDBG_VERBS_AH: Ah(o); break;
+        case IBDBG_VERBS_CQ: Cq(o); break;
+        case IBDBG_VERBS_SRQ: Srq(o); break;
+      }
+    }
+  }
+
+  static std::string NumText(uint64_t v) { return std::to_string(v); }
+  static std::string LinkText(uint64_t v) { return LinkLayerName((uint32_t)v); }
+  static std::string MtuText(uint64_t v) { return std::to_string(MtuBytes(v)); }
+
+  std::string Pid() const { return "pid " + std::to_string(pid_); }
+  void Refuse(const std::string& why) {
+    if (refusals_ && std::find(refusals_->begin(), refusals_->end(), why) == refusals_->end())
+      refusals_->push_back(why);
+  }
+  void Warn(const std::string& w) {
+    if (report_ && std::find(report_->warnings.begin(), report_->warnings.end(), w) == report_->warnings.end())
+      report_->warnings.push_back(w);
+  }
+  void Set(const std::string& obj, const char* field, uint64_t& value, uint64_t now,
+           std::string (*text)(uint64_t) = &NumText) {
+    if (value == now) return;
+    if (report_) report_->changes.push_back(obj + ": " + field + " " + text(value) + " -> " + text(now));
+    value = now;
+  }
+  void Limit(const std::string& obj, const char* what, uint64_t used, uint64_t allowed, const TargetCaps& c) {
+    if (used > allowed)
+      Refuse(obj + " uses " + what + " " + std::to_string(used) + "; the target" +
+             (c.device.empty() ? "" : " (" + c.device + ")") + " allows " + std::to_string(allowed));
+  }
+
+  void Context(ibdbg_verbs_obj& o) {
+    const std::string obj = Pid() + " context " + Hex(o.handle);
+    std::string name = CStr(o.name);
+    for (const auto& [old_name, new_name] : f_.devices)
+      if (name == old_name) {
+        if (report_) report_->changes.push_back(obj + ": device " + name + " -> " + new_name);
+        name = new_name;
+        break;
+      }
+    const TargetCaps* caps = nullptr;
+    if (f_.target_caps.empty()) {
+      caps = &Defaults();
+    } else {
+      for (const auto& c : f_.target_caps)
+        if (c.device == name) caps = &c;
+      if (!caps && f_.target_caps.size() == 1 && f_.devices.empty()) {
+        // One device on the target: that is where the replay opens it.
+        caps = &f_.target_caps[0];
+        if (report_) report_->changes.push_back(obj + ": device " + name + " -> " + caps->device);
+        name = caps->device;
+      }
+      if (!caps) {
+        std::vector<std::string> have;
+        for (const auto& c : f_.target_caps) have.push_back(c.device);
+        Refuse(obj + " uses device " + name + "; the target has " + Join(have, ", ") + ": give --device " +
+               name + "=NEW");
+        return;
+      }
+    }
+    if (f_.link_layer && caps->link_layer != to_)
+      Refuse(obj + ": target device " + caps->device + " is " + LinkLayerName(caps->link_layer) + ", not " +
+             LinkLayerName(to_));
+    if (name.size() >= sizeof o.name) {
+      Refuse(obj + ": device name " + name + " is too long");
+      return;
+    }
+    std::memset(o.name, 0, sizeof o.name);
+    std::memcpy(o.name, name.data(), name.size());
+    ctx_caps_[o.handle] = caps;
+    ctx_mtu_[o.handle] = o.u[IBDBG_VCTX_ACTIVE_MTU];
+    if (f_.mtu && MtuEnum(f_.mtu) > caps->active_mtu)
+      Refuse("--mtu " + std::to_string(f_.mtu) + " exceeds the active MTU " + MtuText(caps->active_mtu) +
+             " of the target" + (caps->device.empty() ? "" : " " + caps->device));
+  }
+
+  const TargetCaps& Defaults() {
+    if (!defaults_) defaults_ = DefaultCaps(to_);
+    return *defaults_;
+  }
+  // The context an object belongs to (through its PD), and that context's target.
+  uint64_t CtxOf(const ibdbg_verbs_obj& o) const {
+    if (o.kind == IBDBG_VERBS_CQ) return o.parent[0];
+    auto it = pd_ctx_.find(o.parent[0]);
+    return it == pd_ctx_.end() ? 0 : it->second;
+  }
+  const TargetCaps& CapsOf(const ibdbg_verbs_obj& o) {
+    auto it = ctx_caps_.find(CtxOf(o));
+    if (it != ctx_caps_.end()) return *it->second;
+    if (!ctx_caps_.empty()) return *ctx_caps_.begin()->second;
+    return f_.target_caps.empty() ? Defaults() : f_.target_caps[0];
+  }
+
+  // The GID index a path uses on the target: RoCE v2 over IPv4 on Ethernet
+  // (as rxe offers it), the port GID on InfiniBand.
+  std::optional<uint32_t> SgidIndex(const TargetCaps& c) {
+    if (to_ == kLinkInfiniBand) return c.gids.empty() ? 0 : c.gids[0].index;
+    for (const auto& g : c.gids)
+      if (g.type == "RoCE v2" && IsIpv4Mapped(g.gid)) return g.index;
+    for (const auto& g : c.gids)
+      if (g.type == "RoCE v2") return g.index;
+    Refuse("the target" + (c.device.empty() ? std::string() : " " + c.device) +
+           " has no RoCE v2 GID (its GID table has " + std::to_string(c.gids.size()) + " entries)");
+    return std::nullopt;
+  }
+
+  // The path of a connected QP or an AH: GRH, SGID index, service level and
+  // traffic class for the target fabric.
+  void Path(const std::string& obj, const TargetCaps& c, uint64_t* u, int is_global, int sgid, int hop, int tc,
+            int flow, int sl) {
+    if (to_ == kLinkEthernet) {
+      if (u[sl] > 7) {
+        Refuse(obj + " uses SL " + std::to_string(u[sl]) + "; RoCE carries priorities 0-7 only");
+        return;
+      }
+      auto idx = SgidIndex(c);
+      if (!u[is_global]) {
+        Set(obj, "is_global", u[is_global], 1);
+        Set(obj, "hop_limit", u[hop], kRoceHopLimit);
+        // The SL becomes the DSCP class selector (tc = DSCP << 2).
+        Set(obj, "traffic_class", u[tc], u[sl] << 5);
+      }
+      if (idx) Set(obj, "sgid_index", u[sgid], *idx);
+    } else if (to_ == kLinkInfiniBand && from_ == kLinkEthernet && u[is_global]) {
+      // Within one InfiniBand subnet the path is the LID; the class
+      // selector of the DSCP becomes the SL.
+      if (!u[sl]) Set(obj, "sl", u[sl], (u[tc] >> 5) & 7);
+      Set(obj, "is_global", u[is_global], 0);
+      Set(obj, "sgid_index", u[sgid], 0);
+      Set(obj, "hop_limit", u[hop], 0);
+      Set(obj, "traffic_class", u[tc], 0);
+      Set(obj, "flow_label", u[flow], 0);
+    }
+  }
+
+  void Qp(ibdbg_verbs_obj& o) {
+    uint64_t* u = o.u;
+    const std::string obj = Pid() + " QP " + Hex(u[IBDBG_VQP_QPN]);
+    const TargetCaps& c = CapsOf(o);
+    Limit(obj, "max_inline_data", u[IBDBG_VQP_MAX_INLINE], c.max_inline_data, c);
+    Limit(obj, "max_send_sge", u[IBDBG_VQP_MAX_SEND_SGE], c.max_sge, c);
+    Limit(obj, "max_recv_sge", u[IBDBG_VQP_MAX_RECV_SGE], c.max_sge, c);
+    Limit(obj, "max_send_wr", u[IBDBG_VQP_MAX_SEND_WR], c.max_qp_wr, c);
+    Limit(obj, "max_recv_wr", u[IBDBG_VQP_MAX_RECV_WR], c.max_qp_wr, c);
+    Limit(obj, "max_rd_atomic", u[IBDBG_VQP_MAX_RD_ATOMIC], c.max_qp_init_rd_atom, c);
+    Limit(obj, "max_dest_rd_atomic", u[IBDBG_VQP_MAX_DEST_RD_ATOMIC], c.max_qp_rd_atom, c);
+    if ((u[IBDBG_VQP_ACCESS_FLAGS] & kAccessRemoteAtomic) && !c.atomic_cap)
+      Refuse(obj + " allows remote atomics; the target" + (c.device.empty() ? "" : " (" + c.device + ")") +
+             " has none");
+    uint64_t type = u[IBDBG_VQP_TYPE];
+    uint32_t mtu = f_.mtu ? MtuEnum(f_.mtu) : c.active_mtu;
+    if (type == kQpUd) {
+      auto it = ctx_mtu_.find(CtxOf(o));
+      uint64_t was = it == ctx_mtu_.end() ? 0 : it->second;
+      if (was > mtu)
+        Warn(obj + " (UD): messages larger than " + MtuText(mtu) + " bytes fail on the target (the captured port's MTU was " +
+             MtuText(was) + ")");
+    }
+    if (type != kQpRc && type != kQpUc) return;
+    bool has_path = (u[IBDBG_VQP_ATTR_MASK] & kQpAttrAv) || u[IBDBG_VQP_STATE] >= kRtr;
+    if (!has_path) return;
+    if (u[IBDBG_VQP_PORT] > c.phys_port_cnt) Set(obj, "port", u[IBDBG_VQP_PORT], 1);
+    Path(obj, c, u, IBDBG_VQP_IS_GLOBAL, IBDBG_VQP_SGID_INDEX, IBDBG_VQP_HOP_LIMIT, IBDBG_VQP_TRAFFIC_CLASS,
+         IBDBG_VQP_FLOW_LABEL, IBDBG_VQP_SL);
+    if ((u[IBDBG_VQP_ATTR_MASK] & kQpAttrPathMtu) || u[IBDBG_VQP_PATH_MTU]) {
+      uint64_t now = f_.mtu ? mtu : std::min<uint64_t>(u[IBDBG_VQP_PATH_MTU], mtu);
+      Set(obj, "path_mtu", u[IBDBG_VQP_PATH_MTU], now, &MtuText);
+    }
+  }
+
+  void Ah(ibdbg_verbs_obj& o) {
+    const std::string obj = Pid() + " AH " + Hex(o.handle);
+    const TargetCaps& c = CapsOf(o);
+    if (o.u[IBDBG_VAH_PORT] > c.phys_port_cnt) Set(obj, "port", o.u[IBDBG_VAH_PORT], 1);
+    Path(obj, c, o.u, IBDBG_VAH_IS_GLOBAL, IBDBG_VAH_SGID_INDEX, IBDBG_VAH_HOP_LIMIT, IBDBG_VAH_TRAFFIC_CLASS,
+         IBDBG_VAH_FLOW_LABEL, IBDBG_VAH_SL);
+  }
+
+  void Cq(ibdbg_verbs_obj& o) {
+    const TargetCaps& c = CapsOf(o);
+    Limit(Pid() + " CQ " + Hex(o.handle), "cqe", o.u[0], c.max_cqe, c);
+  }
+
+  void Srq(ibdbg_verbs_obj& o) {
+    const TargetCaps& c = CapsOf(o);
+    const std::string obj = Pid() + " SRQ " + Hex(o.handle);
+    Limit(obj, "max_wr", o.u[0], c.max_srq_wr, c);
+    Limit(obj, "max_sge", o.u[1], c.max_srq_sge, c);
+  }
+
+  const FabricOptions& f_;
+  int pid_;
+  TranslateResult* report_;
+  std::vector<std::string>* refusals_;
+  std::vector<ibdbg_verbs_obj> objs_;
+  uint32_t from_ = 0, to_ = 0;
+  std::optional<TargetCaps> defaults_;
+  std::map<uint64_t, const TargetCaps*> ctx_caps_;
+  std::map<uint64_t, uint64_t> ctx_mtu_;
+  std::map<uint64_t, uint64_t> pd_ctx_;
+};
+
 // Translates one process image. With `out` null it only reads, verifies and
 // reports; the same code path then writes, so a dry run reports exactly what
 // a real run does.
 class ProcessTranslator {
  public:
   ProcessTranslator(const std::string& path, const image::ManifestProcess& mp,
-                    const PathMapper& mapper, TranslateResult* report)
-      : path_(path), mp_(mp), mapper_(mapper), report_(report) {}
+                    const PathMapper& mapper, const FabricOptions& fabric, TranslateResult* report,
+                    std::vector<std::string>* refusals)
+      : path_(path), mp_(mp), mapper_(mapper), fabric_(fabric), report_(report), refusals_(refusals) {}
 
   void Run(image::ImageWriter* out) {
     out_ = out;
@@ -168,6 +452,10 @@ class ProcessTranslator {
               h.arg + data.size() < h.arg)
             throw ImageError(path_ + ": pages at " + Hex(h.arg) + " are not page-aligned");
           if (out_) out_->AddPages(h.arg, data.data(), data.size());
+          break;
+        case RecordType::Verbs:
+          VerbsRewriter(fabric_, mp_.pid, report_, refusals_).Rewrite(data, path_);
+          Copy(h, data);
           break;
         case RecordType::Thread:
         case RecordType::Signals:
@@ -265,7 +553,9 @@ class ProcessTranslator {
   const std::string& path_;
   const image::ManifestProcess& mp_;
   const PathMapper& mapper_;
+  const FabricOptions& fabric_;
   TranslateResult* report_;
+  std::vector<std::string>* refusals_;
   image::ImageWriter* out_ = nullptr;
 };
 
@@ -284,7 +574,250 @@ void CheckOutput(const std::string& in_dir, const std::string& out_dir) {
     throw ImageError(out_dir + " is inside the input image " + in_dir);
 }
 
+// ---- hosts -----------------------------------------------------------------
+
+// Where each process replays: --host renames (several OLD may share a NEW),
+// then --ranks-per-host packs whole hosts, in capture order, K processes per
+// target host, each pack named after its first host.
+struct HostPlan {
+  std::map<std::string, std::string> to;  // captured host -> target host
+  nlohmann::json hosts = nlohmann::json::array();
+};
+
+HostPlan PlanHosts(const image::Manifest& m, const HostOptions& o, TranslateResult* report,
+                   std::vector<std::string>* refusals) {
+  HostPlan plan;
+  std::vector<std::string> order;  // captured hosts, in capture order
+  std::map<std::string, int> count;
+  for (const auto& p : m.processes) {
+    if (!count.count(p.host)) order.push_back(p.host);
+    count[p.host]++;
+  }
+  for (const auto& h : order) plan.to[h] = h;
+  if (o.hosts.empty() && o.ranks_per_host <= 0) {
+    plan.hosts = m.hosts;
+    return plan;
+  }
+  std::set<std::string> given;
+  for (const auto& [from, to] : o.hosts) {
+    if (!given.insert(from).second) {
+      refusals->push_back("--host " + from + " is given more than once");
+      continue;
+    }
+    if (!count.count(from)) {
+      refusals->push_back("--host " + from + "=" + to + ": the image has no processes on host " + from +
+                          " (it has: " + Join(order, ", ") + ")");
+      continue;
+    }
+    plan.to[from] = to;
+  }
+  if (o.ranks_per_host > 0) {
+    std::vector<std::string> targets;  // after --host, in order
+    std::map<std::string, int> n;
+    for (const auto& h : order) {
+      const std::string& t = plan.to[h];
+      if (!n.count(t)) targets.push_back(t);
+      n[t] += count[h];
+    }
+    std::map<std::string, std::string> pack;
+    std::string leader;
+    int filled = 0;
+    for (const auto& t : targets) {
+      if (n[t] > o.ranks_per_host) {
+        refusals->push_back("--ranks-per-host " + std::to_string(o.ranks_per_host) + ": host " + t + " holds " +
+                            std::to_string(n[t]) + " processes, and a host's processes are not split (they may "
+                            "share a process tree, pipes and memory)");
+        continue;
+      }
+      if (leader.empty() || filled + n[t] > o.ranks_per_host) {
+        leader = t;
+        filled = 0;
+      }
+      filled += n[t];
+      pack[t] = leader;
+    }
+    for (auto& [h, t] : plan.to)
+      if (pack.count(t)) t = pack[t];
+  }
+  // Parts started through the remote shell replay as they were started: one
+  // part per starter's ssh, so such a part cannot share its host.
+  std::map<std::string, std::string> via;
+  for (const auto& h : m.hosts)
+    if (h.is_object()) via[h.value("name", "")] = h.value("via", "");
+  std::map<std::string, std::vector<std::string>> members;
+  for (const auto& h : order) members[plan.to[h]].push_back(h);
+  for (const auto& [t, hs] : members) {
+    if (hs.size() < 2) continue;
+    for (const auto& h : hs)
+      if (!via[h].empty())
+        refusals->push_back("host " + h + " was started through the job's remote shell (by " +
+                            via[h].substr(0, via[h].rfind(':')) + "), so it cannot share host " + t +
+                            " with " + Join(hs, ", ") + " yet");
+  }
+  for (const auto& h : order) {
+    if (plan.to[h] != h && report)
+      report->changes.push_back("host " + h + ": " + std::to_string(count[h]) + " process(es) -> " + plan.to[h]);
+  }
+  // One manifest entry per target host: its first captured host's, renamed.
+  std::set<std::string> done;
+  for (const auto& h : order) {
+    const std::string& t = plan.to[h];
+    if (!done.insert(t).second) continue;
+    nlohmann::json e = {{"name", t}};
+    for (const auto& x : m.hosts)
+      if (x.is_object() && x.value("name", "") == h) e = x;
+    e["name"] = t;
+    if (e.contains("via") && e["via"].is_string()) {
+      // "HOST:PID:PPID": its host is where the starter now runs.
+      std::string v = e["via"].get<std::string>();
+      size_t b = v.rfind(':');
+      size_t a = b == std::string::npos || b == 0 ? std::string::npos : v.rfind(':', b - 1);
+      if (a != std::string::npos && plan.to.count(v.substr(0, a))) e["via"] = plan.to[v.substr(0, a)] + v.substr(a);
+    }
+    plan.hosts.push_back(std::move(e));
+  }
+  return plan;
+}
+
 }  // namespace
+
+TranslateRefused::TranslateRefused(std::vector<std::string> reasons)
+    : ImageError(Join(reasons, "\n")), reasons_(std::move(reasons)) {}
+
+const char* LinkLayerName(uint32_t l) {
+  return l == kLinkInfiniBand ? "infiniband" : l == kLinkEthernet ? "ethernet" : "unknown";
+}
+
+uint32_t MtuEnum(uint64_t bytes) {
+  for (uint32_t m = 1; m <= 5; m++)
+    if ((128ull << m) == bytes) return m;
+  return 0;
+}
+uint32_t MtuBytes(uint64_t m) { return m >= 1 && m <= 5 ? 128u << m : 0; }
+
+uint32_t ParseFabric(const std::string& name) {
+  if (name == "roce" || name == "ethernet") return kLinkEthernet;
+  if (name == "ib" || name == "infiniband") return kLinkInfiniBand;
+  throw ImageError("unknown fabric '" + name + "': expected roce or ib");
+}
+
+TargetCaps DefaultCaps(uint32_t link_layer) {
+  TargetCaps c;
+  c.link_layer = link_layer;
+  c.phys_port_cnt = 1;
+  c.atomic_cap = 1;
+  if (link_layer == kLinkEthernet) {
+    // rxe (drivers/infiniband/sw/rxe/rxe_param.h), the smaller of Linux 5.x's
+    // and 6.x's values, on a 1500-byte Ethernet; GID index 1 is the IPv4
+    // address as RoCE v2 (as softrdma --mode roce has it).
+    c.active_mtu = 3;  // 1024
+    GidEntry g0, g1;
+    g0.index = 0, g0.type = "RoCE v2", g0.gid[0] = 0xfe, g0.gid[1] = 0x80;
+    g1.index = 1, g1.type = "RoCE v2", g1.gid[10] = 0xff, g1.gid[11] = 0xff;
+    c.gids = {g0, g1};
+    c.max_inline_data = 512;
+    c.max_sge = 32;
+    c.max_qp_wr = 16384;
+    c.max_cqe = 32767;
+    c.max_qp_rd_atom = 128;
+    c.max_qp_init_rd_atom = 128;
+    c.max_srq_wr = 16384;
+    c.max_srq_sge = 27;
+  } else {
+    // A ConnectX-class InfiniBand port; max_inline_data conservatively low
+    // (providers do not report it; `ibdbg caps` probes the real one).
+    c.active_mtu = 5;  // 4096
+    GidEntry g0;
+    g0.index = 0, g0.type = "IB", g0.gid[0] = 0xfe, g0.gid[1] = 0x80;
+    c.gids = {g0};
+    c.max_inline_data = 256;
+    c.max_sge = 30;
+    c.max_qp_wr = 32768;
+    c.max_cqe = 4194303;
+    c.max_qp_rd_atom = 16;
+    c.max_qp_init_rd_atom = 16;
+    c.max_srq_wr = 32767;
+    c.max_srq_sge = 31;
+  }
+  return c;
+}
+
+std::vector<TargetCaps> ParseCaps(const std::string& text, const std::string& where) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception&) {
+    throw ImageError(where + ": not valid JSON (expected the output of `ibdbg caps`)");
+  }
+  if (!j.is_object() || !j.contains("devices") || !j["devices"].is_array())
+    throw ImageError(where + ": no \"devices\" list (expected the output of `ibdbg caps`)");
+  std::vector<TargetCaps> out;
+  for (const auto& d : j["devices"]) {
+    TargetCaps c;
+    if (!d.is_object() || !d.contains("name") || !d["name"].is_string())
+      throw ImageError(where + ": a device without a name");
+    c.device = d["name"].get<std::string>();
+    auto num = [&](const char* key) -> uint64_t {
+      if (!d.contains(key) || !d[key].is_number_unsigned())
+        throw ImageError(where + ": device " + c.device + " has no " + key);
+      return d[key].get<uint64_t>();
+    };
+    std::string ll = d.value("link_layer", "");
+    if (ll != "ethernet" && ll != "infiniband")
+      throw ImageError(where + ": device " + c.device + " has link layer '" + ll + "'");
+    c.link_layer = ParseFabric(ll);
+    c.active_mtu = MtuEnum(num("active_mtu"));
+    if (!c.active_mtu) throw ImageError(where + ": device " + c.device + " has an invalid active_mtu");
+    c.phys_port_cnt = d.contains("phys_port_cnt") ? (uint32_t)num("phys_port_cnt") : 1;
+    c.max_inline_data = num("max_inline_data");
+    c.max_sge = num("max_sge");
+    c.max_qp_wr = num("max_qp_wr");
+    c.max_cqe = num("max_cqe");
+    c.max_qp_rd_atom = num("max_qp_rd_atom");
+    c.max_qp_init_rd_atom = num("max_qp_init_rd_atom");
+    c.max_srq_wr = num("max_srq_wr");
+    c.max_srq_sge = num("max_srq_sge");
+    c.atomic_cap = d.contains("atomic_cap") ? (uint32_t)num("atomic_cap") : 1;
+    if (d.contains("gids") && d["gids"].is_array())
+      for (const auto& g : d["gids"]) {
+        GidEntry e;
+        e.index = g.value("index", 0u);
+        e.type = g.value("type", "");
+        std::string t = g.value("gid", "");
+        unsigned v[16];
+        if (std::sscanf(t.c_str(), "%2x%2x:%2x%2x:%2x%2x:%2x%2x:%2x%2x:%2x%2x:%2x%2x:%2x%2x", &v[0], &v[1], &v[2],
+                        &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &v[10], &v[11], &v[12], &v[13], &v[14],
+                        &v[15]) != 16)
+          throw ImageError(where + ": device " + c.device + " has a GID '" + t + "' that is not 8 groups of 4 hex digits");
+        for (int i = 0; i < 16; i++) e.gid[i] = (uint8_t)v[i];
+        c.gids.push_back(e);
+      }
+    out.push_back(std::move(c));
+  }
+  if (out.empty()) throw ImageError(where + ": lists no device");
+  return out;
+}
+
+std::string RenderDiff(const TranslateResult& r) {
+  std::string out, last;
+  for (const std::string& c : r.changes) {
+    size_t colon = c.find(": ");
+    std::string obj = colon == std::string::npos ? c : c.substr(0, colon);
+    std::string what = colon == std::string::npos ? "" : c.substr(colon + 2);
+    if (obj != last) out += obj + "\n";
+    last = obj;
+    if (!what.empty()) out += "    " + what + "\n";
+  }
+  if (r.changes.empty()) out = "no changes\n";
+  return out;
+}
+
+Mapping ParseNameMapping(const std::string& spec, const char* option) {
+  size_t eq = spec.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
+    throw ImageError(std::string("bad ") + option + " " + spec + ": expected OLD=NEW");
+  return {spec.substr(0, eq), spec.substr(eq + 1)};
+}
 
 Mapping ParseMapping(const std::string& spec) {
   size_t eq = spec.find('=');
@@ -332,14 +865,20 @@ TranslateResult TranslateImage(const std::string& in_image, const std::string& o
   } else {
     CheckOutput(in_dir, out_dir);
   }
+  if (opts.fabric.mtu && !MtuEnum(opts.fabric.mtu))
+    throw ImageError("--mtu " + std::to_string(opts.fabric.mtu) + ": expected 256, 512, 1024, 2048 or 4096");
 
   // First pass: verify everything and collect the report, writing nothing,
-  // so a damaged input is refused before any output exists.
+  // so a damaged input, or one that cannot be carried to the target, is
+  // refused before any output exists.
   TranslateResult result;
+  std::vector<std::string> refusals;
+  HostPlan hosts = PlanHosts(in, opts.hosts, &result, &refusals);
   for (const image::ManifestProcess& mp : in.processes) {
     std::string path = in_dir + "/" + mp.image;
-    ProcessTranslator(path, mp, mapper, &result).Run(nullptr);
+    ProcessTranslator(path, mp, mapper, opts.fabric, &result, &refusals).Run(nullptr);
   }
+  if (!refusals.empty()) throw TranslateRefused(refusals);
   if (opts.dry_run) return result;
 
   const std::string checksum = image::ImageChecksum(in_dir);
@@ -350,9 +889,28 @@ TranslateResult TranslateImage(const std::string& in_image, const std::string& o
   out.created = image::FormatIsoTime(out.created_ns);
   out.kind = "translate";
   out.captured = in.captured.empty() ? in.created : in.captured;
+  out.hosts = hosts.hosts;
   nlohmann::json specs = nlohmann::json::array();
   for (const Mapping& m : mapper.mappings()) specs.push_back(m.first + "=" + m.second);
-  out.parent = {{"image", in_dir}, {"checksum", checksum}, {"options", {{"map_path", specs}}}};
+  nlohmann::json options = {{"map_path", specs}};
+  const FabricOptions& f = opts.fabric;
+  if (f.link_layer) {
+    options["fabric"] = f.link_layer == kLinkEthernet ? "roce" : "ib";
+    options["target_caps"] = f.target_caps_file.empty() ? std::string("defaults") : f.target_caps_file;
+  }
+  if (!f.devices.empty()) {
+    nlohmann::json d = nlohmann::json::array();
+    for (const auto& [o, n] : f.devices) d.push_back(o + "=" + n);
+    options["device"] = d;
+  }
+  if (f.mtu) options["mtu"] = f.mtu;
+  if (!opts.hosts.hosts.empty()) {
+    nlohmann::json d = nlohmann::json::array();
+    for (const auto& [o, n] : opts.hosts.hosts) d.push_back(o + "=" + n);
+    options["host"] = d;
+  }
+  if (opts.hosts.ranks_per_host > 0) options["ranks_per_host"] = opts.hosts.ranks_per_host;
+  out.parent = {{"image", in_dir}, {"checksum", checksum}, {"options", options}};
 
   image::AtomicDir dir(out_dir);
   for (const image::ManifestProcess& mp : in.processes) {
@@ -362,12 +920,13 @@ TranslateResult TranslateImage(const std::string& in_image, const std::string& o
     image::ManifestProcess np = mp;
     {
       image::ImageWriter w(fd.get());
-      ProcessTranslator(path, mp, mapper, nullptr).Run(&w);
+      ProcessTranslator(path, mp, mapper, opts.fabric, nullptr, nullptr).Run(&w);
       w.Finish();
       np.bytes = w.bytes_written();
     }
     fd.Close(shown);
     if (auto exe = mapper.Map(np.exe)) np.exe = *exe;
+    np.host = hosts.to.count(np.host) ? hosts.to[np.host] : np.host;
     out.processes.push_back(std::move(np));
   }
   {
