@@ -92,6 +92,9 @@ struct Conn {
   // rx
   char* stage = nullptr;
   uint32_t st_off = 0, st_len = 0;
+  // a read in this RxRun returned less than asked: the socket is empty, and
+  // (level-triggered) epoll says when it is not; no recv just to see EAGAIN
+  bool drained = false;
   bool in_payload = false;
   WireHdr h{};
   struct iovec iov[kMaxSge + 1];
@@ -150,6 +153,8 @@ struct Engine {
   uint64_t last_timer = 0;
   std::atomic<int> next_timeout{-1};
   std::atomic<uint64_t> poll_ns{0};  // last time an application thread ran a pass
+  bool app_pass = false;             // the pass running is an application thread's
+  std::vector<uint32_t> deferred;    // QPNs with an ACK deferred (ack_deferred)
   std::mutex umu;
   std::vector<UdOut*> ud;
 };
@@ -364,6 +369,24 @@ bool WqeNeedsResp(uint32_t op) {
   return op == IBV_WR_RDMA_READ || op == IBV_WR_ATOMIC_CMP_AND_SWP || op == IBV_WR_ATOMIC_FETCH_AND_ADD;
 }
 
+// An ACK that the responder side of this QP has queued but not started to
+// write rides on the request instead (qp->mu held): one frame, one system
+// call and one wake-up less per message when both sides talk, as in a
+// ping-pong. Only the unsent tail ACK is taken; responses queued before it
+// (READ/atomic) still go on the responses' stream, and the peer completes
+// nothing that waits for one of them before it came (CompleteAcked).
+void TakeAckForRequest(Qp* qp, WireHdr* h) {
+  Conn* in = qp->in;
+  if (!in || in->dead || !qp->resp_count || qp->goto_err_after_resp) return;
+  if (qp->resp_count <= in->batch_resp) return;  // the tail is being written
+  uint32_t tail = (qp->resp_head + qp->resp_count - 1) % qp->resp_cap;
+  if (qp->resp[tail].op != kOpAck) return;
+  h->flags |= kFAck;
+  h->qkey = qp->resp[tail].psn;
+  qp->resp_count--;
+  if (qp->resp_count == in->batch_resp) qp->ack_deferred = false;
+}
+
 // Requester transmit on qp->out (qp->mu held). Builds batches of frames from
 // the send queue and writes them without blocking.
 void PumpOut(Qp* qp) {
@@ -469,6 +492,7 @@ void PumpOut(Qp* qp) {
             break;
         }
         if (w->send_flags & IBV_SEND_SOLICITED) h.flags |= kFSolicited;
+        if (!uc) TakeAckForRequest(qp, &h);
         h.len = uint32_t(w->length);
         bool cma = c->cma_ok && w->length >= g_cma_min && w->length &&
                    (payload || w->opcode == IBV_WR_RDMA_READ);
@@ -622,10 +646,13 @@ int Fill(Conn* c) {
     c->st_len -= c->st_off;
     c->st_off = 0;
   }
+  if (c->drained) return -1;
   for (;;) {
-    ssize_t n = recv(c->fd, c->stage + c->st_len, kStage - c->st_len, MSG_DONTWAIT);
+    size_t want = kStage - c->st_len;
+    ssize_t n = recv(c->fd, c->stage + c->st_len, want, MSG_DONTWAIT);
     if (n > 0) {
       c->st_len += uint32_t(n);
+      if (size_t(n) < want) c->drained = true;
       return 1;
     }
     if (n == 0) return 0;
@@ -731,6 +758,9 @@ void BeginDiscard(Conn* c, uint64_t len) {
   c->remaining = len;
 }
 
+void NoteAck(Qp* qp, uint32_t psn);
+void CompleteAcked(Qp* qp);
+
 // Responder side of RC/UC (qp->mu held).
 Verdict DispatchIn(Conn* c, Qp* qp) {
   WireHdr& h = c->h;
@@ -739,6 +769,10 @@ Verdict DispatchIn(Conn* c, Qp* qp) {
   c->niov = c->iov_i = 0;
   c->fin = kFinNone;
   uint64_t payload = (h.op == kOpSend || h.op == kOpWrite) ? h.len : 0;
+  if ((h.flags & kFAck) && rc && qp->st == QpState::kRts) {
+    NoteAck(qp, h.qkey);
+    CompleteAcked(qp);
+  }
   if (qp->st != QpState::kRtr && qp->st != QpState::kRts) {
     // Error (or reset) state: drop everything.
     c->st_off += sizeof(WireHdr);
@@ -842,6 +876,26 @@ Verdict DispatchIn(Conn* c, Qp* qp) {
 }
 
 // Requester side: responses on qp->out (qp->mu held).
+// Completes what an acknowledgement carried on a peer's request covers, in
+// order, up to the first WQE still waiting for its READ/atomic response.
+void CompleteAcked(Qp* qp) {
+  if (!qp->ack_valid) return;
+  bool any = false;
+  while (qp->sq_done != qp->sq_tx) {
+    SendWqe* w = SqAt(qp, qp->sq_done);
+    if (!PsnLe(w->psn, qp->ack_psn) || WqeNeedsResp(w->opcode)) break;
+    CompleteSendLocked(qp, w, IBV_WC_SUCCESS);
+    any = true;
+  }
+  if (any) qp->first_unacked_ns = (qp->sq_done != qp->sq_tx) ? NowNs() : 0;
+}
+
+void NoteAck(Qp* qp, uint32_t psn) {
+  if (!qp->ack_valid || PsnLe(qp->ack_psn, psn)) qp->ack_psn = psn;
+  qp->ack_valid = true;
+}
+
+// A response on the responses' stream: everything up to psn is done.
 void CompleteUpTo(Qp* qp, uint32_t psn) {
   while (qp->sq_done != qp->sq_tx) {
     SendWqe* w = SqAt(qp, qp->sq_done);
@@ -850,6 +904,8 @@ void CompleteUpTo(Qp* qp, uint32_t psn) {
     CompleteSendLocked(qp, w, IBV_WC_SUCCESS);
   }
   qp->first_unacked_ns = (qp->sq_done != qp->sq_tx) ? NowNs() : 0;
+  NoteAck(qp, psn);
+  CompleteAcked(qp);  // acknowledgements that came on requests, beyond psn
 }
 
 enum ibv_wc_status NakStatus(uint16_t code) {
@@ -1079,6 +1135,7 @@ Verdict DispatchHello(Conn* c);
 
 RxStatus RxRun(Conn* c, Qp* qp) {
   uint64_t budget = 8ull << 20;
+  c->drained = false;
   for (;;) {
     if (c->dead) return kRxClosed;
     if (!c->in_payload) {
@@ -1141,6 +1198,7 @@ RxStatus RxRun(Conn* c, Qp* qp) {
           want -= v[nv].iov_len;
           nv++;
         }
+        if (c->drained) return kRxAgain;
         ssize_t n = readv(c->fd, v, nv);
         if (n == 0) return kRxClosed;
         if (n < 0) {
@@ -1149,6 +1207,7 @@ RxStatus RxRun(Conn* c, Qp* qp) {
           return kRxClosed;
         }
         uint64_t left = uint64_t(n);
+        if (left < c->remaining) c->drained = true;
         c->remaining -= left;
         while (left && c->iov_i < c->niov) {
           struct iovec& iv = c->iov[c->iov_i];
@@ -1255,6 +1314,33 @@ void OnParked(Conn* c) {
   SetWaiting(c, dl);
 }
 
+// In an application thread's pass, a lone ACK is not written at once: that
+// thread is likely to answer with a request of its own (a ping-pong), which
+// carries it (TakeAckForRequest), and the next pass sends it otherwise.
+bool DeferAck(Qp* qp, Conn* c) {
+  if (!g_eng->app_pass || c->tn || qp->resp_count != 1 || qp->goto_err_after_resp ||
+      qp->resp[qp->resp_head].op != kOpAck || qp->ex.qp_base.qp_type != IBV_QPT_RC)
+    return false;
+  if (!qp->ack_deferred) {
+    qp->ack_deferred = true;
+    g_eng->deferred.push_back(qp->ex.qp_base.qp_num);
+  }
+  return true;
+}
+
+void FlushDeferred() {
+  std::vector<uint32_t> d;
+  d.swap(g_eng->deferred);
+  for (uint32_t qpn : d) {
+    Qp* qp = EngineLookupQp(qpn);
+    if (!qp) continue;
+    std::lock_guard<std::mutex> g(qp->mu);
+    if (!qp->ack_deferred) continue;
+    qp->ack_deferred = false;
+    PumpIn(qp);
+  }
+}
+
 // Handles readable/writable on a connection (progress thread).
 void HandleConn(Conn* c, uint32_t events) {
   if (c->dead) return;
@@ -1330,6 +1416,7 @@ void HandleConn(Conn* c, uint32_t events) {
     if (c->parked && (events & (EPOLLERR | EPOLLHUP))) s = kRxClosed;
     else if (!c->parked && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) s = RxRun(c, qp);
     if (s == kRxParked) OnParked(c);
+    if (s != kRxClosed && DeferAck(qp, c)) return;
     PumpIn(qp);
     if (s == kRxClosed && !c->dead) {
       if (qp->in == c) qp->in = nullptr;
@@ -1443,6 +1530,7 @@ void Timers(uint64_t now) {
 bool Pass() {
   struct epoll_event evs[64];
   {
+    if (!g_eng->deferred.empty()) FlushDeferred();
     int n = epoll_wait(g_eng->ep, evs, 64, 0);
     uint64_t& last_timer = g_eng->last_timer;
     if (n < 0) n = 0;
@@ -1525,7 +1613,7 @@ bool Pass() {
       }
     }
     int timeout = (g_eng->nqps.load() || !g_eng->waiting.empty()) ? 10 : -1;
-    if (!g_eng->again.empty()) timeout = 0;
+    if (!g_eng->again.empty() || !g_eng->deferred.empty()) timeout = 0;
     g_eng->next_timeout.store(timeout, std::memory_order_relaxed);
     return busy;
   }
@@ -1536,17 +1624,21 @@ void* ProgressMain(void*) {
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, nullptr);
   for (;;) {
-    // Sleep until there is work; the pass itself looks again under the lock.
-    struct epoll_event ev;
-    epoll_wait(g_eng->ep, &ev, 1, g_eng->next_timeout.load(std::memory_order_relaxed));
     // An application thread is polling and so doing this work itself: do
-    // not take the CPU from it (2 threads on a small machine), look again soon.
+    // not take the CPU from it (2 threads on a small machine), look again
+    // soon. Checked before epoll_wait, which would wake this thread for every
+    // frame the polling thread is about to handle anyway.
     uint64_t polled = g_eng->poll_ns.load(std::memory_order_relaxed);
     if (polled && NowNs() - polled < kStepAsideNs) {
       struct timespec ts = {0, long(kStepAsideNs)};
       nanosleep(&ts, nullptr);
       continue;
     }
+    // Sleep until there is work; the pass itself looks again under the lock.
+    struct epoll_event ev;
+    epoll_wait(g_eng->ep, &ev, 1, g_eng->next_timeout.load(std::memory_order_relaxed));
+    polled = g_eng->poll_ns.load(std::memory_order_relaxed);
+    if (polled && NowNs() - polled < kStepAsideNs) continue;
     std::lock_guard<std::mutex> g(g_eng->pass);
     Pass();
   }
@@ -1661,7 +1753,9 @@ bool EngineProgressFromPoll() {
   if (!g_eng || !g_eng->pass.try_lock()) return false;
   int saved = errno;
   g_eng->poll_ns.store(NowNs(), std::memory_order_relaxed);
+  g_eng->app_pass = true;
   bool busy = Pass();
+  g_eng->app_pass = false;
   g_eng->pass.unlock();
   errno = saved;
   return busy;
