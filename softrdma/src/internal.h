@@ -81,19 +81,25 @@ enum WireOp : uint8_t {
   kOpReadResp = 9,
   kOpAtomicResp = 10,
   kOpUdSend = 11,
-  kOpCmaOk = 12,  // responder -> requester: this stream may carry one-copy descriptors
+  kOpCmaOk = 12,  // responder -> requester: which one-host paths it accepted (syndrome kCmaOk*)
 };
+enum : uint16_t { kCmaOkCma = 1, kCmaOkShm = 2 };
 // kFCma on a request: its payload is not on the stream; `arg0` descriptors
 // {address, length} of the requester's memory follow the header instead (for
 // a READ: where the data goes). On a HELLO: the requester offers one-copy;
 // kFCmaAny: even across network namespaces.
 // kFAck on an RC request: `qkey` acknowledges the receiver's own requests up
 // to that PSN (an ACK carried by traffic in the other direction).
+// kFShm on a request: its payload is in the connection's shared-memory ring
+// at position `arg0` (a READ: where the responder puts the data); on a HELLO:
+// the requester offers that ring (memfd descriptor number in `len`).
 enum WireFlags : uint8_t {
-  kFImm = 1, kFSolicited = 2, kFGrh = 4, kFGidMapped = 8, kFCma = 16, kFCmaAny = 32, kFAck = 64
+  kFImm = 1, kFSolicited = 2, kFGrh = 4, kFGidMapped = 8, kFCma = 16, kFCmaAny = 32, kFAck = 64, kFShm = 128
 };
-// READ response syndrome: the data was already placed by the responder.
+// READ response syndrome: the data was already placed by the responder
+// (cma: in the destination; shm: in the response ring at `arg0`).
 constexpr uint16_t kSynCmaPlaced = 1;
+constexpr uint16_t kSynShmPlaced = 2;
 enum NakCode : uint16_t {
   kNakInvReq = 1,
   kNakAccess = 2,
