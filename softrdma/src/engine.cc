@@ -17,7 +17,11 @@
 // whichever thread runs a Pass() under g_eng->pass: usually that thread, but
 // an application thread polling an empty CQ runs one itself when it can.
 //
-// One host: large RC payloads skip the stream (see "one-copy" below).
+// An ACK can also ride on a request of ours to the peer (TakeAckForRequest):
+// a ping-pong then costs one frame per message, not two.
+//
+// One host: large RC payloads skip the stream (see "shared-memory ring" and
+// "one-copy" below).
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1538,9 +1542,9 @@ bool DeferAck(Qp* qp, Conn* c) {
 }
 
 void FlushDeferred() {
-  std::vector<uint32_t> d;
-  d.swap(g_eng->deferred);
-  for (uint32_t qpn : d) {
+  // PumpIn defers nothing: the list does not change under this loop, and
+  // clear() keeps its capacity (the data path does not allocate)
+  for (uint32_t qpn : g_eng->deferred) {
     Qp* qp = EngineLookupQp(qpn);
     if (!qp) continue;
     std::lock_guard<std::mutex> g(qp->mu);
@@ -1548,6 +1552,7 @@ void FlushDeferred() {
     qp->ack_deferred = false;
     PumpIn(qp);
   }
+  g_eng->deferred.clear();
 }
 
 // Handles readable/writable on a connection (progress thread).
@@ -1874,6 +1879,7 @@ void EngineInit() {
   ev.data.ptr = &e->wake_tag;
   epoll_ctl(e->ep, EPOLL_CTL_ADD, e->wake, &ev);
   e->last_timer = NowNs();
+  e->deferred.reserve(256);
   g_eng = e;
   pthread_attr_t a;
   pthread_attr_init(&a);
