@@ -358,8 +358,13 @@ void ShmUnmap(Conn* c) {
 // Responder, on a HELLO that offers the ring: map the requester's memfd.
 bool ShmAccept(Conn* c, const WireHdr& h) {
   if (g_cma_mode == kCmaRequired || !(h.flags & kFShm) || !SameHost(h)) return false;
-  char path[64];
+  char path[64], target[64] = {};
   snprintf(path, sizeof path, "/proc/%u/fd/%u", h.psn, h.len);
+  // only ever one of our rings: the HELLO could name any file the process has open
+  static const char kName[] = "/memfd:softrdma-ring ";
+  if (readlink(path, target, sizeof target - 1) < ssize_t(sizeof kName - 1) ||
+      memcmp(target, kName, sizeof kName - 1) != 0)
+    return false;
   int fd = open(path, O_RDWR | O_CLOEXEC);
   if (fd < 0) return false;
   struct stat st;
