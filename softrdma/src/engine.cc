@@ -17,7 +17,11 @@
 // whichever thread runs a Pass() under g_eng->pass: usually that thread, but
 // an application thread polling an empty CQ runs one itself when it can.
 //
-// One host: large RC payloads skip the stream (see "one-copy" below).
+// An ACK can also ride on a request of ours to the peer (TakeAckForRequest):
+// a ping-pong then costs one frame per message, not two.
+//
+// One host: large RC payloads skip the stream (see "shared-memory ring" and
+// "one-copy" below).
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -26,7 +30,10 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -93,6 +100,9 @@ struct Conn {
   // rx
   char* stage = nullptr;
   uint32_t st_off = 0, st_len = 0;
+  // a read in this RxRun returned less than asked: the socket is empty, and
+  // (level-triggered) epoll says when it is not; no recv just to see EAGAIN
+  bool drained = false;
   bool in_payload = false;
   WireHdr h{};
   struct iovec iov[kMaxSge + 1];
@@ -117,6 +127,15 @@ struct Conn {
   bool cma = false;
   bool cma_ok = false;
   uint32_t peer_pid = 0;
+  // shared-memory ring (one host): the requester makes it with its HELLO,
+  // the responder maps it (shm); see "shared-memory ring" below
+  char* shm = nullptr;      // ShmHdr, request ring, response ring
+  uint64_t shm_size = 0;    // bytes of each ring
+  int shm_fd = -1;          // requester, until the responder answered
+  bool shm_ok = false;      // requester: the responder maps the ring
+  bool shm_wait = false;    // requester: a request waits for ring space
+  uint64_t shm_head = 0;    // requester: next byte of the request ring
+  uint64_t shm_rhead = 0, shm_rtail = 0;  // requester: response ring in use
   uint64_t td[kTxHdrs][2 * kMaxSge];  // descriptors of the batch's frames
 };
 
@@ -151,6 +170,8 @@ struct Engine {
   uint64_t last_timer = 0;
   std::atomic<int> next_timeout{-1};
   std::atomic<uint64_t> poll_ns{0};  // last time an application thread ran a pass
+  bool app_pass = false;             // the pass running is an application thread's
+  std::vector<uint32_t> deferred;    // QPNs with an ACK deferred (ack_deferred)
   std::mutex umu;
   std::vector<UdOut*> ud;
 };
@@ -167,8 +188,9 @@ bool g_eng_ok = false;
 // SOFTRDMA_TRANSPORT: tcp (never), auto (default: peers in the same network
 // namespace of the same boot), cma (also across network namespaces; a peer
 // that cannot do it is refused, so tests know which path ran).
-enum CmaMode { kCmaOff, kCmaAuto, kCmaRequired };
+enum CmaMode { kCmaOff, kCmaAuto, kCmaRequired, kShmRequired };
 int g_cma_mode = kCmaAuto;
+uint64_t g_shm_size = 1 << 20;  // bytes of each ring of a connection
 uint64_t g_cma_min = 16384;  // smaller messages are cheaper on the stream
 uint64_t g_boot = 0;         // hash of the boot id
 uint32_t g_netns = 0;
@@ -178,6 +200,12 @@ void CmaInit() {
   const char* t = getenv("SOFTRDMA_TRANSPORT");
   if (t && strcmp(t, "tcp") == 0) g_cma_mode = kCmaOff;
   else if (t && strcmp(t, "cma") == 0) g_cma_mode = kCmaRequired;
+  else if (t && strcmp(t, "shm") == 0) g_cma_mode = kShmRequired;
+  const char* r = getenv("SOFTRDMA_SHM_RING");
+  if (r && *r) {
+    uint64_t v = strtoull(r, nullptr, 0);
+    if (v >= 4096 && v <= (1ull << 30)) g_shm_size = (v + 4095) & ~uint64_t(4095);
+  }
   const char* m = getenv("SOFTRDMA_CMA_MIN");
   if (m && *m) g_cma_min = strtoull(m, nullptr, 0);
   char id[64] = {};
@@ -197,11 +225,15 @@ void CmaInit() {
   g_cookie |= 1;
 }
 
+bool SameHost(const WireHdr& h) {
+  if (g_cma_mode == kCmaOff || h.arg0 != g_boot) return false;
+  return h.imm == g_netns || g_cma_mode == kCmaRequired || g_cma_mode == kShmRequired || (h.flags & kFCmaAny);
+}
+
 // Responder, on a HELLO that offers one-copy: same kernel, and can we really
 // read the requester's memory (same uid, no Yama, same pid namespace)?
 bool CmaAccept(const WireHdr& h) {
-  if (g_cma_mode == kCmaOff || !(h.flags & kFCma) || h.arg0 != g_boot) return false;
-  if (h.imm != g_netns && g_cma_mode != kCmaRequired && !(h.flags & kFCmaAny)) return false;
+  if (g_cma_mode == kShmRequired || !(h.flags & kFCma) || !SameHost(h)) return false;
   uint64_t v = 0;
   struct iovec l = {&v, sizeof v};
   struct iovec r = {reinterpret_cast<void*>(h.arg1), sizeof v};
@@ -246,6 +278,106 @@ bool CmaCopy(uint32_t pid, bool to_peer, struct iovec* loc, int nloc, const char
     while (ri < int(ndesc) && !rem[ri].iov_len) ri++;
     if (len && (li == nloc || ri == int(ndesc))) return false;
   }
+  return true;
+}
+
+// ------------------------------------------------- shared-memory ring ----
+// Within one host the payloads of RC requests up to the ring's size travel
+// through a memfd that the requester creates with its connection and the
+// responder maps (it opens /proc/PID/fd/N and finds our random cookie in it,
+// so it is our file and our pid namespace). The requester copies a SEND's
+// or WRITE's payload into the request ring when it transmits the request;
+// the header still travels on the stream, in order, and the responder,
+// after the same checks as for a streamed payload, copies it out into the
+// target and then frees the ring space (req_tail). Two user-space copies, by
+// two threads (usually on two cores) in a pipeline, instead of the kernel's
+// cross-memory copy (process_vm_readv pins the pages of every call and is
+// several times slower than memcpy). A READ names a range of the response
+// ring (the requester allocates it, in order); the responder puts the data
+// there when it executes the READ and the requester copies it out when the
+// response arrives. Registered memory stays the application's private
+// memory: only this ring, softrdma's own, is shared.
+struct ShmHdr {
+  uint64_t cookie;
+  uint64_t size;
+  alignas(64) std::atomic<uint64_t> req_tail;  // responder: consumed up to
+};
+constexpr uint64_t kShmHdr = 4096;
+static_assert(sizeof(ShmHdr) <= kShmHdr);
+
+inline ShmHdr* Shm(Conn* c) { return reinterpret_cast<ShmHdr*>(c->shm); }
+inline char* ReqRing(Conn* c) { return c->shm + kShmHdr; }
+inline char* RespRing(Conn* c) { return c->shm + kShmHdr + c->shm_size; }
+
+// Copies len bytes between the ring (position pos, wrapping) and iovecs.
+void RingIov(char* ring, uint64_t size, uint64_t pos, const struct iovec* v, int n, uint64_t len, bool to_ring) {
+  uint64_t off = pos % size;
+  for (int i = 0; i < n && len; i++) {
+    char* p = static_cast<char*>(v[i].iov_base);
+    uint64_t k = v[i].iov_len < len ? v[i].iov_len : len;
+    len -= k;
+    while (k) {
+      uint64_t m = size - off < k ? size - off : k;
+      if (to_ring) memcpy(ring + off, p, m);
+      else memcpy(p, ring + off, m);
+      p += m;
+      k -= m;
+      off = (off + m) % size;
+    }
+  }
+}
+
+// Requester, building its HELLO: a new ring for this connection.
+bool ShmCreate(Conn* c) {
+  uint64_t total = kShmHdr + 2 * g_shm_size;
+  int fd = memfd_create("softrdma-ring", MFD_CLOEXEC);
+  if (fd < 0) return false;
+  void* p = MAP_FAILED;
+  if (ftruncate(fd, off_t(total)) == 0) p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    close(fd);
+    return false;
+  }
+  madvise(p, total, MADV_DONTFORK);  // a forked child has no softrdma engine
+  c->shm = static_cast<char*>(p);
+  c->shm_fd = fd;
+  c->shm_size = g_shm_size;
+  Shm(c)->cookie = g_cookie;
+  Shm(c)->size = g_shm_size;
+  Shm(c)->req_tail.store(0, std::memory_order_relaxed);
+  return true;
+}
+
+void ShmUnmap(Conn* c) {
+  if (c->shm) munmap(c->shm, kShmHdr + 2 * c->shm_size);
+  c->shm = nullptr;
+  if (c->shm_fd >= 0) close(c->shm_fd);
+  c->shm_fd = -1;
+  c->shm_ok = false;
+}
+
+// Responder, on a HELLO that offers the ring: map the requester's memfd.
+bool ShmAccept(Conn* c, const WireHdr& h) {
+  if (g_cma_mode == kCmaRequired || !(h.flags & kFShm) || !SameHost(h)) return false;
+  char path[64], target[64] = {};
+  snprintf(path, sizeof path, "/proc/%u/fd/%u", h.psn, h.len);
+  // only ever one of our rings: the HELLO could name any file the process has open
+  static const char kName[] = "/memfd:softrdma-ring ";
+  if (readlink(path, target, sizeof target - 1) < ssize_t(sizeof kName - 1) ||
+      memcmp(target, kName, sizeof kName - 1) != 0)
+    return false;
+  int fd = open(path, O_RDWR | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st;
+  ShmHdr hdr;
+  bool ok = fstat(fd, &st) == 0 && pread(fd, &hdr, 16, 0) == 16 && hdr.cookie == h.raddr && hdr.size >= 4096 &&
+            hdr.size <= (1ull << 30) && uint64_t(st.st_size) == kShmHdr + 2 * hdr.size;
+  void* p = ok ? mmap(nullptr, kShmHdr + 2 * hdr.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+  close(fd);
+  if (p == MAP_FAILED) return false;
+  madvise(p, kShmHdr + 2 * hdr.size, MADV_DONTFORK);
+  c->shm = static_cast<char*>(p);
+  c->shm_size = hdr.size;
   return true;
 }
 
@@ -365,6 +497,24 @@ bool WqeNeedsResp(uint32_t op) {
   return op == IBV_WR_RDMA_READ || op == IBV_WR_ATOMIC_CMP_AND_SWP || op == IBV_WR_ATOMIC_FETCH_AND_ADD;
 }
 
+// An ACK that the responder side of this QP has queued but not started to
+// write rides on the request instead (qp->mu held): one frame, one system
+// call and one wake-up less per message when both sides talk, as in a
+// ping-pong. Only the unsent tail ACK is taken; responses queued before it
+// (READ/atomic) still go on the responses' stream, and the peer completes
+// nothing that waits for one of them before it came (CompleteAcked).
+void TakeAckForRequest(Qp* qp, WireHdr* h) {
+  Conn* in = qp->in;
+  if (!in || in->dead || !qp->resp_count || qp->goto_err_after_resp) return;
+  if (qp->resp_count <= in->batch_resp) return;  // the tail is being written
+  uint32_t tail = (qp->resp_head + qp->resp_count - 1) % qp->resp_cap;
+  if (qp->resp[tail].op != kOpAck) return;
+  h->flags |= kFAck;
+  h->qkey = qp->resp[tail].psn;
+  qp->resp_count--;
+  if (qp->resp_count == in->batch_resp) qp->ack_deferred = false;
+}
+
 // Requester transmit on qp->out (qp->mu held). Builds batches of frames from
 // the send queue and writes them without blocking.
 void PumpOut(Qp* qp) {
@@ -398,7 +548,12 @@ void PumpOut(Qp* qp) {
                (uint32_t(qp->attr.rnr_retry & 7) << 8) | (uint32_t(qp->attr.retry_cnt & 7) << 12) |
                (uint32_t(qp->attr.timeout & 31) << 16);
       if (g_cma_mode != kCmaOff && qp->ex.qp_base.qp_type == IBV_QPT_RC) {
-        h.flags |= kFCma | (g_cma_mode == kCmaRequired ? kFCmaAny : 0);
+        if (g_cma_mode != kShmRequired) h.flags |= kFCma;
+        if (g_cma_mode != kCmaRequired && (c->shm || ShmCreate(c))) {
+          h.flags |= kFShm;
+          h.len = uint32_t(c->shm_fd);
+        }
+        if (g_cma_mode == kCmaRequired || g_cma_mode == kShmRequired) h.flags |= kFCmaAny;
         h.psn = uint32_t(getpid());
         h.arg0 = g_boot;
         h.arg1 = reinterpret_cast<uint64_t>(&g_cookie);
@@ -423,6 +578,18 @@ void PumpOut(Qp* qp) {
         bool rd = WqeNeedsResp(w->opcode);
         if (rd && qp->rd_outstanding >= (qp->attr.max_rd_atomic ? qp->attr.max_rd_atomic : 1u)) break;
         if ((w->send_flags & IBV_SEND_FENCE) && qp->rd_outstanding) break;
+        bool has_data = w->opcode != IBV_WR_ATOMIC_CMP_AND_SWP && w->opcode != IBV_WR_ATOMIC_FETCH_AND_ADD;
+        bool big = has_data && w->length && w->length >= g_cma_min;
+        bool shm = big && c->shm_ok && w->length <= c->shm_size;
+        if (shm) {
+          // the ring is full: an acknowledgement comes once the responder
+          // has copied out (it frees space before it acknowledges)
+          bool room = w->opcode == IBV_WR_RDMA_READ
+                          ? c->shm_rhead + w->length - c->shm_rtail <= c->shm_size
+                          : c->shm_head + w->length - Shm(c)->req_tail.load(std::memory_order_acquire) <= c->shm_size;
+          c->shm_wait = !room;
+          if (!room) break;
+        }
         WireHdr h{};
         h.dst_qpn = qp->attr.dest_qp_num;
         h.src_qpn = qp->ex.qp_base.qp_num;
@@ -470,10 +637,39 @@ void PumpOut(Qp* qp) {
             break;
         }
         if (w->send_flags & IBV_SEND_SOLICITED) h.flags |= kFSolicited;
+        if (!uc) TakeAckForRequest(qp, &h);
         h.len = uint32_t(w->length);
-        bool cma = c->cma_ok && w->length >= g_cma_min && w->length &&
-                   (payload || w->opcode == IBV_WR_RDMA_READ);
-        if (cma) {
+        bool cma = !shm && big && c->cma_ok;
+        if (shm) {
+          uint64_t pos;
+          if (w->opcode == IBV_WR_RDMA_READ) {
+            pos = c->shm_rhead;
+            c->shm_rhead += w->length;
+          } else {
+            struct iovec v[kMaxSge];
+            int nv = 0;
+            if (w->inline_len) {
+              v[0].iov_base = &w->sge[w->num_sge];
+              v[0].iov_len = w->inline_len;
+              nv = 1;
+            } else {
+              for (uint32_t i = 0; i < w->num_sge; i++) {
+                if (!w->sge[i].length) continue;
+                Mr* m = LookupKey(w->sge[i].lkey);
+                v[nv].iov_base = m ? MrPtr(m, w->sge[i].addr, w->sge[i].length) : nullptr;
+                v[nv].iov_len = w->sge[i].length;
+                nv++;
+              }
+            }
+            pos = c->shm_head;
+            RingIov(ReqRing(c), c->shm_size, pos, v, nv, w->length, true);
+            c->shm_head += w->length;
+          }
+          h.flags |= kFShm;
+          h.arg0 = pos;
+          TxAddHdr(c, h);
+          payload = false;
+        } else if (cma) {
           // descriptors instead of the payload: where the responder reads
           // our data (or, for a READ, writes its own)
           uint64_t* d = c->td[c->thn];
@@ -623,10 +819,13 @@ int Fill(Conn* c) {
     c->st_len -= c->st_off;
     c->st_off = 0;
   }
+  if (c->drained) return -1;
   for (;;) {
-    ssize_t n = recv(c->fd, c->stage + c->st_len, kStage - c->st_len, MSG_DONTWAIT);
+    size_t want = kStage - c->st_len;
+    ssize_t n = recv(c->fd, c->stage + c->st_len, want, MSG_DONTWAIT);
     if (n > 0) {
       c->st_len += uint32_t(n);
+      if (size_t(n) < want) c->drained = true;
       return 1;
     }
     if (n == 0) return 0;
@@ -732,6 +931,9 @@ void BeginDiscard(Conn* c, uint64_t len) {
   c->remaining = len;
 }
 
+void NoteAck(Qp* qp, uint32_t psn);
+void CompleteAcked(Qp* qp);
+
 // Responder side of RC/UC (qp->mu held).
 Verdict DispatchIn(Conn* c, Qp* qp) {
   WireHdr& h = c->h;
@@ -740,6 +942,10 @@ Verdict DispatchIn(Conn* c, Qp* qp) {
   c->niov = c->iov_i = 0;
   c->fin = kFinNone;
   uint64_t payload = (h.op == kOpSend || h.op == kOpWrite) ? h.len : 0;
+  if ((h.flags & kFAck) && rc && qp->st == QpState::kRts) {
+    NoteAck(qp, h.qkey);
+    CompleteAcked(qp);
+  }
   if (qp->st != QpState::kRtr && qp->st != QpState::kRts) {
     // Error (or reset) state: drop everything.
     c->st_off += sizeof(WireHdr);
@@ -809,6 +1015,13 @@ Verdict DispatchIn(Conn* c, Qp* qp) {
         char* p = CheckRemote(qp, h.rkey, h.raddr, h.len, IBV_ACCESS_REMOTE_READ);
         if (!p) return nak(qp->attr.qp_access_flags & IBV_ACCESS_REMOTE_READ ? kNakAccess : kNakInvReq);
         c->st_off += sizeof(WireHdr);
+        if (h.flags & kFShm) {
+          // the requester reserved [arg0, arg0 + len) of the response ring
+          struct iovec src = {p, h.len};
+          RingIov(RespRing(c), c->shm_size, h.arg0, &src, 1, h.len, true);
+          QueueResp(qp, kOpReadResp, h.psn, kSynShmPlaced, 0, 0, h.arg0);
+          return kVDone;
+        }
         if (h.flags & kFCma) {
           // one-copy: place the data now, in order with the requests before it
           struct iovec src = {p, h.len};
@@ -843,6 +1056,26 @@ Verdict DispatchIn(Conn* c, Qp* qp) {
 }
 
 // Requester side: responses on qp->out (qp->mu held).
+// Completes what an acknowledgement carried on a peer's request covers, in
+// order, up to the first WQE still waiting for its READ/atomic response.
+void CompleteAcked(Qp* qp) {
+  if (!qp->ack_valid) return;
+  bool any = false;
+  while (qp->sq_done != qp->sq_tx) {
+    SendWqe* w = SqAt(qp, qp->sq_done);
+    if (!PsnLe(w->psn, qp->ack_psn) || WqeNeedsResp(w->opcode)) break;
+    CompleteSendLocked(qp, w, IBV_WC_SUCCESS);
+    any = true;
+  }
+  if (any) qp->first_unacked_ns = (qp->sq_done != qp->sq_tx) ? NowNs() : 0;
+}
+
+void NoteAck(Qp* qp, uint32_t psn) {
+  if (!qp->ack_valid || PsnLe(qp->ack_psn, psn)) qp->ack_psn = psn;
+  qp->ack_valid = true;
+}
+
+// A response on the responses' stream: everything up to psn is done.
 void CompleteUpTo(Qp* qp, uint32_t psn) {
   while (qp->sq_done != qp->sq_tx) {
     SendWqe* w = SqAt(qp, qp->sq_done);
@@ -851,6 +1084,8 @@ void CompleteUpTo(Qp* qp, uint32_t psn) {
     CompleteSendLocked(qp, w, IBV_WC_SUCCESS);
   }
   qp->first_unacked_ns = (qp->sq_done != qp->sq_tx) ? NowNs() : 0;
+  NoteAck(qp, psn);
+  CompleteAcked(qp);  // acknowledgements that came on requests, beyond psn
 }
 
 enum ibv_wc_status NakStatus(uint16_t code) {
@@ -910,12 +1145,35 @@ Verdict DispatchOut(Conn* c, Qp* qp) {
       return kVDone;
     }
     case kOpCmaOk:
-      c->cma_ok = true;
-      SR_LOG("softrdma: qp 0x%x: one-copy path to qp 0x%x", qp->ex.qp_base.qp_num, qp->attr.dest_qp_num);
+      c->cma_ok = (h.syndrome & kCmaOkCma) != 0;
+      if (c->cma_ok)
+        SR_LOG("softrdma: qp 0x%x: one-copy path to qp 0x%x", qp->ex.qp_base.qp_num, qp->attr.dest_qp_num);
+      if ((h.syndrome & kCmaOkShm) && c->shm) {
+        c->shm_ok = true;
+        close(c->shm_fd);  // the responder has its own mapping now
+        c->shm_fd = -1;
+        SR_LOG("softrdma: qp 0x%x: shared-memory ring to qp 0x%x", qp->ex.qp_base.qp_num, qp->attr.dest_qp_num);
+      }
       return kVDone;
     case kOpReadResp: {
       SendWqe* w = FindPsn(qp, h.psn);
       if (w && h.syndrome == kSynCmaPlaced && h.len == 0 && w->opcode == IBV_WR_RDMA_READ) {
+        CompleteUpTo(qp, h.psn);
+        return kVDone;
+      }
+      if (w && h.syndrome == kSynShmPlaced && h.len == 0 && w->opcode == IBV_WR_RDMA_READ && c->shm_ok &&
+          h.arg0 == c->shm_rtail && w->length <= c->shm_rhead - c->shm_rtail) {
+        struct iovec v[kMaxSge];
+        int nv = 0;
+        for (uint32_t i = 0; i < w->num_sge; i++) {
+          if (!w->sge[i].length) continue;
+          Mr* m = LookupKey(w->sge[i].lkey);
+          v[nv].iov_base = MrPtr(m, w->sge[i].addr, w->sge[i].length);
+          v[nv].iov_len = w->sge[i].length;
+          nv++;
+        }
+        RingIov(RespRing(c), c->shm_size, h.arg0, v, nv, w->length, false);
+        c->shm_rtail += w->length;
         CompleteUpTo(qp, h.psn);
         return kVDone;
       }
@@ -1080,6 +1338,7 @@ Verdict DispatchHello(Conn* c);
 
 RxStatus RxRun(Conn* c, Qp* qp) {
   uint64_t budget = 8ull << 20;
+  c->drained = false;
   for (;;) {
     if (c->dead) return kRxClosed;
     if (!c->in_payload) {
@@ -1087,6 +1346,8 @@ RxStatus RxRun(Conn* c, Qp* qp) {
       if (!Ensure(c, sizeof(WireHdr), &rc)) return rc == -1 ? kRxAgain : kRxClosed;
       memcpy(&c->h, c->stage + c->st_off, sizeof(WireHdr));
       uint32_t ndesc = 0;
+      bool shm = c->role == Role::kIn && (c->h.flags & kFShm);
+      if (shm && (!c->shm || c->h.len > c->shm_size || (c->h.flags & kFCma))) return kRxClosed;
       if (c->role == Role::kIn && (c->h.flags & kFCma)) {
         if (!c->cma || c->h.arg0 > kMaxSge) return kRxClosed;
         ndesc = uint32_t(c->h.arg0);
@@ -1103,6 +1364,16 @@ RxStatus RxRun(Conn* c, Qp* qp) {
       if (v == kVPark) return kRxParked;
       if (v == kVClose) return kRxClosed;
       if (v == kVNeedMore) return kRxAgain;
+      if (shm && (c->h.op == kOpSend || c->h.op == kOpWrite)) {
+        // the payload is in the request ring: copy it out (unless the
+        // checks said discard), then free its space
+        if (v == kVPayload) {
+          if (!c->discard && c->niov) RingIov(ReqRing(c), c->shm_size, c->h.arg0, c->iov, c->niov, c->h.len, false);
+          c->remaining = 0;
+          c->niov = c->iov_i = 0;
+        }
+        Shm(c)->req_tail.store(c->h.arg0 + c->h.len, std::memory_order_release);
+      }
       if (ndesc || (c->role == Role::kIn && (c->h.flags & kFCma))) {
         // the payload is in the requester's memory, not on the stream
         const char* desc = c->stage + c->st_off;
@@ -1142,6 +1413,7 @@ RxStatus RxRun(Conn* c, Qp* qp) {
           want -= v[nv].iov_len;
           nv++;
         }
+        if (c->drained) return kRxAgain;
         ssize_t n = readv(c->fd, v, nv);
         if (n == 0) return kRxClosed;
         if (n < 0) {
@@ -1150,6 +1422,7 @@ RxStatus RxRun(Conn* c, Qp* qp) {
           return kRxClosed;
         }
         uint64_t left = uint64_t(n);
+        if (left < c->remaining) c->drained = true;
         c->remaining -= left;
         while (left && c->iov_i < c->niov) {
           struct iovec& iv = c->iov[c->iov_i];
@@ -1221,6 +1494,12 @@ Verdict DispatchHello(Conn* c) {
            qp->ex.qp_base.qp_num, h.src_qpn);
     return reject();
   }
+  bool shm = kind == kKindRc && !c->shm && ShmAccept(c, h);
+  if (!shm && kind == kKindRc && g_cma_mode == kShmRequired) {
+    SR_LOG("softrdma: qp 0x%x: SOFTRDMA_TRANSPORT=shm and qp 0x%x cannot use a shared-memory ring: refused",
+           qp->ex.qp_base.qp_num, h.src_qpn);
+    return reject();
+  }
   c->st_off += sizeof(WireHdr);
   if (qp->in) {
     Conn* old = qp->in;
@@ -1238,10 +1517,8 @@ Verdict DispatchHello(Conn* c) {
   qp->resp_head = qp->resp_count = 0;
   qp->goto_err_after_resp = false;
   c->cma = cma;
-  if (cma) {
-    c->peer_pid = h.psn;
-    QueueResp(qp, kOpCmaOk, 0);
-  }
+  if (cma) c->peer_pid = h.psn;
+  if (cma || shm) QueueResp(qp, kOpCmaOk, 0, uint16_t((cma ? kCmaOkCma : 0) | (shm ? kCmaOkShm : 0)));
   return kVDone;
 }
 
@@ -1254,6 +1531,34 @@ void OnParked(Conn* c) {
   uint32_t rnr = (c->hello_opts >> 8) & 7;
   if ((c->h.op == kOpSend || c->h.op == kOpWrite) && rnr != 7) dl = NowNs() + 10000000ull * (rnr + 1);
   SetWaiting(c, dl);
+}
+
+// In an application thread's pass, a lone ACK is not written at once: that
+// thread is likely to answer with a request of its own (a ping-pong), which
+// carries it (TakeAckForRequest), and the next pass sends it otherwise.
+bool DeferAck(Qp* qp, Conn* c) {
+  if (!g_eng->app_pass || c->tn || qp->resp_count != 1 || qp->goto_err_after_resp ||
+      qp->resp[qp->resp_head].op != kOpAck || qp->ex.qp_base.qp_type != IBV_QPT_RC)
+    return false;
+  if (!qp->ack_deferred) {
+    qp->ack_deferred = true;
+    g_eng->deferred.push_back(qp->ex.qp_base.qp_num);
+  }
+  return true;
+}
+
+void FlushDeferred() {
+  // PumpIn defers nothing: the list does not change under this loop, and
+  // clear() keeps its capacity (the data path does not allocate)
+  for (uint32_t qpn : g_eng->deferred) {
+    Qp* qp = EngineLookupQp(qpn);
+    if (!qp) continue;
+    std::lock_guard<std::mutex> g(qp->mu);
+    if (!qp->ack_deferred) continue;
+    qp->ack_deferred = false;
+    PumpIn(qp);
+  }
+  g_eng->deferred.clear();
 }
 
 // Handles readable/writable on a connection (progress thread).
@@ -1331,6 +1636,9 @@ void HandleConn(Conn* c, uint32_t events) {
     if (c->parked && (events & (EPOLLERR | EPOLLHUP))) s = kRxClosed;
     else if (!c->parked && (events & (EPOLLIN | EPOLLERR | EPOLLHUP))) s = RxRun(c, qp);
     if (s == kRxParked) OnParked(c);
+    // acknowledgements carried on the peer's requests may have freed ring space
+    if (qp->out && qp->out->shm_wait) PumpOut(qp);
+    if (s != kRxClosed && DeferAck(qp, c)) return;
     PumpIn(qp);
     if (s == kRxClosed && !c->dead) {
       if (qp->in == c) qp->in = nullptr;
@@ -1385,6 +1693,10 @@ void RetryWaiting(uint64_t now) {
         uint64_t payload = c->h.len;
         if (c->h.flags & kFCma) {
           c->st_off += 16 * uint32_t(c->h.arg0);
+          payload = 0;
+        }
+        if ((c->h.flags & kFShm) && c->shm) {
+          Shm(c)->req_tail.store(c->h.arg0 + c->h.len, std::memory_order_release);
           payload = 0;
         }
         BeginDiscard(c, payload);
@@ -1444,6 +1756,7 @@ void Timers(uint64_t now) {
 bool Pass() {
   struct epoll_event evs[64];
   {
+    if (!g_eng->deferred.empty()) FlushDeferred();
     int n = epoll_wait(g_eng->ep, evs, 64, 0);
     uint64_t& last_timer = g_eng->last_timer;
     if (n < 0) n = 0;
@@ -1514,6 +1827,7 @@ bool Pass() {
             break;
           }
       }
+      ShmUnmap(c);
       free(c->stage);
       free(c->rw);
       delete c;
@@ -1527,7 +1841,7 @@ bool Pass() {
       }
     }
     int timeout = (g_eng->nqps.load() || !g_eng->waiting.empty()) ? 10 : -1;
-    if (!g_eng->again.empty()) timeout = 0;
+    if (!g_eng->again.empty() || !g_eng->deferred.empty()) timeout = 0;
     g_eng->next_timeout.store(timeout, std::memory_order_relaxed);
     return busy;
   }
@@ -1539,17 +1853,21 @@ void* ProgressMain(void*) {
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, nullptr);
   for (;;) {
-    // Sleep until there is work; the pass itself looks again under the lock.
-    struct epoll_event ev;
-    epoll_wait(g_eng->ep, &ev, 1, g_eng->next_timeout.load(std::memory_order_relaxed));
     // An application thread is polling and so doing this work itself: do
-    // not take the CPU from it (2 threads on a small machine), look again soon.
+    // not take the CPU from it (2 threads on a small machine), look again
+    // soon. Checked before epoll_wait, which would wake this thread for every
+    // frame the polling thread is about to handle anyway.
     uint64_t polled = g_eng->poll_ns.load(std::memory_order_relaxed);
     if (polled && NowNs() - polled < kStepAsideNs) {
       struct timespec ts = {0, long(kStepAsideNs)};
       nanosleep(&ts, nullptr);
       continue;
     }
+    // Sleep until there is work; the pass itself looks again under the lock.
+    struct epoll_event ev;
+    epoll_wait(g_eng->ep, &ev, 1, g_eng->next_timeout.load(std::memory_order_relaxed));
+    polled = g_eng->poll_ns.load(std::memory_order_relaxed);
+    if (polled && NowNs() - polled < kStepAsideNs) continue;
     std::lock_guard<std::mutex> g(g_eng->pass);
     Pass();
   }
@@ -1571,6 +1889,7 @@ void EngineInit() {
   ev.data.ptr = &e->wake_tag;
   epoll_ctl(e->ep, EPOLL_CTL_ADD, e->wake, &ev);
   e->last_timer = NowNs();
+  e->deferred.reserve(256);
   g_eng = e;
   pthread_attr_t a;
   pthread_attr_init(&a);
@@ -1663,12 +1982,22 @@ void StartConnect(Qp* qp) {
 
 }  // namespace
 
+// A program that exits right after its poll returned a receive (without
+// destroying its QPs) must not take the ACK of that message with it.
+__attribute__((destructor)) void FlushDeferredAtExit() {
+  if (!g_eng || g_eng->deferred.empty() || !g_eng->pass.try_lock()) return;
+  FlushDeferred();
+  g_eng->pass.unlock();
+}
+
 // ------------------------------------------------------------------ API ----
 bool EngineProgressFromPoll() {
   if (!g_eng || !g_eng->pass.try_lock()) return false;
   int saved = errno;
   g_eng->poll_ns.store(NowNs(), std::memory_order_relaxed);
+  g_eng->app_pass = true;
   bool busy = Pass();
+  g_eng->app_pass = false;
   g_eng->pass.unlock();
   errno = saved;
   return busy;
@@ -1754,6 +2083,13 @@ void EngineQpStateChanged(Qp* qp) {
       break;
     case QpState::kErr:
     case QpState::kReset: {
+      // a deferred ACK acknowledges requests already executed here: the
+      // peer gets it even though this QP goes away (hardware would have
+      // sent it when the request arrived)
+      if (qp->ack_deferred) {
+        qp->ack_deferred = false;
+        PumpIn(qp);
+      }
       Conn* o = qp->out;
       Conn* i = qp->in;
       qp->out = qp->in = nullptr;

@@ -81,15 +81,25 @@ enum WireOp : uint8_t {
   kOpReadResp = 9,
   kOpAtomicResp = 10,
   kOpUdSend = 11,
-  kOpCmaOk = 12,  // responder -> requester: this stream may carry one-copy descriptors
+  kOpCmaOk = 12,  // responder -> requester: which one-host paths it accepted (syndrome kCmaOk*)
 };
+enum : uint16_t { kCmaOkCma = 1, kCmaOkShm = 2 };
 // kFCma on a request: its payload is not on the stream; `arg0` descriptors
 // {address, length} of the requester's memory follow the header instead (for
 // a READ: where the data goes). On a HELLO: the requester offers one-copy;
 // kFCmaAny: even across network namespaces.
-enum WireFlags : uint8_t { kFImm = 1, kFSolicited = 2, kFGrh = 4, kFGidMapped = 8, kFCma = 16, kFCmaAny = 32 };
-// READ response syndrome: the data was already placed by the responder.
+// kFAck on an RC request: `qkey` acknowledges the receiver's own requests up
+// to that PSN (an ACK carried by traffic in the other direction).
+// kFShm on a request: its payload is in the connection's shared-memory ring
+// at position `arg0` (a READ: where the responder puts the data); on a HELLO:
+// the requester offers that ring (memfd descriptor number in `len`).
+enum WireFlags : uint8_t {
+  kFImm = 1, kFSolicited = 2, kFGrh = 4, kFGidMapped = 8, kFCma = 16, kFCmaAny = 32, kFAck = 64, kFShm = 128
+};
+// READ response syndrome: the data was already placed by the responder
+// (cma: in the destination; shm: in the response ring at `arg0`).
 constexpr uint16_t kSynCmaPlaced = 1;
+constexpr uint16_t kSynShmPlaced = 2;
 enum NakCode : uint16_t {
   kNakInvReq = 1,
   kNakAccess = 2,
@@ -250,6 +260,13 @@ struct Qp {
   Conn* in = nullptr;
   uint64_t next_connect_ns = 0;
   bool peer_lost = false;  // the peer closed with requests outstanding
+  // requester: the peer acknowledged up to ack_psn (explicitly or carried on
+  // its requests); WQEs that wait for a READ/atomic response stay until it came
+  uint32_t ack_psn = 0;
+  bool ack_valid = false;
+  // responder: an ACK left queued by an application's poll, to ride on our
+  // next request or be sent by the next pass
+  bool ack_deferred = false;
   // responder: ordered response queue (acks, read responses, atomic results)
   struct Resp {
     uint8_t op;

@@ -118,19 +118,25 @@ Srq* ToSrq(struct ibv_srq* s) { return reinterpret_cast<Srq*>(s); }
 int PollCq(struct ibv_cq* c, int n, struct ibv_wc* wc) {
   Cq* cq = ToCq(c);
   int k = 0;
-  {
-    std::lock_guard<std::mutex> g(cq->mu);
-    if (cq->overrun) return -1;
-    while (k < n && cq->count) {
-      wc[k++] = cq->ring[cq->head];
-      cq->head = (cq->head + 1) % cq->cap;
-      cq->count--;
+  for (int round = 0;; round++) {
+    {
+      std::lock_guard<std::mutex> g(cq->mu);
+      if (cq->overrun) return -1;
+      while (k < n && cq->count) {
+        wc[k++] = cq->ring[cq->head];
+        cq->head = (cq->head + 1) % cq->cap;
+        cq->count--;
+      }
+    }
+    if (k || round) return k;
+    // An empty poll in a busy loop: do the device's work here (no wait for
+    // the progress thread to be scheduled) and look again at once, or let
+    // the thread doing it have the CPU.
+    if (!EngineProgressFromPoll()) {
+      sched_yield();
+      return 0;
     }
   }
-  // An empty poll in a busy loop: do the device's work here (no wait for the
-  // progress thread to be scheduled), or let the thread doing it have the CPU.
-  if (!k && !EngineProgressFromPoll()) sched_yield();
-  return k;
 }
 
 int ReqNotify(struct ibv_cq* c, int solicited_only) {
@@ -1192,6 +1198,7 @@ SR_EXPORT int ibv_modify_qp(struct ibv_qp* iq, struct ibv_qp_attr* a, int mask) 
   if (mask & IBV_QP_SQ_PSN) {
     qp->attr.sq_psn = a->sq_psn & 0xffffff;
     qp->next_psn = qp->attr.sq_psn;
+    qp->ack_valid = false;
   }
   if (mask & IBV_QP_TIMEOUT) qp->attr.timeout = a->timeout;
   if (mask & IBV_QP_RETRY_CNT) qp->attr.retry_cnt = a->retry_cnt;

@@ -6,8 +6,9 @@ run=$1
 mode=$2
 R=("$run" --mode "$mode" --ip 127.0.0.1 --)
 case $mode in ib) g=(); gx=(); base=21000 ;; *) g=(-g 1); gx=(-x 1); base=22000 ;; esac
-# The _tcp variants run beside these (ctest -j): ports of their own.
+# The _tcp and _shm variants run beside these (ctest -j): ports of their own.
 [ "${SOFTRDMA_TRANSPORT:-}" = tcp ] && base=$((base+500))
+[ "${SOFTRDMA_TRANSPORT:-}" = shm ] && base=$((base+250))
 fail=0; pass=0
 ok() { pass=$((pass+1)); echo "ok   $*"; }
 bad() { fail=$((fail+1)); echo "FAIL $*"; }
