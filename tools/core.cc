@@ -333,6 +333,11 @@ struct Segment {
 };
 
 bool Dumped(const Segment& s, const std::set<std::string>& shm_files) {
+  // Reserved address space (PROT_NONE guards, huge reservations) the process
+  // never wrote: like the kernel, no bytes (zero pages are not stored either,
+  // so only large or inaccessible regions are left out this way).  Shared
+  // memory may be held by an IPC record instead of pages: always dumped.
+  if (s.v.kind == IBDBG_IVMA_ANON && !s.has_pages && (s.v.prot == 0 || s.len() > (1ull << 30))) return false;
   switch (s.v.kind) {
     case IBDBG_IVMA_ANON:
     case IBDBG_IVMA_HEAP:

@@ -11,11 +11,14 @@ as_user=0; [ "${2:-}" = --as-user ] && as_user=1
 ibdbg=$build/bin/ibdbg
 prog=$build/tests/e2e/zdtm-corethreads
 e2e_setup core $as_user
-fail_name=core fail_tail=60 fail_logs=('*.out')
+fail_name=core fail_tail=60 fail_logs=('run.out' 'replay.out' 'capture2.out' 'core*.out' 'bad.out' 'gdb*.out')
 command -v gdb >/dev/null || fail "gdb not found"
 command -v readelf >/dev/null || fail "readelf not found"
 cd "$work"
 
+# The program's output file is reopened by the replay, as whoever runs it.
+touch "$work/run.out"
+[ $as_user = 1 ] && chown nobody:nogroup "$work/run.out"
 ( "${as[@]}" "$ibdbg" run --dir "$work/job" -- "$prog" > "$work/run.out" 2>&1 ) &
 runner=$!
 wait_for "$work/run.out" READY 30 || fail "the program did not get ready"
@@ -98,4 +101,27 @@ one_line_error "of a missing rank" "has no process of rank 3" "$img" --rank 3 -o
 one_line_error "of a missing pid" "has no process with pid 999999 (processes: $pid)" "$img" --pid 999999 -o "$work/x.core"
 [ -e "$work/x.core" ] && fail "a failed core left its output"
 "${as[@]}" "$ibdbg" core "$img" -o "$work/app.core" --force > "$work/core3.out" 2>&1 || fail "core --force failed"
-echo "PASS(core${as[*]:+, unprivileged}): $threads threads"
+
+# The process replayed and captured again (generation 1): the same threads
+# where they were, the same values.
+( "${as[@]}" "$ibdbg" replay "$img" --dir "$work/job2" > "$work/replay.out" 2>&1 ) &
+replayer=$!
+img2=
+for _ in $(seq 100); do  # until the replayed process has joined its job
+  img2=$("${as[@]}" "$ibdbg" capture --dir "$work/job2" --stop 2> "$work/capture2.out") && break
+  img2=
+  grep -q "no running processes\|no running coordinator\|not an ibdbg job directory\|has no secret" \
+    "$work/capture2.out" || break
+  kill -0 $replayer 2>/dev/null || break
+  sleep 0.1
+done
+[ -n "$img2" ] || fail "capture of the replayed process failed"
+wait_bounded $replayer 30 || fail "the replayed process did not stop after its capture"
+"${as[@]}" "$ibdbg" core "$img2" -o "$work/gen1.core" > "$work/core4.out" 2>&1 || fail "core of the replayed process failed"
+timeout 120 gdb -nx -batch "$prog" "$work/gen1.core" -ex 'thread apply all bt' -ex 'print core_global' \
+  > "$work/gdb-gen1.out" 2>&1 || fail "gdb failed on the replayed process's core"
+for f in blocked_in_read blocked_in_cond blocked_in_poll blocked_in_sleep main_waits; do
+  grep -q " $f (" "$work/gdb-gen1.out" || fail "no thread of the replayed process shows $f"
+done
+grep -q "^\$1 = $((0x5eed0000 + 42))\$" "$work/gdb-gen1.out" || fail "core_global of the replayed process is wrong"
+echo "PASS(core${as[*]:+, unprivileged}): $threads threads, and after a replay"

@@ -55,6 +55,10 @@ case $want in *" OK") ;; *) fail "the uninterrupted run did not check out: $want
 ( "${as[@]}" "$ibdbg" run --dir "$work/job" -- "${mpirun[@]}" "$ring" $rounds $sleep_us 1024 1 > "$work/run.out" 2>&1 ) &
 runner=$!
 wait_for "$work/run.out" "ring: running" 60 || fail "the job did not get going"
+# The running job's ranks, as its processes' environments name them.
+"${as[@]}" "$ibdbg" status --dir "$work/job" > "$work/status.out" 2>&1 || fail "status failed"
+[ "$(grep -o '  rank [0-9]*  ' "$work/status.out" | sort | tr -s ' ')" = "$(printf ' rank %d \n' 0 1 2 3)" ] ||
+  fail "status does not show ranks 0 1 2 3 once each"
 img=$("${as[@]}" "$ibdbg" capture --dir "$work/job" --stop) || fail "capture failed"
 wait $runner
 grep -q '^ring: 4 ranks' "$work/run.out" && fail "the captured job ran to its end instead of stopping"

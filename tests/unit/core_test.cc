@@ -32,7 +32,7 @@ using test::TempDir;
 
 constexpr uint64_t kPage = 4096;
 constexpr uint64_t kStack = 0x7ff000000000, kStackEnd = kStack + 16 * kPage;
-constexpr uint64_t kAnon = 0x10000000, kMapped = 0x20000000, kText = 0x400000;
+constexpr uint64_t kAnon = 0x10000000, kMapped = 0x20000000, kText = 0x400000, kGuard = 0x30000000;
 constexpr uint64_t kUcMain = kStack + 2 * kPage + 0x100, kUcWorker = kStack + 6 * kPage + 0x40;
 constexpr uint64_t kArgs = kStack + 15 * kPage;
 constexpr uint32_t kXsize = 832;  // legacy + header + AVX
@@ -153,6 +153,7 @@ struct Fixture {
     vma(kText, kText + 2 * kPage, IBDBG_IVMA_FILE, 5, "/usr/bin/coreapp");
     vma(kAnon, kAnon + 4 * kPage, IBDBG_IVMA_ANON, 3, "");
     vma(kMapped, kMapped + 2 * kPage, IBDBG_IVMA_FILE, 3, file);
+    vma(kGuard, kGuard + 16 * kPage, IBDBG_IVMA_ANON, 0, "");
     vma(0x7ff100000000, 0x7ff100004000, IBDBG_IVMA_VVAR, 1, "[vvar]");
     vma(kStack, kStackEnd, IBDBG_IVMA_STACK, 3, "[stack]");
     std::vector<uint8_t> page(kPage, 0xab);
@@ -234,7 +235,7 @@ TEST(Core, LayoutNotesAndMemory) {
   EXPECT_EQ(c.eh.e_ident[EI_CLASS], ELFCLASS64);
   EXPECT_EQ(c.eh.e_type, ET_CORE);
   EXPECT_EQ(c.eh.e_machine, EM_X86_64);
-  ASSERT_EQ(c.ph.size(), 6u);
+  ASSERT_EQ(c.ph.size(), 7u);
   EXPECT_EQ(c.ph[0].p_type, (uint32_t)PT_NOTE);
   // PT_LOADs in address order, page-aligned data after the notes.
   uint64_t last = 0;
@@ -320,6 +321,9 @@ TEST(Core, LayoutNotesAndMemory) {
   EXPECT_EQ(c.Load(kText).p_memsz, 2 * kPage);
   EXPECT_EQ(c.Load(kText).p_flags, (uint32_t)(PF_R | PF_X));
   EXPECT_EQ(c.Load(0x7ff100000000).p_filesz, 0u);
+  EXPECT_EQ(c.Load(kGuard).p_filesz, 0u);  // PROT_NONE, never written
+  EXPECT_EQ(c.Load(kGuard).p_memsz, 16 * kPage);
+  EXPECT_EQ(c.Load(kGuard).p_flags, 0u);
   EXPECT_EQ(c.Load(kAnon).p_filesz, 4 * kPage);
   EXPECT_EQ(c.Load(kAnon).p_flags, (uint32_t)(PF_R | PF_W));
   EXPECT_EQ(c.At(kAnon)[0], 0);
