@@ -34,6 +34,7 @@ constexpr uint64_t kPage = 4096;
 constexpr uint64_t kStack = 0x7ff000000000, kStackEnd = kStack + 16 * kPage;
 constexpr uint64_t kAnon = 0x10000000, kMapped = 0x20000000, kText = 0x400000, kGuard = 0x30000000;
 constexpr uint64_t kUcMain = kStack + 2 * kPage + 0x100, kUcWorker = kStack + 6 * kPage + 0x40;
+constexpr uint64_t kSysv = 0x40000000, kMemfd = 0x50000000;
 constexpr uint64_t kArgs = kStack + 15 * kPage;
 constexpr uint32_t kXsize = 832;  // legacy + header + AVX
 
@@ -68,6 +69,8 @@ struct Fixture {
   std::string file = t / "mapped.bin";
   std::vector<uint8_t> stack;
   std::vector<uint8_t> file_bytes;
+
+  bool shm = false;  // add shared memory held by IPC records
 
   void Build(std::vector<int> ranks = {-1}) {
     image::MakeDirs(img);
@@ -154,6 +157,48 @@ struct Fixture {
     vma(kAnon, kAnon + 4 * kPage, IBDBG_IVMA_ANON, 3, "");
     vma(kMapped, kMapped + 2 * kPage, IBDBG_IVMA_FILE, 3, file);
     vma(kGuard, kGuard + 16 * kPage, IBDBG_IVMA_ANON, 0, "");
+    if (shm) {
+      // A SysV segment (id 77) attached from its second page, and a memfd
+      // (dev 0:5, inode 4242) whose bytes are extents of the object.
+      ibdbg_ipc_object o{};
+      o.kind = IBDBG_IPC_SHM;
+      o.id = 77;
+      o.size = 3 * kPage;
+      std::string rec((const char*)&o, sizeof o);
+      for (uint64_t i = 0; i < o.size; i++) rec += (char)(i / kPage + 1);
+      w.AddRecord(image::RecordType::Ipc, o.kind, rec.data(), rec.size());
+      o = {};
+      o.kind = IBDBG_IPC_SHMEM;
+      o.dev = 5;
+      o.ino = 4242;
+      o.size = 4 * kPage;
+      rec.assign((const char*)&o, sizeof o);
+      uint64_t off = 2 * kPage + 8, len = 16;
+      rec.append((const char*)&off, 8);
+      rec.append((const char*)&len, 8);
+      rec.append("memfd-extent-ok!", 16);
+      w.AddRecord(image::RecordType::Ipc, o.kind, rec.data(), rec.size());
+      ibdbg_image_vma v{};
+      v.start = kSysv;
+      v.end = kSysv + 2 * kPage;
+      v.offset = kPage;
+      v.kind = IBDBG_IVMA_SYSV_SHM;
+      v.prot = 1;
+      v.inode = 77;
+      snprintf(v.path, sizeof v.path, "/SYSV00000000");
+      w.AddRecord(image::RecordType::Vma, v.start, &v, sizeof v);
+      v = {};
+      v.start = kMemfd;
+      v.end = kMemfd + 4 * kPage;
+      v.kind = IBDBG_IVMA_SHARED_ANON;
+      v.prot = 3;
+      v.shared = 1;
+      v.deleted = 1;
+      v.inode = 4242;
+      v.dev_minor = 5;
+      snprintf(v.path, sizeof v.path, "/memfd:buf");
+      w.AddRecord(image::RecordType::Vma, v.start, &v, sizeof v);
+    }
     vma(0x7ff100000000, 0x7ff100004000, IBDBG_IVMA_VVAR, 1, "[vvar]");
     vma(kStack, kStackEnd, IBDBG_IVMA_STACK, 3, "[stack]");
     std::vector<uint8_t> page(kPage, 0xab);
@@ -339,6 +384,30 @@ TEST(Core, LayoutNotesAndMemory) {
   ASSERT_EQ(stat(o.output.c_str(), &sb), 0);
   EXPECT_LT((uint64_t)sb.st_blocks * 512, (uint64_t)sb.st_size);
   EXPECT_EQ(sb.st_mode & 0777, 0600u);
+}
+
+TEST(Core, SharedMemoryFromIpcRecords) {
+  Fixture f;
+  f.shm = true;
+  f.Build();
+  CoreOptions o;
+  o.image = f.img;
+  o.output = f.t / "out.core";
+  CoreResult r = WriteCore(o);
+  EXPECT_TRUE(r.warnings.empty()) << r.warnings[0];
+  Core c(o.output);
+  // The segment's pages 1 and 2 (attached from offset one page).
+  ASSERT_EQ(c.Load(kSysv).p_filesz, 2 * kPage);
+  EXPECT_EQ(c.At(kSysv)[0], 2);
+  EXPECT_EQ(c.At(kSysv + kPage)[kPage - 1], 3);
+  ASSERT_EQ(c.Load(kMemfd).p_filesz, 4 * kPage);
+  EXPECT_EQ(std::string((const char*)c.At(kMemfd + 2 * kPage + 8), 16), "memfd-extent-ok!");
+  EXPECT_EQ(c.At(kMemfd + 2 * kPage)[7], 0);
+  EXPECT_EQ(c.At(kMemfd)[0], 0);
+  // Both in NT_FILE, the memfd as deleted.
+  std::string nf(c.notes[3].desc.begin(), c.notes[3].desc.end());
+  EXPECT_NE(nf.find(std::string("/SYSV00000000") + '\0'), std::string::npos);
+  EXPECT_NE(nf.find(std::string("/memfd:buf (deleted)") + '\0'), std::string::npos);
 }
 
 TEST(Core, FileChangedSinceCapture) {
