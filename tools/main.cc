@@ -579,7 +579,7 @@ int main(int argc, char** argv) {
   auto* c_rank = core->add_option("--rank", core_opts.rank, "The process of this MPI rank")->check(CLI::NonNegativeNumber);
   auto* c_pid = core->add_option("--pid", core_opts.pid, "The process with this pid (as captured)")->check(CLI::PositiveNumber);
   c_rank->excludes(c_pid);
-  core->add_flag("--force", core_opts.force, "Replace FILE if it exists");
+  core->add_flag("--force", core_opts.force, "Replace the output file if it exists");
   core->footer("Example: ibdbg core /tmp/job/images/latest --rank 3 -o rank3.core && gdb ./solver rank3.core");
 
   auto* status = app.add_subcommand("status", "Show a job's processes and images");
