@@ -51,10 +51,24 @@ fi
 blocks=$(stat -c %b "$work/app.core") size=$(stat -c %s "$work/app.core")
 [ $((blocks * 512)) -lt "$size" ] || fail "the core is not sparse ($blocks blocks for $size bytes)"
 
+# The thread blocked in read(2) stands at the system call with its arguments
+# in rdi (the descriptor) and rdx (1 byte): the registers of its frame.
+cat > "$work/regs.py" <<'PY'
+import gdb
+for t in gdb.selected_inferior().threads():
+    t.switch()
+    f, names = gdb.newest_frame(), []
+    while f:
+        names.append(f.name())
+        f = f.older()
+    if "blocked_in_read" in names:
+        top = gdb.newest_frame()
+        print("read thread: rdi=%d rdx=%d" % (int(top.read_register("rdi")), int(top.read_register("rdx"))))
+PY
 # Plain gdb, nothing of ibdbg's loaded.
 timeout 120 gdb -nx -batch "$prog" "$work/app.core" -ex 'info threads' -ex 'thread apply all bt' \
   -ex 'print core_global' -ex 'print core_heap' -ex 'thread apply all bt full' -ex 'info proc mappings' \
-  -ex 'thread 1' -ex 'print/x $pc' -ex 'print/x $sp' -ex 'print $ymm0.v8_int32[0]' \
+  -ex 'thread 1' -ex 'print/x $pc' -ex 'print/x $sp' -ex 'print $ymm0.v8_int32[0]' -x "$work/regs.py" \
   > "$work/gdb.out" 2>&1 ||
   fail "gdb failed on the core"
 for f in blocked_in_read blocked_in_cond blocked_in_poll blocked_in_sleep main_waits; do
@@ -73,6 +87,8 @@ grep -q "^\$4 = $main_rsp\$" "$work/gdb.out" || fail "the main thread's sp is no
 if grep -qw avx /proc/cpuinfo; then
   grep -q '^\$5 = ' "$work/gdb.out" || fail "gdb cannot show an AVX register"
 fi
+fd=$(sed -n 's/^READY fd \([0-9]*\)$/\1/p' "$work/run.out")
+grep -q "^read thread: rdi=$fd rdx=1\$" "$work/gdb.out" || fail "the reading thread's registers are not read($fd, ..., 1)'s"
 grep -q "^\$1 = $((0x5eed0000 + 42))\$" "$work/gdb.out" || fail "core_global is not its run-time value"
 grep -q '^\$2 = 0x[0-9a-f]* "heap-value-for-gdb"$' "$work/gdb.out" || fail "core_heap does not show the heap string"
 for v in marker_read=1001 marker_cond=2002 marker_poll=3003 marker_sleep=4004 marker_main=5005; do

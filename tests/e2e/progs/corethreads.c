@@ -1,7 +1,8 @@
 /* For `ibdbg core`: threads each blocked in a function of its own, holding a
  * known local, and globals given their values at run time (so that only the
  * process's memory, not the executable, has them).  Prints READY once every
- * thread is in its function, then waits to be captured (and killed). */
+ * thread is in its function (and the descriptor the reading thread waits on),
+ * then waits to be captured (and killed). */
 #define _GNU_SOURCE
 #include <poll.h>
 #include <pthread.h>
@@ -71,7 +72,7 @@ int main(void) {
   while (entered < 4) usleep(1000);
   core_global = 0x5eed0000 + 42;
   core_heap = strdup("heap-value-for-gdb");
-  printf("READY\n");
+  printf("READY fd %d\n", pipefd[0]);
   fflush(stdout);
   main_waits();
   return 0;
