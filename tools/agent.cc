@@ -19,6 +19,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "ibdbg/mpi_rank.h"
 #include "ibdbg/proto.h"
 #include "ibdbg/version.h"
 
@@ -88,7 +89,11 @@ void Agent::Watch(pid_t child) {
 
 void Agent::SendProcs() {
   json procs = json::array();
-  for (auto& [fd, l] : libs_) procs.push_back({{"pid", l.pid}, {"exe", l.exe}});
+  for (auto& [fd, l] : libs_) {
+    json e = {{"pid", l.pid}, {"exe", l.exe}};
+    if (l.rank >= 0) e["rank"] = l.rank;
+    procs.push_back(std::move(e));
+  }
   coord_.Send({{"op", "procs"}, {"procs", procs}});
 }
 
@@ -115,6 +120,7 @@ void Agent::AcceptLib() {
   // The peer's pid as this namespace sees it (the library reports its own view).
   l.pid = cred.pid;
   l.exe = hello.exe;
+  l.rank = ProcessMpiRank(l.pid).value_or(-1);
   libs_[fd] = l;
   SendProcs();
 }
@@ -467,6 +473,8 @@ void Agent::DoWrite(const std::string& dir, const std::string& job_id, const jso
                    {"exe", metas_[fd].proc.exe},
                    {"image", file},
                    {"threads", metas_[fd].threads.size()}};
+      // Read again now: the process may have been replayed since it joined.
+      if (auto rank = ProcessMpiRank(l.pid)) proc["rank"] = *rank;
       if (forked) {
         Pending p;
         p.out = out;

@@ -40,6 +40,7 @@ class Agent {
     int fd = -1;
     pid_t pid = 0;
     std::string exe;
+    int rank = -1;  // MPI rank from its environment; -1 unknown
     std::vector<capture::PipeRefill> refills;
     bool suspended = false;
     bool held = false;  // presuspended: RESUME releases it if no SUSPEND follows

@@ -647,6 +647,7 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
 
   ojson p;
   p["pid"] = proc.pid;
+  if (mp.rank >= 0) p["rank"] = mp.rank;
   p["image"] = mp.image;
   struct stat st;
   p["image_bytes"] = ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
@@ -877,6 +878,7 @@ std::string RenderText(const ojson& doc) {
     line("");
     line("process " + S(p["pid"]) + " (" + S(p["image"]) + ", " +
          HumanBytes(p["image_bytes"].get<uint64_t>()) + ")");
+    if (p.contains("rank")) line("  rank       " + S(p["rank"]));
     line("  exe        " + S(p["exe"]));
     line("  cwd        " + S(p["cwd"]));
     line("  comm       " + S(p["comm"]) + ", generation " + S(p["generation"]) + ", ppid " +

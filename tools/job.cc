@@ -513,6 +513,7 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
           mp.bytes = pr.value("bytes", (uint64_t)0);
           mp.memory_bytes = pr.value("memory_bytes", (uint64_t)0);
           mp.threads = pr.value("threads", 0);
+          mp.rank = pr.value("rank", -1);
           mf.processes.push_back(mp);
         }
         mf.hosts = cap->hosts;

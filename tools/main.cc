@@ -24,6 +24,7 @@
 
 #include "agent.h"
 #include "caps.h"
+#include "core.h"
 #include "ibdbg/error.h"
 #include "ibdbg/image_file.h"
 #include "ibdbg/manifest.h"
@@ -216,8 +217,9 @@ int CmdStatus(const std::string& id, const std::string& dir) {
             << (r->value("capturing", false) ? "  (capturing)" : "") << "\n";
   for (auto& a : (*r)["agents"]) {
     for (auto& p : a["procs"])
-      std::cout << "  process " << p.value("pid", 0) << " on " << a.value("host", "") << "  " << p.value("exe", "")
-                << "\n";
+      std::cout << "  process " << p.value("pid", 0) << " on " << a.value("host", "")
+                << (p.contains("rank") ? "  rank " + std::to_string(p.value("rank", -1)) : std::string()) << "  "
+                << p.value("exe", "") << "\n";
   }
   auto imgs = (*r)["images"];
   std::cout << imgs.size() << " image(s)\n";
@@ -653,6 +655,16 @@ int main(int argc, char** argv) {
                                           "--target-caps)");
   caps->footer("Example: ibdbg softrdma --mode roce -- ibdbg caps > roce-caps.json");
 
+  CoreOptions core_opts;
+  auto* core = app.add_subcommand("core", "Write one process of an image as an ELF core file (gdb PROGRAM FILE)");
+  core->add_option("image", core_opts.image, "Image directory")->required();
+  core->add_option("-o,--output", core_opts.output, "Core file to write (must not exist, unless --force)")->required();
+  auto* c_rank = core->add_option("--rank", core_opts.rank, "The process of this MPI rank")->check(CLI::NonNegativeNumber);
+  auto* c_pid = core->add_option("--pid", core_opts.pid, "The process with this pid (as captured)")->check(CLI::PositiveNumber);
+  c_rank->excludes(c_pid);
+  core->add_flag("--force", core_opts.force, "Replace the output file if it exists");
+  core->footer("Example: ibdbg core /tmp/job/images/latest --rank 3 -o rank3.core && gdb ./solver rank3.core");
+
   auto* status = app.add_subcommand("status", "Show a job's processes and images");
   status->add_option("--job", job_id, "Job id");
   status->add_option("--dir", dir, "Job directory");
@@ -699,6 +711,14 @@ int main(int argc, char** argv) {
     }
     if (*caps) {
       std::cout << CapsJson();
+      return 0;
+    }
+    if (*core) {
+      CoreResult r = WriteCore(core_opts);
+      for (auto& w : r.warnings) std::cerr << "ibdbg: warning: " << w << "\n";
+      std::cerr << "ibdbg: core of process " << r.pid << (r.rank >= 0 ? " (rank " + std::to_string(r.rank) + ")" : "")
+                << ": " << r.threads << " threads, " << r.segments << " mappings\n";
+      std::cout << r.path << "\n";
       return 0;
     }
     if (*translate) {

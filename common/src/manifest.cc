@@ -222,6 +222,7 @@ Manifest ParseManifest(const std::string& text, const std::string& where) {
     p.bytes = pf.Unsigned("bytes");
     p.memory_bytes = pf.Unsigned("memory_bytes");
     p.threads = static_cast<int>(pf.Int("threads", false, 0, INT32_MAX));
+    if (pf.Find("rank")) p.rank = static_cast<int>(pf.Int("rank", true, 0, INT32_MAX));
     for (const ManifestProcess& q : m.processes) {
       // Different hosts may reuse a pid; the same host cannot.
       if (q.pid == p.pid && q.host == p.host)
@@ -255,6 +256,7 @@ std::string ManifestToJson(const Manifest& m) {
     e["threads"] = p.threads;
     e["bytes"] = p.bytes;
     e["memory_bytes"] = p.memory_bytes;
+    if (p.rank >= 0) e["rank"] = p.rank;
     procs.push_back(std::move(e));
   }
   j["processes"] = std::move(procs);

@@ -55,11 +55,25 @@ case $want in *" OK") ;; *) fail "the uninterrupted run did not check out: $want
 ( "${as[@]}" "$ibdbg" run --dir "$work/job" -- "${mpirun[@]}" "$ring" $rounds $sleep_us 1024 1 > "$work/run.out" 2>&1 ) &
 runner=$!
 wait_for "$work/run.out" "ring: running" 60 || fail "the job did not get going"
+# The running job's ranks, as its processes' environments name them.
+"${as[@]}" "$ibdbg" status --dir "$work/job" > "$work/status.out" 2>&1 || fail "status failed"
+[ "$(grep -o '  rank [0-9]*  ' "$work/status.out" | sort | tr -s ' ')" = "$(printf ' rank %d \n' 0 1 2 3)" ] ||
+  fail "status does not show ranks 0 1 2 3 once each"
 img=$("${as[@]}" "$ibdbg" capture --dir "$work/job" --stop) || fail "capture failed"
 wait $runner
 grep -q '^ring: 4 ranks' "$work/run.out" && fail "the captured job ran to its end instead of stopping"
 "$ibdbg" inspect "$img" > "$work/inspect.out" || fail "inspect failed"
 [ "$(grep -c '^process ' "$work/inspect.out")" -ge 5 ] || fail "the image does not hold mpirun and its 4 ranks"
+# Each rank's MPI rank, from its environment at capture: 0..3, once each.
+ranks=$(awk '/^  rank /{print $2}' "$work/inspect.out" | sort -n | tr '\n' ' ')
+[ "$ranks" = "0 1 2 3 " ] || fail "inspect shows ranks '$ranks', not 0 1 2 3 once each"
+# One rank as an ELF core, chosen by its rank: gdb sees the ring program's main.
+"${as[@]}" "$ibdbg" core "$img" --rank 2 -o "$work/rank2.core" > "$work/core.out" 2>&1 || fail "core --rank 2 failed"
+timeout 120 gdb -nx -batch "$ring" "$work/rank2.core" -ex 'thread apply all bt' > "$work/gdb.out" 2>&1 ||
+  fail "gdb failed on the core of rank 2"
+grep -q " main (" "$work/gdb.out" || fail "no thread of rank 2's core reaches main"
+"${as[@]}" "$ibdbg" core "$img" -o "$work/any.core" > "$work/core.out" 2>&1 && fail "core chose one of several processes"
+grep -q "choose one with --pid or --rank" "$work/core.out" || fail "core without a choice did not say how to choose"
 timeout 300 "${as[@]}" "$ibdbg" replay "$img" --dir "$work/job2" > "$work/replay.out" 2>&1 || fail "the replay failed"
 got=$(grep '^ring: 4 ranks' "$work/replay.out" "$work/run.out" | head -1 | cut -d: -f2-)
 [ "$got" = "$want" ] || fail "the replayed job printed '$got', the uninterrupted one '$want'"

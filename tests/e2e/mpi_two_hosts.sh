@@ -60,6 +60,10 @@ assert hosts.count("h1") >= 3 and hosts.count("h2") >= 3, hosts   # mpirun + 2 r
 via = {h["name"]: h.get("via", "") for h in m["hosts"]}
 assert via.get("h1", "").startswith("h3:") and via.get("h2", "").startswith("h1:"), via
 assert "h3" not in hosts, hosts
+# Each rank's MPI rank, two on each host; mpirun and orted have none.
+ranks = sorted((p["host"], p["rank"]) for p in m["processes"] if "rank" in p)
+assert sorted(r for _, r in ranks) == [0, 1, 2, 3], ranks
+assert sorted(h for h, _ in ranks) == ["h1", "h1", "h2", "h2"], ranks
 PY
 "$ibdbg" inspect "$img" > "$work/inspect.out" || fail "inspect failed"
 grep -Eq "^part       host h2: [3-9] processes, started from h1:[0-9]+ \(pid\) through the remote shell" "$work/inspect.out" ||

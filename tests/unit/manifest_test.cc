@@ -52,6 +52,28 @@ Manifest Sample() {
   return m;
 }
 
+TEST(Manifest, Rank) {
+  TempDir t;
+  Manifest m = Sample();
+  m.processes[0].rank = 3;  // the second stays unknown
+  WriteManifest(t / "manifest.json", m);
+  std::vector<uint8_t> raw = test::ReadFile(t / "manifest.json");
+  std::string text(raw.begin(), raw.end());
+  EXPECT_NE(text.find("\"rank\": 3"), std::string::npos) << text;
+  EXPECT_EQ(text.find("\"rank\"", text.find("proc-78.img")), std::string::npos) << "unknown rank written";
+  Manifest r = ReadManifest(t.path());
+  EXPECT_EQ(r.processes[0].rank, 3);
+  EXPECT_EQ(r.processes[1].rank, -1);
+  std::string bad = text;
+  bad.replace(bad.find("\"rank\": 3"), 11, "\"rank\": -2");
+  EXPECT_NE(ErrorOf([&] { ParseManifest(bad, "m.json"); }).find("'processes[0].rank' is out of range"),
+            std::string::npos);
+  bad = text;
+  bad.replace(bad.find("\"rank\": 3"), 11, "\"rank\": \"3\"");
+  EXPECT_NE(ErrorOf([&] { ParseManifest(bad, "m.json"); }).find("'processes[0].rank' must be an integer"),
+            std::string::npos);
+}
+
 TEST(Manifest, RoundTrip) {
   TempDir t;
   Manifest m = Sample();

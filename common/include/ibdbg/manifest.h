@@ -23,6 +23,9 @@ struct ManifestProcess {
   uint64_t bytes = 0;         // size of the .img file
   uint64_t memory_bytes = 0;  // raw page bytes stored
   int threads = 0;
+  // MPI world rank from the process's environment at capture (ibdbg/mpi_rank.h);
+  // -1: unknown, and absent from the JSON.
+  int rank = -1;
 };
 
 struct Manifest {
