@@ -409,8 +409,85 @@ int CmdReplayParts(const std::string& idir, std::map<std::string, JobPart>& part
   return ExitCode(status);
 }
 
-int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const std::string& gdb_batch,
-              const std::string& listen, const ReplayTarget& t) {
+// ---- gdb on a whole job --------------------------------------------------------
+// Every process of the replayed job waits, parked in the restorer, for one gdb
+// session that attaches to each (one inferior per process) and steps its
+// threads to their capture point (gdb/ibdbg.py: ibdbg-attach-job).
+
+enum class GdbMode { kNone, kInteractive, kBatch, kMi };
+
+struct GdbRequest {
+  GdbMode mode = GdbMode::kNone;
+  std::string batch;  // --gdb-batch's commands
+  bool any() const { return mode != GdbMode::kNone; }
+};
+
+// One process of the job as gdb reaches it.
+struct GdbProc {
+  std::string host;        // where it was captured
+  pid_t pid = -1;          // as the host it runs on sees it
+  pid_t image_pid = -1;    // the captured pid
+  uint64_t insn = 0;       // the restorer's rt_sigreturn instruction
+  std::string exe;
+  std::string connection;  // "" to attach here, else gdb's `target extended-remote` argument
+};
+
+// What ibdbg-attach-job reads: the processes and our metadata.
+std::string WriteGdbSession(const JobDir& job, const std::string& idir, const std::vector<GdbProc>& procs,
+                            const ReplayTarget& t) {
+  json s;
+  s["ibdbg"] = SelfExe();
+  s["image"] = idir;
+  s["replay_job"] = job.job_id;
+  s["replay_dir"] = job.dir;
+  json where = json::object();
+  for (auto& [o, n] : t.hosts) where[o] = n;
+  s["where"] = where;
+  json ps = json::array();
+  for (auto& p : procs)
+    ps.push_back({{"host", p.host}, {"pid", p.pid}, {"image_pid", p.image_pid}, {"insn", p.insn}, {"exe", p.exe},
+                  {"connection", p.connection}});
+  s["processes"] = ps;
+  std::string path = job.dir + "/gdb-session.json";
+  std::string tmp = path + ".tmp";
+  FILE* f = fopen(tmp.c_str(), "w");
+  if (!f) throw std::runtime_error("cannot write " + tmp + ": " + strerror(errno));
+  std::string text = s.dump(2) + "\n";
+  bool ok = fwrite(text.data(), 1, text.size(), f) == text.size();
+  ok = fclose(f) == 0 && ok;
+  if (!ok || rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot write " + path);
+  return path;
+}
+
+// Runs gdb on the job's processes; true if it ended well (each process then
+// runs on, detached).
+bool RunGdbOnJob(const GdbRequest& g, const std::string& session) {
+  std::vector<std::string> args = {"gdb", "-q", "-nx"};
+  if (g.mode == GdbMode::kBatch) args.push_back("-batch");
+  if (g.mode == GdbMode::kMi) args.push_back("-i=mi");
+  // The replay has its own mount namespace (for its /proc): read files from ours,
+  // which needs no privilege, instead of gdb's default "target:" sysroot.
+  for (const char* c : {"set pagination off", "set confirm off", "set sysroot /"}) args.insert(args.end(), {"-iex", c});
+  args.insert(args.end(), {"-x", GdbScript(), "-ex", "ibdbg-attach-job " + session});
+  if (g.mode == GdbMode::kBatch) {
+    for (auto& c : SplitCommands(g.batch)) args.insert(args.end(), {"-ex", c});
+    args.insert(args.end(), {"-ex", "ibdbg-detach-all"});
+  }
+  pid_t pid = fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    signal(SIGINT, SIG_DFL);
+    signal(SIGQUIT, SIG_DFL);
+    ExecOrExit(args);
+  }
+  int st;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+int CmdReplay(const std::string& image, const std::string& dir, const GdbRequest& g, const std::string& listen,
+              const ReplayTarget& t) {
   std::string idir = ResolveImageDir(image);
   Manifest m = ReadManifest(idir);
   auto parts = PartsOf(idir, m);
@@ -423,7 +500,7 @@ int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const 
     }
   if (parts.size() > 1 || (parts.size() == 1 && t.Where(parts.begin()->first) != parts.begin()->first &&
                            t.Where(parts.begin()->first) != ThisHost())) {
-    if (gdb || !gdb_batch.empty())
+    if (g.any())
       throw std::runtime_error("--gdb replays jobs of one host; this one spans " + std::to_string(parts.size()) +
                                " (replay it without --gdb, or attach gdb to a part's process)");
     if (t.lazy) throw std::runtime_error("--lazy replays jobs of one host; this one spans " + std::to_string(parts.size()));
@@ -432,8 +509,8 @@ int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const 
   std::vector<std::string> files;
   for (auto& p : m.processes) files.push_back(idir + "/" + p.image);
   std::string restorer = Restorer();
-  bool with_gdb = gdb || !gdb_batch.empty();
-  std::string script = with_gdb ? GdbScript() : "";
+  bool with_gdb = g.any();
+  if (with_gdb) GdbScript();  // a broken installation fails before anything runs
   JobDir job = NewOrNamedJob(dir);
   EnsureCoordinator(job, SelfExe());
   Agent agent(job, "");
@@ -463,34 +540,25 @@ int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const 
   signal(SIGINT, SIG_IGN);
   signal(SIGQUIT, SIG_IGN);
   if (with_gdb) {
-    if (!replay::WaitParked(L.pid, 10000)) fprintf(stderr, "ibdbg: warning: threads did not all park in time\n");
-    char insn[32];
-    snprintf(insn, sizeof insn, "0x%llx", (unsigned long long)L.sigreturn_insn);
-    std::vector<std::string> args = {"gdb", "-q", "-nx"};
-    if (!gdb_batch.empty()) args.push_back("-batch");
-    // The replay has its own mount namespace (for its /proc): read files from ours,
-    // which needs no privilege, instead of gdb's default "target:" sysroot.
-    for (const char* c : {"set pagination off", "set confirm off", "set sysroot /"}) args.insert(args.end(), {"-iex", c});
-    args.insert(args.end(), {"-x", script});
-    if (Exists(L.exe)) args.push_back(L.exe);
-    args.insert(args.end(), {"-p", std::to_string(L.pid)});
-    args.insert(args.end(), {"-ex", std::string("ibdbg-release ") + insn});
-    if (!gdb_batch.empty()) {
-      for (auto& c : SplitCommands(gdb_batch)) args.insert(args.end(), {"-ex", c});
-      args.insert(args.end(), {"-ex", "detach"});
+    std::vector<GdbProc> procs;
+    for (size_t i = 0; i < L.procs.size(); i++) {
+      auto& p = L.procs[i];
+      if (!replay::WaitParked(p.pid, 10000))
+        fprintf(stderr, "ibdbg: warning: the threads of pid %d did not all park in time\n", p.image_pid);
+      procs.push_back({i < m.processes.size() ? m.processes[i].host : ThisHost(), p.pid, p.image_pid,
+                       p.sigreturn_insn, p.exe, ""});
     }
-    pid_t g = fork();
-    if (g == 0) {
-      signal(SIGINT, SIG_DFL);
-      signal(SIGQUIT, SIG_DFL);
-      ExecOrExit(args);
+    bool ok = false;
+    try {
+      ok = RunGdbOnJob(g, WriteGdbSession(job, idir, procs, t));
+    } catch (const std::exception& e) {
+      fprintf(stderr, "ibdbg: %s\n", e.what());
     }
-    int st;
-    while (waitpid(g, &st, 0) < 0 && errno == EINTR) {
-    }
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-      fprintf(stderr, "ibdbg: gdb failed; the replayed process (pid %d) is left stopped and is killed now\n", L.pid);
-      kill(L.pid, SIGKILL);
+    if (!ok) {
+      // A process gdb did not release waits, parked, forever.
+      fprintf(stderr, "ibdbg: gdb failed; the replayed job (%zu processes) is left stopped and is killed now\n",
+              L.procs.size());
+      for (auto& p : L.procs) kill(p.pid, SIGKILL);
     }
   }
   agent.Watch(L.launcher_child);
@@ -558,9 +626,13 @@ int main(int argc, char** argv) {
   replay->add_option("--via", via, "")->group("");    // internal: the part's starter
   std::string wait_part;
   replay->add_option("--wait-part", wait_part, "")->group("");  // internal: a starter's stand-in
-  auto* g1 = replay->add_flag("--gdb", gdb, "Attach gdb, interactive, with the process stopped where it was captured");
-  auto* g2 = replay->add_option("--gdb-batch", gdb_batch, "Run these gdb commands (';'-separated), then let it run on");
-  g1->excludes(g2);
+  bool gdb_mi = false;
+  replay->add_flag("--gdb", gdb,
+                   "Attach gdb, interactive, to every process of the job (one inferior each), stopped where it was "
+                   "captured");
+  replay->add_option("--gdb-batch", gdb_batch,
+                     "Run these gdb commands (';'-separated) with every process attached, then let the job run on");
+  replay->add_flag("--gdb-mi", gdb_mi, "As --gdb, speaking GDB/MI on stdin/stdout (for an IDE; examples/vscode)");
   replay->add_option("--dir", dir, "Job directory for the replayed job (default: a new one)");
   replay->add_flag("--lazy", target.lazy,
                    "Run at once; memory arrives on demand and in the background (userfaultfd; needs root)");
@@ -605,7 +677,15 @@ int main(int argc, char** argv) {
       }
       if (!wait_part.empty()) return CmdWaitPart(dir, wait_part);
       if (!part.empty()) return CmdReplayPart(image, dir, part, via);
-      return CmdReplay(image, dir, gdb, gdb_batch, listen, target);
+      GdbRequest g;
+      int modes = (int)gdb + (int)(replay->count("--gdb-batch") > 0) + (int)gdb_mi;
+      if (modes > 1) throw std::runtime_error("--gdb, --gdb-batch and --gdb-mi exclude each other: give one");
+      if (replay->count("--gdb-batch") && SplitCommands(gdb_batch).empty())
+        throw std::runtime_error("--gdb-batch needs gdb commands, e.g. --gdb-batch 'info ibdbg;thread apply all bt'");
+      if (gdb) g.mode = GdbMode::kInteractive;
+      if (replay->count("--gdb-batch")) g.mode = GdbMode::kBatch, g.batch = gdb_batch;
+      if (gdb_mi) g.mode = GdbMode::kMi;
+      return CmdReplay(image, dir, g, listen, target);
     }
     if (*inspect) {
       std::cout << tools::InspectImage(image, json_out);

@@ -1,0 +1,81 @@
+#!/bin/bash
+# gdb on a whole job: a parent and three forked workers, captured, replayed
+# with --gdb-batch.  Every process must be an inferior of the one gdb session,
+# named in `info ibdbg`, stopped at its own function (worker_wait for the
+# workers, parent_wait for the parent) with its own memory (each worker's
+# token), and after gdb detaches all of them the job ends well with ibdbg's
+# exit status its own.  Bad combinations of the gdb options get one line.
+#   gdb_job.sh BUILD_DIR [--as-user]
+set -u
+. "$(dirname "$0")/lib.sh"
+build=$1
+ibdbg=$build/bin/ibdbg
+exe=$build/tests/e2e/zdtm-gdbjob
+as_user=0; [ "${2:-}" = --as-user ] && as_user=1
+e2e_setup gdbjob $as_user
+fail_name=gdb_job fail_tail=60 fail_logs=('*.out')
+
+# Bad input: one line, non-zero, nothing replayed.
+for bad in "--gdb --gdb-mi" "--gdb --gdb-batch bt" "--gdb-batch bt --gdb-mi" "--gdb-batch ;"; do
+  # shellcheck disable=SC2086
+  "$ibdbg" replay "$work/nosuch" $bad > "$work/bad.out" 2>&1 && fail "replay $bad succeeded"
+  [ "$(wc -l < "$work/bad.out")" = 1 ] || fail "replay $bad did not answer in one line"
+  grep -q "^ibdbg: " "$work/bad.out" || fail "replay $bad: not ibdbg's own message"
+done
+
+go=$work/go
+# The job's output file is reopened by the replay, as whoever runs it.
+touch "$work/run.out"
+[ $as_user = 1 ] && chown nobody:nogroup "$work/run.out"
+( "${as[@]}" "$ibdbg" run --dir "$work/job" -- "$exe" "$go" > "$work/run.out" 2>&1 ) &
+wait_for "$work/run.out" "READY" 20 || fail "the job did not start"
+img=$("${as[@]}" "$ibdbg" capture --dir "$work/job" --stop) || fail "capture failed"
+wait
+# The word to go on is there before the replay: only gdb's release lets the
+# processes see it.
+touch "$go"
+"${as[@]}" "$ibdbg" replay "$img" --dir "$work/job2" \
+  --gdb-batch 'info ibdbg;thread apply all bt;ibdbg-each print worker_token' > "$work/replay.out" 2>&1
+rc=$?
+out=$work/replay.out
+[ $rc = 0 ] || fail "replay exited with $rc"
+python3 - "$out" "$img" <<'PY' || fail "the gdb session does not show the job as it should"
+import json, re, sys
+text = open(sys.argv[1]).read()
+m = json.load(open(sys.argv[2] + "/manifest.json"))
+n = len(m["processes"])
+assert n == 4, "the image holds %d processes, not 4" % n
+# One line per inferior at the start, each with its name.
+starts = re.findall(r"^ibdbg: inferior (\d+) is (\S+/proc \d+): pid (\d+) \(captured as (\d+)\)", text, re.M)
+assert len(starts) == n, "inferiors are not named HOST/proc INDEX: %r" % starts
+infs = {int(i) for i, _, _, _ in starts}
+assert infs == set(range(1, n + 1)), infs
+pids = {int(p) for _, _, _, p in starts}
+assert pids == {p["pid"] for p in m["processes"]}, (pids, m["processes"])
+# info ibdbg: the image and a row per inferior, with its name and pids.
+assert re.search(r"^image +/.*ckpt-", text, re.M), "info ibdbg printed no image"
+rows = re.findall(r"^[ *] +(\d+)  (\S+/proc \d+) +\S+ +- +(\d+) +(\d+) ", text, re.M)
+assert sorted((int(i), nm, int(p), int(ip)) for i, nm, p, ip in rows) == \
+    sorted((int(i), nm, int(p), int(ip)) for i, nm, p, ip in starts), "info ibdbg rows %r" % rows
+# thread apply all bt: each inferior's thread at its function.
+blocks = re.split(r"^Thread (\d+)\.(\d+) ", text, flags=re.M)
+where = {}
+for k in range(1, len(blocks) - 2, 3):
+    inf, body = int(blocks[k]), blocks[k + 2]
+    frames = [l for l in body.splitlines() if l.startswith("#")]
+    where.setdefault(inf, []).append(frames)
+assert set(where) == infs, "backtraces for inferiors %s, expected %s" % (sorted(where), sorted(infs))
+parents = [i for i, f in where.items() if any("parent_wait" in l for fr in f for l in fr)]
+workers = [i for i, f in where.items() if any("worker_wait" in l for fr in f for l in fr)]
+assert len(parents) == 1 and len(workers) == 3, "parent_wait in %s, worker_wait in %s" % (parents, workers)
+assert "gdbjob.c:" in text, "no source lines: symbols not loaded"
+for bad in ("park_and_sigreturn", "restorer_main", "thread_main"):
+    assert bad not in text, "restorer frames in the output"
+assert not re.search(r"^#0 +0x00003f", text, re.M), "a thread stands in the restorer's code"
+# ibdbg-each: every worker's own memory.
+tokens = sorted(int(v) for v in re.findall(r"^\$\d+ = (\d+)", text, re.M))
+assert tokens == [0, 1001, 1002, 1003], "worker tokens %s" % tokens
+assert "detached from %d process(es)" % n in text, "not every process was detached"
+PY
+grep -q "^PASS" "$work/run.out" || fail "the job did not end well after gdb let it go"
+echo "ok: gdb on a whole job of 4 processes${as[*]:+ (unprivileged)}"
