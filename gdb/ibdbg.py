@@ -173,19 +173,26 @@ each to its capture point.  Usage: ibdbg-attach-job SESSION.json"""
 
     def attach_all(self, s):
         by_connection = {}  # connection -> an inferior that has it
+        trace = os.environ.get("IBDBG_GDB_TRACE") == "1"
         for i, p in enumerate(s["processes"]):
-            conn = p.get("connection") or ""
+            if trace:
+                gdb.write("ibdbg-trace: %r\n" % p, gdb.STDERR)
+            # A process on another host: a gdbserver of its own, started
+            # there attached to it (`target remote` then waits for its stop,
+            # which a later `attach` through a second connection does not).
+            remote = p.get("connection") or ""
             if i == 0:
                 inf = gdb.selected_inferior()
             else:
-                inf = _new_inferior(by_connection.get(conn))
-            if conn and conn not in by_connection:
-                gdb.execute("target extended-remote " + conn, to_string=True)
-            by_connection.setdefault(conn, inf.num)
+                inf = _new_inferior(None if remote else by_connection.get(""))
             exe = p.get("exe") or ""
             if exe and os.path.exists(exe):
                 gdb.execute("file " + exe, to_string=True)
-            gdb.execute("attach %d" % p["pid"], to_string=True)
+            if remote:
+                gdb.execute("target extended-remote %s %d" % (remote, p["pid"]), to_string=True)
+            else:
+                gdb.execute("attach %d" % p["pid"], to_string=True)
+                by_connection.setdefault("", inf.num)
             p["inferior"] = inf.num
             p["threads"] = release(int(p["insn"]), quiet=True)
 
@@ -423,13 +430,27 @@ class IbdbgDetachAll(gdb.Command):
         super().__init__("ibdbg-detach-all", gdb.COMMAND_RUNNING)
 
     def invoke(self, arg, from_tty):
+        remote = {p["inferior"] for p in (SESSION or {}).get("processes", []) if p.get("connection")}
         n = 0
         for inf in gdb.inferiors():
-            if inf.pid != 0:
+            if inf.pid != 0 and inf.num not in remote:
                 _select(inf)
                 gdb.execute("detach", to_string=True)
                 n += 1
-        gdb.write("ibdbg: detached from %d process(es); the job runs on\n" % n)
+        # After one inferior of a remote connection detaches, gdb 13 forgets
+        # the threads of the others and can no longer select them to detach
+        # them in turn.  Their gdbservers let them go when gdb ends (each
+        # sees its connection close and detaches).
+        left = [inf for inf in gdb.inferiors() if inf.pid != 0]
+        if left:
+            try:
+                gdb.execute("detach inferiors " + " ".join(str(i.num) for i in left), to_string=True)
+            except gdb.error:
+                pass
+        held = len([inf for inf in gdb.inferiors() if inf.pid != 0])
+        n += len(left) - held
+        gdb.write("ibdbg: detached from %d process(es)%s; the job runs on\n"
+                  % (n + held, (", %d of them through their gdbserver as gdb ends" % held) if held else ""))
 
 
 IbdbgDetachAll()

@@ -246,168 +246,12 @@ struct ReplayTarget {
   std::map<std::string, std::string> hosts;  // OLD -> NEW
   std::string remote_shell = "ssh";
   bool lazy = false;  // --lazy: pages on demand (replay/page_fill.h)
+  bool gdb = false;   // every part parks its processes for one gdb session
   std::string Where(const std::string& part) const {
     auto it = hosts.find(part);
     return it == hosts.end() ? part : it->second;
   }
 };
-
-struct JobPart {
-  std::string name;  // the host it was captured on
-  std::vector<std::string> files;
-  std::string via;   // "HOST:PID:PPID" of the process that started it, or ""
-};
-
-std::string ThisHost() {
-  char h[256] = "";
-  gethostname(h, sizeof h - 1);
-  return h;
-}
-
-std::map<std::string, JobPart> PartsOf(const std::string& idir, const Manifest& m) {
-  std::map<std::string, JobPart> parts;
-  for (auto& p : m.processes) {
-    JobPart& jp = parts[p.host];
-    jp.name = p.host;
-    jp.files.push_back(idir + "/" + p.image);
-  }
-  for (auto& h : m.hosts) {
-    std::string name = h.value("name", ""), via = h.value("via", "");
-    if (parts.count(name) && !via.empty()) parts[name].via = via;
-  }
-  return parts;
-}
-
-std::string ShellQuote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-// The command that starts part `name` on its host, from a process on `from`.
-std::vector<std::string> PartCommand(const std::string& idir, const std::string& job_dir, const ReplayTarget& t,
-                                     const JobPart& part, const std::string& from) {
-  std::vector<std::string> cmd = {SelfExe(), "replay", idir, "--part", part.name, "--dir", job_dir,
-                                  "--remote-shell", t.remote_shell};
-  for (auto& [o, n] : t.hosts) cmd.insert(cmd.end(), {"--host", o + "=" + n});
-  if (!part.via.empty()) cmd.insert(cmd.end(), {"--via", part.via});
-  std::string where = t.Where(part.name);
-  if (where == from) return cmd;
-  std::string line = "exec";
-  for (auto& c : cmd) line += " " + ShellQuote(c);
-  return {t.remote_shell, where, line};
-}
-
-// Parses "HOST:PID:PPID".
-bool ParseVia(const std::string& via, std::string* host, pid_t* pid, pid_t* ppid) {
-  size_t b = via.rfind(':');
-  if (b == std::string::npos || b == 0) return false;
-  size_t a = via.rfind(':', b - 1);
-  if (a == std::string::npos) return false;
-  *host = via.substr(0, a);
-  *pid = atoi(via.c_str() + a + 1);
-  *ppid = atoi(via.c_str() + b + 1);
-  return *pid > 0 && *ppid > 0;
-}
-
-int CmdReplayPart(const std::string& image, const std::string& dir, const std::string& part_name,
-                  const std::string& via) {
-  std::string idir = ResolveImageDir(image);
-  Manifest m = ReadManifest(idir);
-  auto parts = PartsOf(idir, m);
-  if (!parts.count(part_name)) throw std::runtime_error(idir + " has no part captured on host " + part_name);
-  if (dir.empty()) throw std::runtime_error("--part needs --dir");
-  JobDir job = LoadJob(dir);
-  Agent agent(job, via, part_name);
-  replay::ReplayOptions ro;
-  ro.restorer = Restorer();
-  ro.agent = agent.socket_name();
-  ro.job_dir = job.dir;
-  for (auto& [n, p] : parts) {
-    if (n == part_name) continue;
-    ro.peer_images.insert(ro.peer_images.end(), p.files.begin(), p.files.end());
-    std::string vhost;
-    pid_t vpid, vppid;
-    // Its starter comes back as a stand-in that ends as that part ends (the
-    // part itself is started by the replay's front, with all others, so that
-    // no part waits for another to be spawned).
-    if (ParseVia(p.via, &vhost, &vpid, &vppid) && vhost == part_name)
-      ro.standins.push_back({vpid, vppid, {SelfExe(), "replay", idir, "--dir", job.dir, "--wait-part", p.name}});
-  }
-  // The name service: a connection of our own to the coordinator.
-  auto ns = std::make_shared<LineConn>(ConnectCoordinator(job, "client"));
-  sockaddr_in me{};
-  socklen_t ml = sizeof me;
-  getsockname(ns->fd(), (sockaddr*)&me, &ml);
-  char ip[64] = "127.0.0.1";
-  inet_ntop(AF_INET, &me.sin_addr, ip, sizeof ip);
-  ro.reach_addr = ip;
-  ro.ns_put = [ns](const std::string& k, const std::string& v) {
-    ns->Send({{"op", "ns_put"}, {"key", k}, {"value", v}});
-    auto r = ns->Recv(30000);
-    if (!r) throw std::runtime_error("the coordinator went away");
-  };
-  ro.ns_get = [ns](const std::string& k) {
-    ns->Send({{"op", "ns_get"}, {"key", k}});
-    auto r = ns->Recv(120000);
-    if (!r) throw std::runtime_error("no other part of the job offered connection " + k.substr(4) + " in time");
-    return r->value("value", std::string());
-  };
-  prctl(PR_SET_CHILD_SUBREAPER, 1);
-  replay::Launched L = replay::LaunchJob(parts[part_name].files, ro);
-  fprintf(stderr, "ibdbg: part %s of %s replaying on %s: %zu processes (job %s)\n", part_name.c_str(), idir.c_str(),
-          ThisHost().c_str(), parts[part_name].files.size(), job.job_id.c_str());
-  fflush(stderr);
-  signal(SIGINT, SIG_IGN);
-  signal(SIGQUIT, SIG_IGN);
-  agent.Watch(L.launcher_child);
-  return agent.Loop();
-}
-
-// The stand-in of a process that started a part through the remote shell:
-// it ends when that part does, with its status.
-int CmdWaitPart(const std::string& dir, const std::string& part) {
-  JobDir job = LoadJob(dir);
-  LineConn c = ConnectCoordinator(job, "client");
-  c.Send({{"op", "wait_part"}, {"part", part}});
-  auto r = c.Recv(-1);
-  if (!r) return 255;
-  return r->value("status", 255);
-}
-
-// The replay of a job of several parts: starts each on its host.
-int CmdReplayParts(const std::string& idir, std::map<std::string, JobPart>& parts, const std::string& dir,
-                   const std::string& listen, const ReplayTarget& t) {
-  std::string here = ThisHost();
-  bool remote = false;
-  for (auto& [n, p] : parts) remote |= t.Where(n) != here;
-  if (remote && listen.rfind("127.", 0) == 0)
-    throw std::runtime_error("parts of the job replay on other hosts: give --listen ADDR, an address of this host "
-                             "they reach");
-  JobDir job = NewOrNamedJob(dir);
-  EnsureCoordinator(job, SelfExe(), listen);
-  fprintf(stderr, "ibdbg: replaying %s: %zu parts (job %s, images in %s/images)\n", idir.c_str(), parts.size(),
-          job.job_id.c_str(), job.dir.c_str());
-  fflush(stderr);
-  std::vector<pid_t> kids;
-  for (auto& [n, p] : parts) {
-    std::vector<std::string> cmd = PartCommand(idir, job.dir, t, p, here);
-    pid_t c = fork();
-    if (c < 0) throw std::runtime_error("fork failed");
-    if (c == 0) ExecOrExit(cmd);
-    kids.push_back(c);
-  }
-  signal(SIGINT, SIG_IGN);
-  signal(SIGQUIT, SIG_IGN);
-  int status = 0;
-  for (size_t i = 0; i < kids.size(); i++) {
-    int st;
-    while (waitpid(kids[i], &st, 0) < 0 && errno == EINTR) {
-    }
-    if (i == 0) status = st;
-  }
-  return ExitCode(status);
-}
 
 // ---- gdb on a whole job --------------------------------------------------------
 // Every process of the replayed job waits, parked in the restorer, for one gdb
@@ -429,7 +273,7 @@ struct GdbProc {
   pid_t image_pid = -1;    // the captured pid
   uint64_t insn = 0;       // the restorer's rt_sigreturn instruction
   std::string exe;
-  std::string connection;  // "" to attach here, else gdb's `target extended-remote` argument
+  std::string connection;  // "" to attach here, else `target remote` with the pid after it
 };
 
 // What ibdbg-attach-job reads: the processes and our metadata.
@@ -486,6 +330,264 @@ bool RunGdbOnJob(const GdbRequest& g, const std::string& session) {
   return WIFEXITED(st) && WEXITSTATUS(st) == 0;
 }
 
+struct JobPart {
+  std::string name;  // the host it was captured on
+  std::vector<std::string> files;
+  std::string via;   // "HOST:PID:PPID" of the process that started it, or ""
+};
+
+std::string ThisHost() {
+  char h[256] = "";
+  gethostname(h, sizeof h - 1);
+  return h;
+}
+
+// This machine's boot and this pid namespace: a part replayed where both are
+// the front's (a "host" that is a network namespace here) is attached plainly
+// by its pids.
+std::string MachineAndPidns() {
+  std::string boot;
+  if (FILE* f = fopen("/proc/sys/kernel/random/boot_id", "r")) {
+    char b[64] = "";
+    if (fgets(b, sizeof b, f)) boot = b;
+    fclose(f);
+    while (!boot.empty() && boot.back() == '\n') boot.pop_back();
+  }
+  struct stat sb;
+  if (boot.empty() || stat("/proc/self/ns/pid", &sb) != 0) return "";
+  return boot + ":" + std::to_string(sb.st_dev) + ":" + std::to_string(sb.st_ino);
+}
+
+std::map<std::string, JobPart> PartsOf(const std::string& idir, const Manifest& m) {
+  std::map<std::string, JobPart> parts;
+  for (auto& p : m.processes) {
+    JobPart& jp = parts[p.host];
+    jp.name = p.host;
+    jp.files.push_back(idir + "/" + p.image);
+  }
+  for (auto& h : m.hosts) {
+    std::string name = h.value("name", ""), via = h.value("via", "");
+    if (parts.count(name) && !via.empty()) parts[name].via = via;
+  }
+  return parts;
+}
+
+std::string ShellQuote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// The command that starts part `name` on its host, from a process on `from`.
+std::vector<std::string> PartCommand(const std::string& idir, const std::string& job_dir, const ReplayTarget& t,
+                                     const JobPart& part, const std::string& from) {
+  std::vector<std::string> cmd = {SelfExe(), "replay", idir, "--part", part.name, "--dir", job_dir,
+                                  "--remote-shell", t.remote_shell};
+  for (auto& [o, n] : t.hosts) cmd.insert(cmd.end(), {"--host", o + "=" + n});
+  if (!part.via.empty()) cmd.insert(cmd.end(), {"--via", part.via});
+  if (t.gdb) cmd.push_back("--gdb-parked");
+  std::string where = t.Where(part.name);
+  if (where == from) return cmd;
+  std::string line = "exec";
+  for (auto& c : cmd) line += " " + ShellQuote(c);
+  return {t.remote_shell, where, line};
+}
+
+// Parses "HOST:PID:PPID".
+bool ParseVia(const std::string& via, std::string* host, pid_t* pid, pid_t* ppid) {
+  size_t b = via.rfind(':');
+  if (b == std::string::npos || b == 0) return false;
+  size_t a = via.rfind(':', b - 1);
+  if (a == std::string::npos) return false;
+  *host = via.substr(0, a);
+  *pid = atoi(via.c_str() + a + 1);
+  *ppid = atoi(via.c_str() + b + 1);
+  return *pid > 0 && *ppid > 0;
+}
+
+int CmdReplayPart(const std::string& image, const std::string& dir, const std::string& part_name,
+                  const std::string& via, bool gdb_parked) {
+  std::string idir = ResolveImageDir(image);
+  Manifest m = ReadManifest(idir);
+  auto parts = PartsOf(idir, m);
+  if (!parts.count(part_name)) throw std::runtime_error(idir + " has no part captured on host " + part_name);
+  if (dir.empty()) throw std::runtime_error("--part needs --dir");
+  JobDir job = LoadJob(dir);
+  Agent agent(job, via, part_name);
+  replay::ReplayOptions ro;
+  ro.restorer = Restorer();
+  ro.agent = agent.socket_name();
+  ro.job_dir = job.dir;
+  for (auto& [n, p] : parts) {
+    if (n == part_name) continue;
+    ro.peer_images.insert(ro.peer_images.end(), p.files.begin(), p.files.end());
+    std::string vhost;
+    pid_t vpid, vppid;
+    // Its starter comes back as a stand-in that ends as that part ends (the
+    // part itself is started by the replay's front, with all others, so that
+    // no part waits for another to be spawned).
+    if (ParseVia(p.via, &vhost, &vpid, &vppid) && vhost == part_name)
+      ro.standins.push_back({vpid, vppid, {SelfExe(), "replay", idir, "--dir", job.dir, "--wait-part", p.name}});
+  }
+  // The name service: a connection of our own to the coordinator.
+  auto ns = std::make_shared<LineConn>(ConnectCoordinator(job, "client"));
+  sockaddr_in me{};
+  socklen_t ml = sizeof me;
+  getsockname(ns->fd(), (sockaddr*)&me, &ml);
+  char ip[64] = "127.0.0.1";
+  inet_ntop(AF_INET, &me.sin_addr, ip, sizeof ip);
+  ro.reach_addr = ip;
+  ro.ns_put = [ns](const std::string& k, const std::string& v) {
+    ns->Send({{"op", "ns_put"}, {"key", k}, {"value", v}});
+    auto r = ns->Recv(30000);
+    if (!r) throw std::runtime_error("the coordinator went away");
+  };
+  ro.ns_get = [ns](const std::string& k) {
+    ns->Send({{"op", "ns_get"}, {"key", k}});
+    auto r = ns->Recv(120000);
+    if (!r) throw std::runtime_error("no other part of the job offered connection " + k.substr(4) + " in time");
+    return r->value("value", std::string());
+  };
+  ro.gdb = gdb_parked;
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  replay::Launched L = replay::LaunchJob(parts[part_name].files, ro);
+  fprintf(stderr, "ibdbg: part %s of %s replaying on %s: %zu processes (job %s)\n", part_name.c_str(), idir.c_str(),
+          ThisHost().c_str(), parts[part_name].files.size(), job.job_id.c_str());
+  fflush(stderr);
+  if (gdb_parked) {
+    // The replay's front attaches gdb to them, here or through the remote shell.
+    json procs = json::array();
+    for (auto& p : L.procs) {
+      if (!replay::WaitParked(p.pid, 10000))
+        fprintf(stderr, "ibdbg: warning: the threads of pid %d did not all park in time\n", p.image_pid);
+      procs.push_back({{"pid", p.pid}, {"image_pid", p.image_pid}, {"insn", p.sigreturn_insn}, {"exe", p.exe}});
+    }
+    ro.ns_put("gdb:" + part_name, json{{"host", ThisHost()}, {"machine", MachineAndPidns()}, {"procs", procs}}.dump());
+  }
+  signal(SIGINT, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
+  agent.Watch(L.launcher_child);
+  return agent.Loop();
+}
+
+// The stand-in of a process that started a part through the remote shell:
+// it ends when that part does, with its status.
+int CmdWaitPart(const std::string& dir, const std::string& part) {
+  JobDir job = LoadJob(dir);
+  LineConn c = ConnectCoordinator(job, "client");
+  c.Send({{"op", "wait_part"}, {"part", part}});
+  auto r = c.Recv(-1);
+  if (!r) return 255;
+  return r->value("status", 255);
+}
+
+// The replay of a job of several parts: starts each on its host.
+// gdb on the parts' processes, which wait parked: each part says which they
+// are through the coordinator's name service.  A part replayed here is
+// attached plainly, one elsewhere through a gdbserver the remote shell starts
+// there (one connection per host, gdb 13's multi-target).
+bool GdbOnParts(const GdbRequest& g, const JobDir& job, const std::string& idir, std::map<std::string, JobPart>& parts,
+                const ReplayTarget& t) {
+  std::string here = ThisHost();
+  Manifest m = ReadManifest(idir);
+  LineConn c = ConnectCoordinator(job, "client");
+  std::map<std::pair<std::string, pid_t>, GdbProc> found;
+  std::map<std::string, std::vector<pid_t>> pids_on;  // where -> pids, to end them if gdb fails
+  bool ok = true;
+  for (auto& [n, p] : parts) {
+    c.Send({{"op", "ns_get"}, {"key", "gdb:" + n}});
+    auto r = c.Recv(120000);
+    if (!r) {
+      fprintf(stderr, "ibdbg: part %s did not come up parked for gdb in time\n", n.c_str());
+      ok = false;
+      continue;
+    }
+    json v = json::parse(r->value("value", std::string("{}")));
+    std::string where = t.Where(n);
+    std::string machine = v.value("machine", "");
+    bool plain = where == here || (!machine.empty() && machine == MachineAndPidns());
+    std::string conn = plain ? "" : "| " + t.remote_shell + " " + where + " gdbserver --attach -";
+    if (plain) where = here;
+    for (auto& q : v["procs"]) {
+      GdbProc gp{n, q.value("pid", -1), q.value("image_pid", -1), q.value("insn", (uint64_t)0), q.value("exe", ""),
+                 conn};
+      found[{n, gp.image_pid}] = gp;
+      pids_on[where].push_back(gp.pid);
+    }
+  }
+  if (ok) {
+    // In the image's order, as for a job of one host.
+    std::vector<GdbProc> procs;
+    for (auto& mp : m.processes) {
+      auto it = found.find({mp.host, mp.pid});
+      if (it != found.end()) procs.push_back(it->second);
+    }
+    try {
+      ok = RunGdbOnJob(g, WriteGdbSession(job, idir, procs, t));
+    } catch (const std::exception& e) {
+      fprintf(stderr, "ibdbg: %s\n", e.what());
+      ok = false;
+    }
+  }
+  if (!ok) {
+    fprintf(stderr, "ibdbg: gdb failed; the replayed job is left stopped and is killed now\n");
+    for (auto& [where, pids] : pids_on) {
+      if (where == here) {
+        for (pid_t pid : pids) kill(pid, SIGKILL);
+        continue;
+      }
+      std::string line = "kill -KILL";
+      for (pid_t pid : pids) line += " " + std::to_string(pid);
+      pid_t k = fork();
+      if (k == 0) ExecOrExit({t.remote_shell, where, line});
+      if (k > 0) waitpid(k, nullptr, 0);
+    }
+  }
+  return ok;
+}
+
+int CmdReplayParts(const std::string& idir, std::map<std::string, JobPart>& parts, const std::string& dir,
+                   const std::string& listen, const ReplayTarget& t, const GdbRequest& g) {
+  std::string here = ThisHost();
+  bool remote = false;
+  for (auto& [n, p] : parts) remote |= t.Where(n) != here;
+  if (remote && listen.rfind("127.", 0) == 0)
+    throw std::runtime_error("parts of the job replay on other hosts: give --listen ADDR, an address of this host "
+                             "they reach");
+  JobDir job = NewOrNamedJob(dir);
+  EnsureCoordinator(job, SelfExe(), listen);
+  fprintf(stderr, "ibdbg: replaying %s: %zu parts (job %s, images in %s/images)\n", idir.c_str(), parts.size(),
+          job.job_id.c_str(), job.dir.c_str());
+  fflush(stderr);
+  std::vector<pid_t> kids;
+  for (auto& [n, p] : parts) {
+    std::vector<std::string> cmd = PartCommand(idir, job.dir, t, p, here);
+    pid_t c = fork();
+    if (c < 0) throw std::runtime_error("fork failed");
+    if (c == 0) {
+      // gdb owns the terminal (or the IDE's MI channel): a remote shell must
+      // not read what is typed to gdb.
+      if (g.any()) {
+        int nul = open("/dev/null", O_RDONLY);
+        if (nul >= 0) dup2(nul, 0), close(nul);
+      }
+      ExecOrExit(cmd);
+    }
+    kids.push_back(c);
+  }
+  signal(SIGINT, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
+  if (g.any()) GdbOnParts(g, job, idir, parts, t);
+  int status = 0;
+  for (size_t i = 0; i < kids.size(); i++) {
+    int st;
+    while (waitpid(kids[i], &st, 0) < 0 && errno == EINTR) {
+    }
+    if (i == 0) status = st;
+  }
+  return ExitCode(status);
+}
+
 int CmdReplay(const std::string& image, const std::string& dir, const GdbRequest& g, const std::string& listen,
               const ReplayTarget& t) {
   std::string idir = ResolveImageDir(image);
@@ -500,11 +602,11 @@ int CmdReplay(const std::string& image, const std::string& dir, const GdbRequest
     }
   if (parts.size() > 1 || (parts.size() == 1 && t.Where(parts.begin()->first) != parts.begin()->first &&
                            t.Where(parts.begin()->first) != ThisHost())) {
-    if (g.any())
-      throw std::runtime_error("--gdb replays jobs of one host; this one spans " + std::to_string(parts.size()) +
-                               " (replay it without --gdb, or attach gdb to a part's process)");
     if (t.lazy) throw std::runtime_error("--lazy replays jobs of one host; this one spans " + std::to_string(parts.size()));
-    return CmdReplayParts(idir, parts, dir, listen, t);
+    ReplayTarget tg = t;
+    tg.gdb = g.any();
+    if (g.any()) GdbScript();  // a broken installation fails before anything runs
+    return CmdReplayParts(idir, parts, dir, listen, tg, g);
   }
   std::vector<std::string> files;
   for (auto& p : m.processes) files.push_back(idir + "/" + p.image);
@@ -626,6 +728,8 @@ int main(int argc, char** argv) {
   replay->add_option("--via", via, "")->group("");    // internal: the part's starter
   std::string wait_part;
   replay->add_option("--wait-part", wait_part, "")->group("");  // internal: a starter's stand-in
+  bool gdb_parked = false;
+  replay->add_flag("--gdb-parked", gdb_parked, "")->group("");  // internal: a part waits for the front's gdb
   bool gdb_mi = false;
   replay->add_flag("--gdb", gdb,
                    "Attach gdb, interactive, to every process of the job (one inferior each), stopped where it was "
@@ -676,7 +780,7 @@ int main(int argc, char** argv) {
         target.hosts[hm.substr(0, eq)] = hm.substr(eq + 1);
       }
       if (!wait_part.empty()) return CmdWaitPart(dir, wait_part);
-      if (!part.empty()) return CmdReplayPart(image, dir, part, via);
+      if (!part.empty()) return CmdReplayPart(image, dir, part, via, gdb_parked);
       GdbRequest g;
       int modes = (int)gdb + (int)(replay->count("--gdb-batch") > 0) + (int)gdb_mi;
       if (modes > 1) throw std::runtime_error("--gdb, --gdb-batch and --gdb-mi exclude each other: give one");
