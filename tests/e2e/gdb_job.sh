@@ -35,7 +35,7 @@ wait
 # processes see it.
 touch "$go"
 "${as[@]}" "$ibdbg" replay "$img" --dir "$work/job2" \
-  --gdb-batch 'info ibdbg;thread apply all bt;ibdbg-each print worker_token' > "$work/replay.out" 2>&1
+  --gdb-batch 'info ibdbg;thread apply all bt;ibdbg-each print worker_token;info verbs all' > "$work/replay.out" 2>&1
 rc=$?
 out=$work/replay.out
 [ $rc = 0 ] || fail "replay exited with $rc"
@@ -76,6 +76,31 @@ assert not re.search(r"^#0 +0x00003f", text, re.M), "a thread stands in the rest
 tokens = sorted(int(v) for v in re.findall(r"^\$\d+ = (\d+)", text, re.M))
 assert tokens == [0, 1001, 1002, 1003], "worker tokens %s" % tokens
 assert "detached from %d process(es)" % n in text, "not every process was detached"
+# info verbs all: this job has none (the decoding is checked below).
+assert len(re.findall(r"^inferior \d+ \(\S+/proc \d+, pid \d+\): no verbs state$", text, re.M)) == n, \
+    "info verbs all does not answer for every inferior"
 PY
+# info verbs's formatting of `ibdbg inspect --json`'s verbs record, on a record
+# of every kind of object.
+cat > "$work/verbs.json" <<'EOF'
+{"backend": "softrdma", "posts_blocked": false, "backend_threads": [], "backend_fds": [], "objects": [
+ {"kind": "context", "handle": "0x1", "device": "softrdma0", "cmd_fd": 5, "async_fd": 6},
+ {"kind": "pd", "handle": "0x2", "context": "0x1"},
+ {"kind": "mr", "handle": "0x3", "pd": "0x2", "addr": "0x7f0000001000", "length": 4096, "access": "0x7",
+  "lkey": "0x11", "rkey": "0x12"},
+ {"kind": "cq", "handle": "0x4", "cqe": 16, "buffered": 2, "extended": false},
+ {"kind": "srq", "handle": "0x6", "pd": "0x2", "max_wr": 64, "max_sge": 1, "srq_limit": 0, "recvs_posted": 5},
+ {"kind": "qp", "handle": "0x5", "qpn": "0x42", "type": "RC", "state": "RTS", "pd": "0x2", "send_cq": "0x4",
+  "recv_cq": "0x4", "srq": "0x6", "max_send_wr": 16, "max_recv_wr": 16, "dest_qpn": "0x43", "dlid": 1, "port": 1,
+  "sq_psn": 100, "rq_psn": 200, "qkey": "0x0", "sends_outstanding": 3, "recvs_posted": 0, "wr_api": false}]}
+EOF
+gdb -q -nx -batch -x "$build/share/ibdbg/ibdbg.py" \
+  -ex "python import json; print(chr(10).join(format_verbs(json.load(open('$work/verbs.json')))))" > "$work/verbs.out" 2>&1
+for want in "device softrdma0" "PD 0x2" \
+            "MR 0x3  pd 0x2  \[0x7f0000001000, 0x7f0000002000) 4096 bytes  access LOCAL_WRITE|REMOTE_WRITE|REMOTE_READ" \
+            "CQ 0x4  cqe 16  2 completion(s) buffered" "SRQ 0x6 .* 5 receive(s) posted" \
+            "QP 0x5  qpn 0x42  RC  RTS  peer qpn 0x43 lid 1 port 1  sq_psn 100 rq_psn 200  3 send(s) outstanding"; do
+  grep -q -- "$want" "$work/verbs.out" || fail "info verbs does not show '$want'"
+done
 grep -q "^PASS" "$work/run.out" || fail "the job did not end well after gdb let it go"
 echo "ok: gdb on a whole job of 4 processes${as[*]:+ (unprivileged)}"
