@@ -134,6 +134,11 @@ class Mi:
 
 
 try:
+    # The documented VS Code set-up starts this same wrapper and runs nothing.
+    import json
+    conf = json.load(open(os.path.join(here, "../../examples/vscode/launch.json")))["configurations"][0]
+    if not conf["miDebuggerPath"].endswith("/examples/vscode/ibdbg-mi") or conf["launchCompleteCommand"] != "None":
+        fail("examples/vscode/launch.json does not start ibdbg-mi without running the program")
     go = os.path.join(work, "go")
     with open(log, "w") as f:
         pass
