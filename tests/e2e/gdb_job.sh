@@ -103,4 +103,19 @@ for want in "device softrdma0" "PD 0x2" \
   grep -q -- "$want" "$work/verbs.out" || fail "info verbs does not show '$want'"
 done
 grep -q "^PASS" "$work/run.out" || fail "the job did not end well after gdb let it go"
+# Names by MPI rank where the manifest gives one (`rank` in a process entry),
+# by index where it does not.
+mkdir -p "$work/ranked"
+cat > "$work/ranked/manifest.json" <<'EOF'
+{"processes": [{"pid": 10, "host": "a", "exe": "/bin/mpirun"}, {"pid": 11, "host": "a", "rank": 0},
+               {"pid": 12, "host": "b", "rank": 1}]}
+EOF
+cat > "$work/ranked/session.json" <<EOF
+{"image": "$work/ranked", "processes": [{"host": "a", "pid": 100, "image_pid": 10, "insn": 0},
+  {"host": "a", "pid": 101, "image_pid": 11, "insn": 0}, {"host": "b", "pid": 102, "image_pid": 12, "insn": 0}]}
+EOF
+gdb -q -nx -batch -x "$build/share/ibdbg/ibdbg.py" \
+  -ex "python print('names:', [p['name'] for p in load_session('$work/ranked/session.json')['processes']])" \
+  > "$work/names.out" 2>&1
+grep -qF "names: ['a/proc 0', 'a/rank 0', 'b/rank 1']" "$work/names.out" || fail "inferiors are not named by rank: $(cat "$work/names.out")"
 echo "ok: gdb on a whole job of 4 processes${as[*]:+ (unprivileged)}"
