@@ -2020,7 +2020,7 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
     hdr->nthreads = (uint32_t)p.threads.size();
     hdr->status_fd = TargetOf(p, p.status_w);
     hdr->exe_fd = p.exe_fd >= 0 ? TargetOf(p, p.exe_fd) : -1;
-    hdr->gdb_mode = opts.gdb && &p == all[roots[0]].get();
+    hdr->gdb_mode = opts.gdb;
     hdr->close_from = p.close_from;
     hdr->ncloexec = (uint32_t)p.cloexec.size();
     hdr->vdso_patch = p.vdso_patch;
@@ -2158,6 +2158,7 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
       if (c == IBDBG_RST_FAILED) Fail("replay failed: " + msg);
       if (c != IBDBG_RST_PARKED) Fail("replay failed: the restorer stopped early");
       L.sigreturn_insn = addr;
+      L.procs.push_back({pp->outer_pid, pp->m.proc.pid, addr, pp->m.proc.exe});
     }
     if (times && *times == '1') {
       auto ms = [&](std::chrono::steady_clock::time_point t) {

@@ -21,7 +21,7 @@ struct ReplayOptions {
   std::string restorer;     // path of ibdbg-restore
   std::string agent;        // socket name the replayed library reconnects to
   std::string job_dir;
-  bool gdb = false;         // park threads for gdb instead of running them
+  bool gdb = false;         // park every process's threads for gdb instead of running them
   bool verbose = false;
   // Pages of private anonymous memory arrive on demand (userfaultfd) and in
   // the background instead of before the process runs; root only.
@@ -57,6 +57,15 @@ struct Launched {
   std::vector<pid_t> pids;      // every replayed process, as this namespace sees it
   // Lazy replay: serves the pages until all are present (see page_fill.h).
   std::shared_ptr<PageServer> pages;
+  // Every replayed process, in the order of the image files given (gdb
+  // attaches to each and steps its threads over rt_sigreturn).
+  struct Proc {
+    pid_t pid = -1;        // as this namespace sees it
+    pid_t image_pid = -1;  // the captured one
+    uint64_t sigreturn_insn = 0;
+    std::string exe;
+  };
+  std::vector<Proc> procs;
 };
 
 // Starts the single process of `image_file` (a proc-*.img).  Throws
@@ -66,7 +75,8 @@ Launched LaunchProcess(const std::string& image_file, const ReplayOptions& opts)
 // Starts every process of an image (its proc-*.img files) as the tree they
 // formed, in one pid namespace, sharing the pipes and shared memory they
 // shared.  The first root process (lowest pid without a parent in the image)
-// is the one gdb attaches to and whose exit status is the job's.
+// is the one whose exit status is the job's; with opts.gdb every process
+// waits, parked, for a debugger (Launched::procs).
 Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOptions& opts);
 
 // Waits until every thread of `pid` sits parked in the restorer.

@@ -3,7 +3,7 @@
 # Idempotent; quiet when everything is there.
 set -eu
 pkgs=(build-essential cmake pkg-config libzstd-dev libxxhash-dev nlohmann-json3-dev libcli11-dev
-      libgtest-dev gdb util-linux procps iproute2 python3
+      libgtest-dev gdb gdbserver util-linux procps iproute2 python3
       libibverbs-dev librdmacm-dev rdma-core ibverbs-utils perftest rdmacm-utils
       openmpi-bin libopenmpi-dev
       mpich libmpich-dev)

@@ -255,11 +255,89 @@ struct ReplayTarget {
   std::string remote_shell = "ssh";
   bool lazy = false;  // --lazy: pages on demand (replay/page_fill.h)
   std::string device;  // --device softrdma:MODE | DEVNAME: the verbs device of the replay
+  bool gdb = false;   // every part parks its processes for one gdb session
   std::string Where(const std::string& part) const {
     auto it = hosts.find(part);
     return it == hosts.end() ? part : it->second;
   }
 };
+
+// ---- gdb on a whole job --------------------------------------------------------
+// Every process of the replayed job waits, parked in the restorer, for one gdb
+// session that attaches to each (one inferior per process) and steps its
+// threads to their capture point (gdb/ibdbg.py: ibdbg-attach-job).
+
+enum class GdbMode { kNone, kInteractive, kBatch, kMi };
+
+struct GdbRequest {
+  GdbMode mode = GdbMode::kNone;
+  std::string batch;  // --gdb-batch's commands
+  bool any() const { return mode != GdbMode::kNone; }
+};
+
+// One process of the job as gdb reaches it.
+struct GdbProc {
+  std::string host;        // where it was captured
+  pid_t pid = -1;          // as the host it runs on sees it
+  pid_t image_pid = -1;    // the captured pid
+  uint64_t insn = 0;       // the restorer's rt_sigreturn instruction
+  std::string exe;
+  std::string connection;  // "" to attach here, else `target remote` with the pid after it
+};
+
+// What ibdbg-attach-job reads: the processes and our metadata.
+std::string WriteGdbSession(const JobDir& job, const std::string& idir, const std::vector<GdbProc>& procs,
+                            const ReplayTarget& t) {
+  json s;
+  s["ibdbg"] = SelfExe();
+  s["image"] = idir;
+  s["replay_job"] = job.job_id;
+  s["replay_dir"] = job.dir;
+  json where = json::object();
+  for (auto& [o, n] : t.hosts) where[o] = n;
+  s["where"] = where;
+  json ps = json::array();
+  for (auto& p : procs)
+    ps.push_back({{"host", p.host}, {"pid", p.pid}, {"image_pid", p.image_pid}, {"insn", p.insn}, {"exe", p.exe},
+                  {"connection", p.connection}});
+  s["processes"] = ps;
+  std::string path = job.dir + "/gdb-session.json";
+  std::string tmp = path + ".tmp";
+  FILE* f = fopen(tmp.c_str(), "w");
+  if (!f) throw std::runtime_error("cannot write " + tmp + ": " + strerror(errno));
+  std::string text = s.dump(2) + "\n";
+  bool ok = fwrite(text.data(), 1, text.size(), f) == text.size();
+  ok = fclose(f) == 0 && ok;
+  if (!ok || rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot write " + path);
+  return path;
+}
+
+// Runs gdb on the job's processes; true if it ended well (each process then
+// runs on, detached).
+bool RunGdbOnJob(const GdbRequest& g, const std::string& session) {
+  std::vector<std::string> args = {"gdb", "-q", "-nx"};
+  if (g.mode == GdbMode::kBatch) args.push_back("-batch");
+  if (g.mode == GdbMode::kMi) args.push_back("-i=mi");
+  // The replay has its own mount namespace (for its /proc): read files from ours,
+  // which needs no privilege, instead of gdb's default "target:" sysroot.
+  for (const char* c : {"set pagination off", "set confirm off", "set sysroot /"}) args.insert(args.end(), {"-iex", c});
+  args.insert(args.end(), {"-x", GdbScript(), "-ex", "ibdbg-attach-job " + session});
+  if (g.mode == GdbMode::kBatch) {
+    for (auto& c : SplitCommands(g.batch)) args.insert(args.end(), {"-ex", c});
+    args.insert(args.end(), {"-ex", "ibdbg-detach-all"});
+  }
+  pid_t pid = fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    signal(SIGINT, SIG_DFL);
+    signal(SIGQUIT, SIG_DFL);
+    ExecOrExit(args);
+  }
+  int st;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
 
 struct JobPart {
   std::string name;  // the host it was captured on
@@ -271,6 +349,22 @@ std::string ThisHost() {
   char h[256] = "";
   gethostname(h, sizeof h - 1);
   return h;
+}
+
+// This machine's boot and this pid namespace: a part replayed where both are
+// the front's (a "host" that is a network namespace here) is attached plainly
+// by its pids.
+std::string MachineAndPidns() {
+  std::string boot;
+  if (FILE* f = fopen("/proc/sys/kernel/random/boot_id", "r")) {
+    char b[64] = "";
+    if (fgets(b, sizeof b, f)) boot = b;
+    fclose(f);
+    while (!boot.empty() && boot.back() == '\n') boot.pop_back();
+  }
+  struct stat sb;
+  if (boot.empty() || stat("/proc/self/ns/pid", &sb) != 0) return "";
+  return boot + ":" + std::to_string(sb.st_dev) + ":" + std::to_string(sb.st_ino);
 }
 
 std::map<std::string, JobPart> PartsOf(const std::string& idir, const Manifest& m) {
@@ -301,6 +395,7 @@ std::vector<std::string> PartCommand(const std::string& idir, const std::string&
   for (auto& [o, n] : t.hosts) cmd.insert(cmd.end(), {"--host", o + "=" + n});
   if (!t.device.empty()) cmd.insert(cmd.end(), {"--device", t.device});
   if (!part.via.empty()) cmd.insert(cmd.end(), {"--via", part.via});
+  if (t.gdb) cmd.push_back("--gdb-parked");
   std::string where = t.Where(part.name);
   if (where == from) return cmd;
   std::string line = "exec";
@@ -321,7 +416,7 @@ bool ParseVia(const std::string& via, std::string* host, pid_t* pid, pid_t* ppid
 }
 
 int CmdReplayPart(const std::string& image, const std::string& dir, const std::string& part_name,
-                  const std::string& via, const std::string& device) {
+                  const std::string& via, const std::string& device, bool gdb_parked) {
   std::string idir = ResolveImageDir(image);
   Manifest m = ReadManifest(idir);
   auto parts = PartsOf(idir, m);
@@ -364,11 +459,22 @@ int CmdReplayPart(const std::string& image, const std::string& dir, const std::s
     if (!r) throw std::runtime_error("no other part of the job offered connection " + k.substr(4) + " in time");
     return r->value("value", std::string());
   };
+  ro.gdb = gdb_parked;
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   replay::Launched L = replay::LaunchJob(parts[part_name].files, ro);
   fprintf(stderr, "ibdbg: part %s of %s replaying on %s: %zu processes (job %s)\n", part_name.c_str(), idir.c_str(),
           ThisHost().c_str(), parts[part_name].files.size(), job.job_id.c_str());
   fflush(stderr);
+  if (gdb_parked) {
+    // The replay's front attaches gdb to them, here or through the remote shell.
+    json procs = json::array();
+    for (auto& p : L.procs) {
+      if (!replay::WaitParked(p.pid, 10000))
+        fprintf(stderr, "ibdbg: warning: the threads of pid %d did not all park in time\n", p.image_pid);
+      procs.push_back({{"pid", p.pid}, {"image_pid", p.image_pid}, {"insn", p.sigreturn_insn}, {"exe", p.exe}});
+    }
+    ro.ns_put("gdb:" + part_name, json{{"host", ThisHost()}, {"machine", MachineAndPidns()}, {"procs", procs}}.dump());
+  }
   signal(SIGINT, SIG_IGN);
   signal(SIGQUIT, SIG_IGN);
   agent.Watch(L.launcher_child);
@@ -387,8 +493,72 @@ int CmdWaitPart(const std::string& dir, const std::string& part) {
 }
 
 // The replay of a job of several parts: starts each on its host.
+// gdb on the parts' processes, which wait parked: each part says which they
+// are through the coordinator's name service.  A part replayed here is
+// attached plainly, one elsewhere through a gdbserver the remote shell starts
+// there (one connection per host, gdb 13's multi-target).
+bool GdbOnParts(const GdbRequest& g, const JobDir& job, const std::string& idir, std::map<std::string, JobPart>& parts,
+                const ReplayTarget& t) {
+  std::string here = ThisHost();
+  Manifest m = ReadManifest(idir);
+  LineConn c = ConnectCoordinator(job, "client");
+  std::map<std::pair<std::string, pid_t>, GdbProc> found;
+  std::map<std::string, std::vector<pid_t>> pids_on;  // where -> pids, to end them if gdb fails
+  bool ok = true;
+  for (auto& [n, p] : parts) {
+    c.Send({{"op", "ns_get"}, {"key", "gdb:" + n}});
+    auto r = c.Recv(120000);
+    if (!r) {
+      fprintf(stderr, "ibdbg: part %s did not come up parked for gdb in time\n", n.c_str());
+      ok = false;
+      continue;
+    }
+    json v = json::parse(r->value("value", std::string("{}")));
+    std::string where = t.Where(n);
+    std::string machine = v.value("machine", "");
+    bool plain = where == here || (!machine.empty() && machine == MachineAndPidns());
+    std::string conn = plain ? "" : "| " + t.remote_shell + " " + where + " gdbserver --attach -";
+    if (plain) where = here;
+    for (auto& q : v["procs"]) {
+      GdbProc gp{n, q.value("pid", -1), q.value("image_pid", -1), q.value("insn", (uint64_t)0), q.value("exe", ""),
+                 conn};
+      found[{n, gp.image_pid}] = gp;
+      pids_on[where].push_back(gp.pid);
+    }
+  }
+  if (ok) {
+    // In the image's order, as for a job of one host.
+    std::vector<GdbProc> procs;
+    for (auto& mp : m.processes) {
+      auto it = found.find({mp.host, mp.pid});
+      if (it != found.end()) procs.push_back(it->second);
+    }
+    try {
+      ok = RunGdbOnJob(g, WriteGdbSession(job, idir, procs, t));
+    } catch (const std::exception& e) {
+      fprintf(stderr, "ibdbg: %s\n", e.what());
+      ok = false;
+    }
+  }
+  if (!ok) {
+    fprintf(stderr, "ibdbg: gdb failed; the replayed job is left stopped and is killed now\n");
+    for (auto& [where, pids] : pids_on) {
+      if (where == here) {
+        for (pid_t pid : pids) kill(pid, SIGKILL);
+        continue;
+      }
+      std::string line = "kill -KILL";
+      for (pid_t pid : pids) line += " " + std::to_string(pid);
+      pid_t k = fork();
+      if (k == 0) ExecOrExit({t.remote_shell, where, line});
+      if (k > 0) waitpid(k, nullptr, 0);
+    }
+  }
+  return ok;
+}
+
 int CmdReplayParts(const std::string& idir, std::map<std::string, JobPart>& parts, const std::string& dir,
-                   const std::string& listen, const ReplayTarget& t) {
+                   const std::string& listen, const ReplayTarget& t, const GdbRequest& g) {
   std::string here = ThisHost();
   bool remote = false;
   for (auto& [n, p] : parts) remote |= t.Where(n) != here;
@@ -405,11 +575,20 @@ int CmdReplayParts(const std::string& idir, std::map<std::string, JobPart>& part
     std::vector<std::string> cmd = PartCommand(idir, job.dir, t, p, here);
     pid_t c = fork();
     if (c < 0) throw std::runtime_error("fork failed");
-    if (c == 0) ExecOrExit(cmd);
+    if (c == 0) {
+      // gdb owns the terminal (or the IDE's MI channel): a remote shell must
+      // not read what is typed to gdb.
+      if (g.any()) {
+        int nul = open("/dev/null", O_RDONLY);
+        if (nul >= 0) dup2(nul, 0), close(nul);
+      }
+      ExecOrExit(cmd);
+    }
     kids.push_back(c);
   }
   signal(SIGINT, SIG_IGN);
   signal(SIGQUIT, SIG_IGN);
+  if (g.any()) GdbOnParts(g, job, idir, parts, t);
   int status = 0;
   for (size_t i = 0; i < kids.size(); i++) {
     int st;
@@ -420,52 +599,7 @@ int CmdReplayParts(const std::string& idir, std::map<std::string, JobPart>& part
   return ExitCode(status);
 }
 
-// The link layer a verbs image's record says it is for (0: no verbs state, or
-// unknown), from every process's record.
-uint32_t ImageLinkLayer(const std::string& idir, const Manifest& m) {
-  for (auto& p : m.processes) {
-    ImageReader r(idir + "/" + p.image);
-    RecordHeader h;
-    std::vector<uint8_t> data;
-    while (r.NextHeader(h)) {
-      if (h.type != static_cast<uint32_t>(RecordType::Verbs)) {
-        r.SkipPayload();
-        continue;
-      }
-      r.ReadPayload(data);
-      ibdbg_verbs_hdr vh;
-      if (data.size() < sizeof vh) throw std::runtime_error(idir + "/" + p.image + ": verbs record is damaged");
-      std::memcpy(&vh, data.data(), sizeof vh);
-      if (vh.link_layer) return vh.link_layer;
-    }
-  }
-  return 0;
-}
-
-// --device: "softrdma:roce", "softrdma:ib" or a device name of this host.
-uint32_t TargetLinkLayer(const std::string& device) {
-  if (device == "softrdma:roce") return kLinkEthernet;
-  if (device == "softrdma:ib") return kLinkInfiniBand;
-  if (device.rfind("softrdma:", 0) == 0)
-    throw std::runtime_error("bad --device " + device + ": softrdma's modes are softrdma:roce and softrdma:ib");
-  return DeviceLinkLayer(device);
-}
-
-// A verbs image replays on a device of the fabric it is for; the other one
-// needs `ibdbg translate` first.  Checked before anything starts.
-void CheckFabric(const std::string& idir, const Manifest& m, const std::string& device) {
-  if (device.empty()) return;
-  uint32_t have = ImageLinkLayer(idir, m);
-  if (!have) return;
-  uint32_t want = TargetLinkLayer(device);
-  if (have == want) return;
-  throw std::runtime_error(idir + " holds " + LinkLayerName(have) + " verbs state but " + device + " is " +
-                           LinkLayerName(want) + ": run `ibdbg translate " + idir + " -o OUT --fabric " +
-                           (want == kLinkEthernet ? "roce" : "ib") + "` and replay OUT");
-}
-
-int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const std::string& gdb_batch,
-              const std::string& listen, const ReplayTarget& t) {
+                  const std::string& via, const std::string& device, bool gdb_parked) {
   std::string idir = ResolveImageDir(image);
   Manifest m = ReadManifest(idir);
   CheckFabric(idir, m, t.device);
@@ -479,17 +613,17 @@ int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const 
     }
   if (parts.size() > 1 || (parts.size() == 1 && t.Where(parts.begin()->first) != parts.begin()->first &&
                            t.Where(parts.begin()->first) != ThisHost())) {
-    if (gdb || !gdb_batch.empty())
-      throw std::runtime_error("--gdb replays jobs of one host; this one spans " + std::to_string(parts.size()) +
-                               " (replay it without --gdb, or attach gdb to a part's process)");
     if (t.lazy) throw std::runtime_error("--lazy replays jobs of one host; this one spans " + std::to_string(parts.size()));
-    return CmdReplayParts(idir, parts, dir, listen, t);
+    ReplayTarget tg = t;
+    tg.gdb = g.any();
+    if (g.any()) GdbScript();  // a broken installation fails before anything runs
+    return CmdReplayParts(idir, parts, dir, listen, tg, g);
   }
   std::vector<std::string> files;
   for (auto& p : m.processes) files.push_back(idir + "/" + p.image);
   std::string restorer = Restorer();
-  bool with_gdb = gdb || !gdb_batch.empty();
-  std::string script = with_gdb ? GdbScript() : "";
+  bool with_gdb = g.any();
+  if (with_gdb) GdbScript();  // a broken installation fails before anything runs
   JobDir job = NewOrNamedJob(dir);
   EnsureCoordinator(job, SelfExe());
   Agent agent(job, "");
@@ -520,34 +654,25 @@ int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const 
   signal(SIGINT, SIG_IGN);
   signal(SIGQUIT, SIG_IGN);
   if (with_gdb) {
-    if (!replay::WaitParked(L.pid, 10000)) fprintf(stderr, "ibdbg: warning: threads did not all park in time\n");
-    char insn[32];
-    snprintf(insn, sizeof insn, "0x%llx", (unsigned long long)L.sigreturn_insn);
-    std::vector<std::string> args = {"gdb", "-q", "-nx"};
-    if (!gdb_batch.empty()) args.push_back("-batch");
-    // The replay has its own mount namespace (for its /proc): read files from ours,
-    // which needs no privilege, instead of gdb's default "target:" sysroot.
-    for (const char* c : {"set pagination off", "set confirm off", "set sysroot /"}) args.insert(args.end(), {"-iex", c});
-    args.insert(args.end(), {"-x", script});
-    if (Exists(L.exe)) args.push_back(L.exe);
-    args.insert(args.end(), {"-p", std::to_string(L.pid)});
-    args.insert(args.end(), {"-ex", std::string("ibdbg-release ") + insn});
-    if (!gdb_batch.empty()) {
-      for (auto& c : SplitCommands(gdb_batch)) args.insert(args.end(), {"-ex", c});
-      args.insert(args.end(), {"-ex", "detach"});
+    std::vector<GdbProc> procs;
+    for (size_t i = 0; i < L.procs.size(); i++) {
+      auto& p = L.procs[i];
+      if (!replay::WaitParked(p.pid, 10000))
+        fprintf(stderr, "ibdbg: warning: the threads of pid %d did not all park in time\n", p.image_pid);
+      procs.push_back({i < m.processes.size() ? m.processes[i].host : ThisHost(), p.pid, p.image_pid,
+                       p.sigreturn_insn, p.exe, ""});
     }
-    pid_t g = fork();
-    if (g == 0) {
-      signal(SIGINT, SIG_DFL);
-      signal(SIGQUIT, SIG_DFL);
-      ExecOrExit(args);
+    bool ok = false;
+    try {
+      ok = RunGdbOnJob(g, WriteGdbSession(job, idir, procs, t));
+    } catch (const std::exception& e) {
+      fprintf(stderr, "ibdbg: %s\n", e.what());
     }
-    int st;
-    while (waitpid(g, &st, 0) < 0 && errno == EINTR) {
-    }
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-      fprintf(stderr, "ibdbg: gdb failed; the replayed process (pid %d) is left stopped and is killed now\n", L.pid);
-      kill(L.pid, SIGKILL);
+    if (!ok) {
+      // A process gdb did not release waits, parked, forever.
+      fprintf(stderr, "ibdbg: gdb failed; the replayed job (%zu processes) is left stopped and is killed now\n",
+              L.procs.size());
+      for (auto& p : L.procs) kill(p.pid, SIGKILL);
     }
   }
   agent.Watch(L.launcher_child);
@@ -634,9 +759,15 @@ int main(int argc, char** argv) {
   replay->add_option("--via", via, "")->group("");    // internal: the part's starter
   std::string wait_part;
   replay->add_option("--wait-part", wait_part, "")->group("");  // internal: a starter's stand-in
-  auto* g1 = replay->add_flag("--gdb", gdb, "Attach gdb, interactive, with the process stopped where it was captured");
-  auto* g2 = replay->add_option("--gdb-batch", gdb_batch, "Run these gdb commands (';'-separated), then let it run on");
-  g1->excludes(g2);
+  bool gdb_parked = false;
+  replay->add_flag("--gdb-parked", gdb_parked, "")->group("");  // internal: a part waits for the front's gdb
+  bool gdb_mi = false;
+  replay->add_flag("--gdb", gdb,
+                   "Attach gdb, interactive, to every process of the job (one inferior each), stopped where it was "
+                   "captured");
+  replay->add_option("--gdb-batch", gdb_batch,
+                     "Run these gdb commands (';'-separated) with every process attached, then let the job run on");
+  replay->add_flag("--gdb-mi", gdb_mi, "As --gdb, speaking GDB/MI on stdin/stdout (for an IDE; examples/vscode)");
   replay->add_option("--dir", dir, "Job directory for the replayed job (default: a new one)");
   replay->add_option("--device", target.device,
                      "The verbs device to replay on: softrdma:roce, softrdma:ib or a device name of this host; an "
@@ -701,9 +832,17 @@ int main(int argc, char** argv) {
       if (!wait_part.empty()) return CmdWaitPart(dir, wait_part);
       if (!part.empty()) {
         if (!target.device.empty()) TargetLinkLayer(target.device);  // a bad --device is said before anything starts
-        return CmdReplayPart(image, dir, part, via, target.device);
+        return CmdReplayPart(image, dir, part, via, target.device, gdb_parked);
       }
-      return CmdReplay(image, dir, gdb, gdb_batch, listen, target);
+      GdbRequest g;
+      int modes = (int)gdb + (int)(replay->count("--gdb-batch") > 0) + (int)gdb_mi;
+      if (modes > 1) throw std::runtime_error("--gdb, --gdb-batch and --gdb-mi exclude each other: give one");
+      if (replay->count("--gdb-batch") && SplitCommands(gdb_batch).empty())
+        throw std::runtime_error("--gdb-batch needs gdb commands, e.g. --gdb-batch 'info ibdbg;thread apply all bt'");
+      if (gdb) g.mode = GdbMode::kInteractive;
+      if (replay->count("--gdb-batch")) g.mode = GdbMode::kBatch, g.batch = gdb_batch;
+      if (gdb_mi) g.mode = GdbMode::kMi;
+      return CmdReplay(image, dir, g, listen, target);
     }
     if (*inspect) {
       std::cout << (verbs_only ? tools::InspectVerbs(image, json_out) : tools::InspectImage(image, json_out));

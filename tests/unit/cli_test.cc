@@ -54,13 +54,19 @@ TEST(Cli, HelpListsEveryCommand) {
   Result sub = Ibdbg("replay --help");
   EXPECT_EQ(sub.status, 0);
   EXPECT_NE(sub.out.find("--gdb-batch"), std::string::npos);
+  EXPECT_NE(sub.out.find("--gdb-mi"), std::string::npos);
+  EXPECT_EQ(sub.out.find("--gdb-parked"), std::string::npos) << "internal option shown";
 }
 
 TEST(Cli, NoCommandIsAnError) { EXPECT_NE(Ibdbg("").status, 0); }
 
 TEST(Cli, UnknownOptionIsAnError) { EXPECT_NE(Ibdbg("capture --bogus").status, 0); }
 
-TEST(Cli, GdbModesExcludeEachOther) { EXPECT_NE(Ibdbg("replay /x --gdb --gdb-batch bt").status, 0); }
+TEST(Cli, GdbModesExcludeEachOther) {
+  for (const char* args : {"replay /x --gdb --gdb-batch bt", "replay /x --gdb --gdb-mi", "replay /x --gdb-batch bt --gdb-mi"})
+    ExpectOneLineError(Ibdbg(args), "exclude each other");
+  ExpectOneLineError(Ibdbg("replay /x --gdb-batch ';'"), "--gdb-batch needs gdb commands");
+}
 
 TEST(Cli, MissingImage) {
   ExpectOneLineError(Ibdbg("replay /nonexistent/image"), "/nonexistent/image");
