@@ -599,7 +599,52 @@ int CmdReplayParts(const std::string& idir, std::map<std::string, JobPart>& part
   return ExitCode(status);
 }
 
-                  const std::string& via, const std::string& device, bool gdb_parked) {
+// The link layer a verbs image's record says it is for (0: no verbs state, or
+// unknown), from every process's record.
+uint32_t ImageLinkLayer(const std::string& idir, const Manifest& m) {
+  for (auto& p : m.processes) {
+    ImageReader r(idir + "/" + p.image);
+    RecordHeader h;
+    std::vector<uint8_t> data;
+    while (r.NextHeader(h)) {
+      if (h.type != static_cast<uint32_t>(RecordType::Verbs)) {
+        r.SkipPayload();
+        continue;
+      }
+      r.ReadPayload(data);
+      ibdbg_verbs_hdr vh;
+      if (data.size() < sizeof vh) throw std::runtime_error(idir + "/" + p.image + ": verbs record is damaged");
+      std::memcpy(&vh, data.data(), sizeof vh);
+      if (vh.link_layer) return vh.link_layer;
+    }
+  }
+  return 0;
+}
+
+// --device: "softrdma:roce", "softrdma:ib" or a device name of this host.
+uint32_t TargetLinkLayer(const std::string& device) {
+  if (device == "softrdma:roce") return kLinkEthernet;
+  if (device == "softrdma:ib") return kLinkInfiniBand;
+  if (device.rfind("softrdma:", 0) == 0)
+    throw std::runtime_error("bad --device " + device + ": softrdma's modes are softrdma:roce and softrdma:ib");
+  return DeviceLinkLayer(device);
+}
+
+// A verbs image replays on a device of the fabric it is for; the other one
+// needs `ibdbg translate` first.  Checked before anything starts.
+void CheckFabric(const std::string& idir, const Manifest& m, const std::string& device) {
+  if (device.empty()) return;
+  uint32_t have = ImageLinkLayer(idir, m);
+  if (!have) return;
+  uint32_t want = TargetLinkLayer(device);
+  if (have == want) return;
+  throw std::runtime_error(idir + " holds " + LinkLayerName(have) + " verbs state but " + device + " is " +
+                           LinkLayerName(want) + ": run `ibdbg translate " + idir + " -o OUT --fabric " +
+                           (want == kLinkEthernet ? "roce" : "ib") + "` and replay OUT");
+}
+
+int CmdReplay(const std::string& image, const std::string& dir, const GdbRequest& g, const std::string& listen,
+              const ReplayTarget& t) {
   std::string idir = ResolveImageDir(image);
   Manifest m = ReadManifest(idir);
   CheckFabric(idir, m, t.device);
