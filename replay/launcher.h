@@ -9,6 +9,7 @@
 #include <sys/types.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -43,6 +44,11 @@ struct ReplayOptions {
     std::vector<std::string> argv;
   };
   std::vector<StandIn> standins;
+
+  // The verbs device a replay of RDMA verbs objects opens (`ibdbg replay
+  // --device`): "" = the recorded one, "softrdma:ib", "softrdma:roce", or a
+  // device name.  The agent hands it to each process with its verbs record.
+  std::string verbs_device;
 };
 
 struct Launched {
@@ -54,6 +60,9 @@ struct Launched {
   std::vector<pid_t> pids;      // every replayed process, as this namespace sees it
   // Lazy replay: serves the pages until all are present (see page_fill.h).
   std::shared_ptr<PageServer> pages;
+  // Image pid -> the process's verbs record as the image has it (after any
+  // `ibdbg translate`); the agent hands it to the process at replay.
+  std::map<pid_t, std::string> verbs_records;
 };
 
 // Starts the single process of `image_file` (a proc-*.img).  Throws

@@ -355,6 +355,8 @@ int CmdReplayPart(const std::string& image, const std::string& dir, const std::s
   };
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   replay::Launched L = replay::LaunchJob(parts[part_name].files, ro);
+  agent.verbs_records = L.verbs_records;
+  agent.verbs_device = ro.verbs_device;
   fprintf(stderr, "ibdbg: part %s of %s replaying on %s: %zu processes (job %s)\n", part_name.c_str(), idir.c_str(),
           ThisHost().c_str(), parts[part_name].files.size(), job.job_id.c_str());
   fflush(stderr);
@@ -445,6 +447,8 @@ int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const 
   ro.lazy = t.lazy;
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   replay::Launched L = replay::LaunchJob(files, ro);
+  agent.verbs_records = L.verbs_records;
+  agent.verbs_device = ro.verbs_device;
   if (L.pages) {
     // A capture must see every page: it waits for the rest to arrive.
     agent.before_capture = [pages = L.pages] { pages->WaitDone(); };
