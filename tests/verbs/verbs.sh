@@ -9,6 +9,8 @@
 #                               its QPs/MRs/CQs with states; the job runs on and its data check passes
 #   verbs.sh BUILD replay_rc    ibv_rc_pingpong (server and client in one job) captured with --stop
 #                               mid-traffic, replayed on a fresh softrdma: both finish their data check
+#   verbs.sh BUILD replay_srq|replay_write|replay_read|replay_atomic   the same with ibv_srq_pingpong,
+#                               ib_write_bw, ib_read_bw, ib_atomic_bw
 set -u
 build=$1 mode=$2
 here=$(cd "$(dirname "$0")" && pwd)
@@ -54,6 +56,45 @@ pair() {
     grep -Eq "ibdbg: verbs: counters .*post_send=[1-9]" "$name.$side.out" ||
       fail "$name ($side): no post went through the verbs layer"
   done
+}
+
+# replay_pair NAME ITERS CMD...: server and client of CMD in one job, captured
+# with --stop mid-traffic and replayed: the QPs are made again on a fresh
+# softrdma, the receives posted again, and both sides must finish (the
+# pingpongs with their own data check, -c), so a lost or doubled message fails
+# (a hang, an error completion or a wrong buffer).  Each side writes a file of
+# its own (a replay gives each descriptor its offset back).  ITERS: the
+# "N iters in" line the pingpongs print at their end (0: none).
+replay_pair() {
+  local name=$1 iters=$2; shift 2
+  port=$((port + 1))
+  local cmd="$* -p $port"
+  ( timeout 280 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/$name-job" -- sh -c \
+      "stdbuf -oL $cmd > $name.srv 2>&1 & sleep 0.5; stdbuf -oL $cmd 127.0.0.1 > $name.cli 2>&1; echo client=\$? >> $name.st; wait \$!; echo server=\$? >> $name.st" \
+      > $name.run 2>&1; echo "rc=$?" >> $name.run ) &
+  local runner=$! started=0
+  for _ in $(seq 600); do
+    started=$(cat $name.srv $name.cli 2>/dev/null | grep -c "remote address")
+    [ "$started" -ge 2 ] && break
+    sleep 0.05
+  done
+  [ "$started" -ge 2 ] || fail "$name: the pair did not start: $(cat $name.run $name.srv $name.cli 2>&1 | tail -5)"
+  sleep 0.3
+  local img
+  img=$("$ibdbg" capture --stop --dir "$work/$name-job" 2>$name.cap) || fail "$name: capture failed: $(cat $name.cap)"
+  wait_bounded $runner 60 || fail "$name: the job did not stop after capture --stop"
+  [ -s $name.st ] && fail "$name: the pair ended before the capture (more iterations needed here?)"
+  "$ibdbg" inspect "$img" > $name.inspect || fail "$name: inspect failed"
+  [ "$(grep -Ec '^    qp .*  RT[RS]  ' $name.inspect)" -ge 2 ] || fail "$name: inspect shows no connected QPs"
+  timeout 200 "$ibdbg" replay "$img" --dir "$work/$name-replay" > $name.replay 2>&1
+  local rc=$?
+  [ $rc = 0 ] || fail "$name: the replay failed (rc=$rc): $(tail -3 $name.replay; tail -3 $name.srv $name.cli)"
+  grep -q "client=0" $name.st && grep -q "server=0" $name.st ||
+    fail "$name: the replayed pair failed (a data check, or a lost message): $(cat $name.st; tail -3 $name.srv $name.cli)"
+  if [ "$iters" != 0 ]; then
+    grep -q "^$iters iters in" $name.srv && grep -q "^$iters iters in" $name.cli ||
+      fail "$name: the replayed pair did not both finish: $(tail -3 $name.srv $name.cli)"
+  fi
 }
 
 case $mode in
@@ -112,32 +153,11 @@ capture)
   grep -q "client=0" run.out && grep -q "server=0" run.out ||
     fail "the pingpong failed after the capture (its data check, or a lost message)"
   ;;
-replay_rc)
-  # One job: server and client of ibv_rc_pingpong, captured with --stop
-  # mid-traffic and replayed: the QPs are made again on a fresh softrdma, the
-  # receives posted again, and both sides finish with their own data check
-  # (-c), so a lost or doubled message fails (a hang, or a wrong buffer).
-  # Each writes a file of its own (a replay gives each descriptor its offset).
-  n=20000
-  ( timeout 280 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/job" -- sh -c \
-      "stdbuf -oL ibv_rc_pingpong -g 1 -c -n $n -p $port > srv.out 2>&1 & sleep 0.5; stdbuf -oL ibv_rc_pingpong -g 1 -c -n $n -p $port 127.0.0.1 > cli.out 2>&1; echo client=\$? >> st.out; wait \$!; echo server=\$? >> st.out" \
-      > run.out 2>&1; echo "rc=$?" >> run.out ) &
-  runner=$!
-  for _ in $(seq 600); do cat srv.out cli.out 2>/dev/null | grep -q "remote address" && [ "$(cat srv.out cli.out | grep -c "remote address")" = 2 ] && break; sleep 0.05; done
-  [ "$(cat srv.out cli.out 2>/dev/null | grep -c "remote address")" = 2 ] || fail "the pingpong did not start"
-  img=$("$ibdbg" capture --stop --dir "$work/job" 2>cap.err) || fail "capture failed: $(cat cap.err)"
-  wait_bounded $runner 60 || fail "the job did not stop after capture --stop"
-  grep -q "iters in" srv.out cli.out && fail "the pingpong ended before the capture ($n iterations too few here?)"
-  "$ibdbg" inspect "$img" > inspect.txt || fail "inspect failed"
-  # The receives each side had posted are in the image.
-  [ "$(grep -Ec '^    recv ' inspect.txt)" -ge 2 ] || fail "inspect shows no posted receives"
-  timeout 200 "$ibdbg" replay "$img" --dir "$work/replay" > replay.out 2>&1
-  rc=$?
-  [ $rc = 0 ] || fail "the replay failed (rc=$rc): $(tail -3 replay.out; tail -3 srv.out cli.out)"
-  grep -q "iters in" srv.out && grep -q "iters in" cli.out || fail "the replayed pingpongs did not both finish: $(tail -3 srv.out cli.out)"
-  grep -q "client=0" st.out && grep -q "server=0" st.out ||
-    fail "the replayed pingpong failed (its data check, or a lost message): $(cat st.out; tail -3 srv.out cli.out)"
-  ;;
+replay_rc) replay_pair rc 20000 ibv_rc_pingpong -g 1 -c -n 20000 ;;
+replay_srq) replay_pair srq 20000 ibv_srq_pingpong -g 1 -c -n 20000 ;;
+replay_write) replay_pair write_bw 0 ib_write_bw -x 1 -n 300000 -s 4096 ;;
+replay_read) replay_pair read_bw 0 ib_read_bw -x 1 -n 300000 -s 4096 ;;
+replay_atomic) replay_pair atomic_bw 0 ib_atomic_bw -x 1 -n 1000000 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 echo PASS
