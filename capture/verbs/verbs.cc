@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -301,6 +302,9 @@ struct VCq {
   // The extended poll session (one thread at a time, by the API's contract).
   struct ibv_wc cur;
   bool cur_buffered, real_open, locked;
+  volatile uint32_t armed;   // req_notify_cq since the last event: 1, or 2 solicited only
+  volatile uint32_t synth;   // events we made (buffered completions) not acked yet
+  volatile uint32_t real_unacked;  // events of the current backend not acked yet
 };
 // Posted receives not completed yet, so that a replay can post them again:
 // one ring per RQ or SRQ, allocated at create (a post copies into it, a
@@ -643,8 +647,22 @@ int v_poll_cq(struct ibv_cq* c, int n, struct ibv_wc* wc) {
   return got;
 }
 
+// While the backend is parked (end of a quiesce to resume) or dead (a replay
+// rebuilding it), nobody enters it.
+void wait_backend() {
+  while (__atomic_load_n(&g_dead, __ATOMIC_ACQUIRE)) futex(&g_dead, FUTEX_WAIT_PRIVATE, 1, nullptr);
+}
+void backend_back() {
+  __atomic_store_n(&g_dead, 0, __ATOMIC_SEQ_CST);
+  futex(&g_dead, FUTEX_WAKE_PRIVATE, 0x7fffffff, nullptr);
+}
+
 int v_req_notify_cq(struct ibv_cq* c, int solicited) {
   VCq* v = cq_of(c);
+  wait_backend();
+  // Remembered: a replay arms the fresh CQ again, and completions a capture
+  // buffered make an event of their own (ibv_get_cq_event).
+  __atomic_store_n(&v->armed, solicited ? 2 : 1, __ATOMIC_RELEASE);
   return v->real->context->ops.req_notify_cq(v->real, solicited);
 }
 
@@ -1714,14 +1732,52 @@ EXPORT int ibv_destroy_cq(struct ibv_cq* cq) {
   unlock(&g_ctl);
   return rc;
 }
+namespace {
+// An armed CQ of this channel with completions a capture buffered: the
+// backend will not signal them (they left it), so the event is ours.
+VCq* synthetic_event(VChan* ch) {
+  VCq* found = nullptr;
+  lock(&g_ctl);
+  for (VObj* o = g_objs.next; o != &g_objs && !found; o = o->next) {
+    if (o->kind != IBDBG_VERBS_CQ) continue;
+    VCq* v = (VCq*)((char*)o - offsetof(VCq, o));
+    if (v->chan == ch && __atomic_load_n(&v->n, __ATOMIC_ACQUIRE) && __atomic_load_n(&v->armed, __ATOMIC_ACQUIRE))
+      found = v;
+  }
+  unlock(&g_ctl);
+  return found;
+}
+}  // namespace
+
 EXPORT int ibv_get_cq_event(struct ibv_comp_channel* chan, struct ibv_cq** cq, void** cq_context) {
   if (__builtin_expect(t_depth, 0)) return NEXT(ibv_get_cq_event, V11)(chan, cq, cq_context);
-  Backend in_backend;
-  struct ibv_cq* rcq = nullptr;
-  void* rctx = nullptr;
-  int rc = NEXT(ibv_get_cq_event, V11)(((VChan*)chan)->real, &rcq, &rctx);
-  if (rc) return rc;
-  VCq* v = (VCq*)rctx;
+  VChan* ch = (VChan*)chan;
+  VCq* v;
+  // The wait is here, not in the backend: a thread stopped by a capture must
+  // not sit in the backend's code, which a replay does not bring back.
+  for (;;) {
+    if ((v = synthetic_event(ch))) {
+      __atomic_store_n(&v->armed, 0, __ATOMIC_RELEASE);
+      __atomic_add_fetch(&v->synth, 1, __ATOMIC_RELAXED);
+      break;
+    }
+    wait_backend();
+    if (!(fcntl(ch->ch.fd, F_GETFL) & O_NONBLOCK)) {
+      struct pollfd p = {ch->ch.fd, POLLIN, 0};
+      if (poll(&p, 1, -1) < 0 && errno != EINTR) return -1;
+      if (__atomic_load_n(&g_dead, __ATOMIC_ACQUIRE)) continue;
+      if (!(p.revents & POLLIN)) continue;
+    }
+    Backend in_backend;
+    struct ibv_cq* rcq = nullptr;
+    void* rctx = nullptr;
+    int rc = NEXT(ibv_get_cq_event, V11)(ch->real, &rcq, &rctx);
+    if (rc) return rc;
+    v = (VCq*)rctx;
+    __atomic_store_n(&v->armed, 0, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&v->real_unacked, 1, __ATOMIC_RELAXED);
+    break;
+  }
   *cq = ibv_cq_ex_to_cq(&v->cq);
   *cq_context = v->cq.cq_context;
   return 0;
@@ -1729,7 +1785,20 @@ EXPORT int ibv_get_cq_event(struct ibv_comp_channel* chan, struct ibv_cq** cq, v
 EXPORT void ibv_ack_cq_events(struct ibv_cq* cq, unsigned int n) {
   if (__builtin_expect(t_depth, 0)) return NEXT(ibv_ack_cq_events, V11)(cq, n);
   Backend in_backend;
-  NEXT(ibv_ack_cq_events, V11)(cq_of(cq)->real, n);
+  VCq* v = cq_of(cq);
+  // Our own events are not the backend's to count, nor are those of a
+  // backend that a replay left behind: only what this one delivered.
+  for (uint32_t s = __atomic_load_n(&v->synth, __ATOMIC_RELAXED); s && n;) {
+    uint32_t k = s < n ? s : n;
+    if (__atomic_compare_exchange_n(&v->synth, &s, s - k, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) n -= k, s -= k;
+  }
+  uint32_t fwd = 0;
+  for (uint32_t r = __atomic_load_n(&v->real_unacked, __ATOMIC_RELAXED); r && n;) {
+    uint32_t k = r < n ? r : n;
+    if (__atomic_compare_exchange_n(&v->real_unacked, &r, r - k, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+      fwd = k, n = 0;
+  }
+  if (fwd) NEXT(ibv_ack_cq_events, V11)(v->real, fwd);
 }
 
 EXPORT struct ibv_srq* ibv_create_srq(struct ibv_pd* pd, struct ibv_srq_init_attr* a) {
@@ -2214,7 +2283,7 @@ size_t describe(void* out, size_t cap) {
 }
 
 void resume() {
-  __atomic_store_n(&g_dead, 0, __ATOMIC_SEQ_CST);
+  backend_back();
   __atomic_store_n(&g_quiesce, 0, __ATOMIC_SEQ_CST);
   __atomic_store_n(&g_block, 0, __ATOMIC_SEQ_CST);
   futex(&g_block, FUTEX_WAKE_PRIVATE, 0x7fffffff, nullptr);
@@ -2436,6 +2505,10 @@ const char* rebuild_objects(Rebuild& R, const char* devname) {
         if (!v->real) return rs_errno("cannot create a completion queue");
         v->poll = v->real->context->ops.poll_cq;
         v->real->cq_context = v;
+        v->real_unacked = 0;
+        // Armed when captured (and not yet signaled): armed again.
+        if (v->armed && v->real->context->ops.req_notify_cq(v->real, v->armed == 2) != 0)
+          return rs_errno("cannot arm a completion queue again");
         break;
       }
       case IBDBG_VERBS_SRQ: {
@@ -2702,7 +2775,7 @@ const char* restart(const ibdbg_verbs_replay_env* env) {
   }
   free(R);
   __atomic_store_n(&g_xlate, 1, __ATOMIC_SEQ_CST);
-  __atomic_store_n(&g_dead, 0, __ATOMIC_SEQ_CST);
+  backend_back();
   return nullptr;
 }
 

@@ -9,8 +9,10 @@
 #                               its QPs/MRs/CQs with states; the job runs on and its data check passes
 #   verbs.sh BUILD replay_rc    ibv_rc_pingpong (server and client in one job) captured with --stop
 #                               mid-traffic, replayed on a fresh softrdma: both finish their data check
-#   verbs.sh BUILD replay_srq|replay_write|replay_read|replay_atomic   the same with ibv_srq_pingpong,
-#                               ib_write_bw, ib_read_bw, ib_atomic_bw
+#   verbs.sh BUILD replay_events  the same with ibv_rc_pingpong -e: blocked in ibv_get_cq_event at
+#                               the capture, events from the armed CQs after the replay
+#   verbs.sh BUILD replay_srq|replay_write|replay_read|replay_atomic   the same with
+#                               ibv_srq_pingpong, ib_write_bw, ib_read_bw, ib_atomic_bw
 set -u
 build=$1 mode=$2
 here=$(cd "$(dirname "$0")" && pwd)
@@ -157,6 +159,7 @@ replay_rc) replay_pair rc 20000 ibv_rc_pingpong -g 1 -c -n 20000 ;;
 replay_srq) replay_pair srq 20000 ibv_srq_pingpong -g 1 -c -n 20000 ;;
 replay_write) replay_pair write_bw 0 ib_write_bw -x 1 -n 300000 -s 4096 ;;
 replay_read) replay_pair read_bw 0 ib_read_bw -x 1 -n 300000 -s 4096 ;;
+replay_events) replay_pair events 20000 ibv_rc_pingpong -g 1 -c -e -n 20000 ;;
 replay_atomic) replay_pair atomic_bw 0 ib_atomic_bw -x 1 -n 1000000 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
