@@ -429,6 +429,18 @@ struct VSrq {
   volatile int64_t recvs;  // posted and not completed
   Ring ring;
 };
+// A UD destination (address handle, remote QPN) that sends named: a replay
+// finds the peer's new QPN for each.  Fixed size, filled at post without
+// allocation; a QP that names more refuses the capture.
+const uint32_t kUdDests = 256;
+struct UdDest {
+  uint32_t used, old_qpn, new_qpn;
+  struct VAh* ah;
+};
+inline uint32_t ud_slot(uint32_t qpn, const void* ah) {
+  return (uint32_t)((qpn * 2654435761u) ^ (uint32_t)((uintptr_t)ah >> 4)) & (kUdDests - 1);
+}
+
 struct VAh {
   struct ibv_ah ah;
   VObj o;
@@ -453,6 +465,8 @@ struct VQp {
   struct ibv_qp_attr attr;  // what modify_qp set, accumulated
   int attr_mask;
   Ring ring;               // receives posted and not completed (no SRQ)
+  struct UdDest* ud;       // UD: the destinations its sends named (a replay looks them up)
+  bool ud_overflow;
   KeyMap* peer_rkeys;      // after a replay: the peer's old rkey -> new
   uint32_t dest_new;       // after a replay: the peer's new QPN
 };
@@ -678,6 +692,33 @@ int count_signaled(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr* stop) {
 // the requests are copied, 16 at a time with their SGEs, on the stack;
 // *bad names the application's request.
 const int kBatch = 16, kBatchSge = 256;
+// Before a replay: notes the destination; after: its QPN now.
+inline uint32_t ud_dest(VQp* q, VAh* ah, uint32_t qpn, bool after_replay) {
+  UdDest* t = q->ud;
+  if (!t) return qpn;
+  for (uint32_t i = ud_slot(qpn, ah), k = 0; k < kUdDests; i = (i + 1) & (kUdDests - 1), k++) {
+    UdDest* d = &t[i];
+    if (!__atomic_load_n(&d->used, __ATOMIC_ACQUIRE)) {
+      if (after_replay) return qpn;  // named first after the replay: as the application gave it
+      // Two posting threads may race for a slot: the loser looks on.
+      uint32_t z = 0;
+      if (!__atomic_compare_exchange_n(&d->used, &z, 2, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        while (__atomic_load_n(&d->used, __ATOMIC_ACQUIRE) == 2) {
+        }
+        if (d->old_qpn == qpn && d->ah == ah) return qpn;
+        continue;
+      }
+      d->old_qpn = qpn, d->ah = ah, d->new_qpn = qpn;
+      __atomic_store_n(&d->used, 1, __ATOMIC_RELEASE);
+      return qpn;
+    }
+    while (__atomic_load_n(&d->used, __ATOMIC_ACQUIRE) == 2) {
+    }
+    if (d->old_qpn == qpn && d->ah == ah) return after_replay ? d->new_qpn : qpn;
+  }
+  q->ud_overflow = true;
+  return qpn;
+}
 inline void xlate_sges(struct ibv_sge* out, const struct ibv_sge* in, int n) {
   for (int i = 0; i < n; i++) out[i] = in[i], out[i].lkey = keymap_get(&g_lkeys, in[i].lkey);
 }
@@ -700,7 +741,10 @@ int post_send_copy(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr** bad) {
       tmp[k] = *wr;
       tmp[k].next = nullptr;
       if (k) tmp[k - 1].next = &tmp[k];
-      if (q->qx.qp_base.qp_type == IBV_QPT_UD && wr->wr.ud.ah) tmp[k].wr.ud.ah = ah_of(wr->wr.ud.ah)->real;
+      if (q->qx.qp_base.qp_type == IBV_QPT_UD && wr->wr.ud.ah) {
+        tmp[k].wr.ud.ah = ah_of(wr->wr.ud.ah)->real;
+        tmp[k].wr.ud.remote_qpn = ud_dest(q, ah_of(wr->wr.ud.ah), wr->wr.ud.remote_qpn, x);
+      }
       if (x) {
         if (!(wr->send_flags & IBV_SEND_INLINE) && ns) {
           xlate_sges(sges + used, wr->sg_list, ns);
@@ -992,6 +1036,7 @@ void v_wr_atomic_fetch_add(struct ibv_qp_ex* x, uint32_t rkey, uint64_t addr, ui
 }
 void v_wr_set_ud_addr(struct ibv_qp_ex* x, struct ibv_ah* ah, uint32_t qpn, uint32_t qkey) {
   struct ibv_qp_ex* r = wr_sync(x, false);
+  if (ah) qpn = ud_dest(qpx_of(x), ah_of(ah), qpn, __atomic_load_n(&g_xlate, __ATOMIC_RELAXED));
   r->wr_set_ud_addr(r, ah ? ah_of(ah)->real : nullptr, qpn, qkey);
 }
 void v_wr_set_sge(struct ibv_qp_ex* x, uint32_t lkey, uint64_t addr, uint32_t len) {
@@ -1224,6 +1269,10 @@ struct ibv_qp* create_qp_common(VCtx* c, struct ibv_qp_init_attr_ex* a) {
                 : nullptr;
   if (q) {
     if (!a->srq) ring_init(&q->ring, r.cap.max_recv_wr, r.cap.max_recv_sge, false);
+    if (a->qp_type == IBV_QPT_UD) {
+      q->ud = (UdDest*)calloc(kUdDests, sizeof(UdDest));
+      if (!q->ud) q->ud_overflow = true;
+    }
     link_obj(&q->o, IBDBG_VERBS_QP);
     qpn_put(real->qp_num, q);
     a->cap = r.cap;
@@ -1943,7 +1992,7 @@ EXPORT int ibv_destroy_qp(struct ibv_qp* qp) {
   Track track;
   uint32_t qpn = q->real->qp_num;
   int rc = NEXT(ibv_destroy_qp, V11)(q->real);
-  if (rc == 0) qpn_del(qpn), unlink_obj(&q->o), free(q->ring.ents), free(q);
+  if (rc == 0) qpn_del(qpn), unlink_obj(&q->o), free(q->ring.ents), free(q->ud), free(q);
   unlock(&g_ctl);
   return rc;
 }
@@ -2073,6 +2122,8 @@ void park_pollers() {
 
 const char* rings_refusal() {
   for (VObj* o = g_objs.next; o != &g_objs; o = o->next) {
+    if (o->kind == IBDBG_VERBS_QP && ((VQp*)((char*)o - offsetof(VQp, o)))->ud_overflow)
+      return refuse("a UD QP sent to more than ", kUdDests, " destinations (address handle, QPN)");
     Ring* r = ring_of(o);
     if (r && r->overflow)
       return refuse("a posted receive could not be recorded (more than the queue's max_recv_wr, more than ",
@@ -2592,33 +2643,38 @@ const char* rebuild_objects(Rebuild& R, const char* devname) {
   return nullptr;
 }
 
-// Our QPs under the ids peers know them by: every GID of the port (a peer
-// names one of them), and the LID.
+// Our QPs under the ids peers know them by (our memory's: the ids the
+// application saw, whatever `ibdbg translate` did to the record's paths):
+// every GID of the port (a peer names one of them), and the LID.  The value:
+// new QPN, new LID, which GID the key named (255: the LID), our MRs' rkeys
+// old:new, and the port's new GIDs.
 const char* publish(Rebuild& R) {
-  char key[128], val[sizeof R.rkeys + 200], gh[33];
-  for (uint32_t i = 0; i < R.n; i++) {
-    const ibdbg_verbs_obj* e = &R.objs[i];
-    if (e->kind != IBDBG_VERBS_QP) continue;
-    VQp* v = outer<VQp>(vobj_of(e));
+  char key[128], val[sizeof R.rkeys + 64 + IBDBG_VCTX_MAX_GIDS * 33];
+  for (VObj* o = g_objs.next; o != &g_objs; o = o->next) {
+    if (o->kind != IBDBG_VERBS_QP) continue;
+    VQp* v = outer<VQp>(o);
     VCtx* c = ctx_of(v->qx.qp_base.context);
-    const ibdbg_verbs_obj* ce = nullptr;
-    for (uint32_t k = 0; k < R.n; k++)
-      if (R.objs[k].kind == IBDBG_VERBS_CONTEXT && R.objs[k].handle == (uint64_t)&c->vc.context) ce = &R.objs[k];
-    if (!ce) return rs_fail("a QP's context is not in the verbs record");
     struct ibv_port_attr pa;
     memset(&pa, 0, sizeof pa);
     NEXT(ibv_query_port, V11)(c->real, 1, (struct _compat_ibv_port_attr*)&pa);
-    uint32_t oldqpn = v->qx.qp_base.qp_num, ngids = (uint32_t)ce->u[IBDBG_VCTX_NGIDS];
-    if (ngids > IBDBG_VCTX_MAX_GIDS) ngids = IBDBG_VCTX_MAX_GIDS;
-    for (uint32_t g = 0; g <= ngids; g++) {
+    char gids[IBDBG_VCTX_MAX_GIDS * 33 + 1];
+    size_t gl = 0;
+    gids[0] = 0;
+    for (int g = 0; g < IBDBG_VCTX_MAX_GIDS && g < pa.gid_tbl_len; g++) {
       union ibv_gid ng;
-      memset(&ng, 0, sizeof ng);
-      NEXT(ibv_query_gid, V11)(c->real, 1, g < ngids ? (int)g : 0, &ng);
-      hex_of(ng.raw, 16, gh);
-      snprintf(val, sizeof val, "%u %u %s %s", v->real->qp_num, pa.lid, gh, R.rkeys[0] ? R.rkeys : "-");
-      if (g < ngids) qp_key(key, sizeof key, true, (const uint8_t*)&ce->u[IBDBG_VCTX_GIDS + 2 * g], 0, oldqpn);
-      else if (ce->u[IBDBG_VCTX_LID]) qp_key(key, sizeof key, false, nullptr, (uint32_t)ce->u[IBDBG_VCTX_LID], oldqpn);
+      if (NEXT(ibv_query_gid, V11)(c->real, 1, g, &ng) != 0) break;
+      if (gl) gids[gl++] = ',';
+      hex_of(ng.raw, 16, gids + gl);
+      gl += 32;
+    }
+    if (!gl) snprintf(gids, sizeof gids, "-");
+    uint32_t oldqpn = v->qx.qp_base.qp_num;
+    for (uint32_t g = 0; g <= c->ngids; g++) {
+      if (g < c->ngids) qp_key(key, sizeof key, true, c->gids[g].raw, 0, oldqpn);
+      else if (c->port_known && c->port.lid) qp_key(key, sizeof key, false, nullptr, c->port.lid, oldqpn);
       else continue;
+      snprintf(val, sizeof val, "%u %u %u %s %s", v->real->qp_num, pa.lid, g < c->ngids ? g : 255,
+               R.rkeys[0] ? R.rkeys : "-", gids);
       if (getenv("IBDBG_VERBS_TRACE")) say("put ", key, val);
       if (R.env->ns_put(key, val) != 0) return rs_fail("the agent went away (name service)");
     }
@@ -2626,11 +2682,37 @@ const char* publish(Rebuild& R) {
   return nullptr;
 }
 
+// A peer as it is now: found under the ids we knew it by.
+struct Peer {
+  unsigned qpn, lid, idx;
+  char rkeys[8192];
+  char gids[IBDBG_VCTX_MAX_GIDS * 33 + 1];
+};
+const char* find_peer(Rebuild& R, bool global, const uint8_t* gid, uint32_t lid, uint32_t qpn, Peer* p) {
+  char key[128], val[sizeof p->rkeys + 64 + sizeof p->gids];
+  qp_key(key, sizeof key, global, gid, lid, qpn);
+  if (getenv("IBDBG_VERBS_TRACE")) say("get ", key);
+  if (R.env->ns_get(key, val, sizeof val) != 0) return rs_fail("the peer of a QP did not come back (", key, ")");
+  if (sscanf(val, "%u %u %u %8191s %264s", &p->qpn, &p->lid, &p->idx, p->rkeys, p->gids) != 5)
+    return rs_fail("a peer's name-service entry is damaged");
+  return nullptr;
+}
+// Its new GID number i (the one the key named, or the record's sgid index).
+bool peer_gid(const Peer& p, unsigned i, uint8_t* out) {
+  const char* g = p.gids;
+  for (unsigned k = 0; k < i && g; k++) {
+    g = strchr(g, ',');
+    if (g) g++;
+  }
+  return g && unhex(g, out, 16);
+}
+
 // Each connected QP's peer, as it is now; then RESET -> INIT -> RTR -> RTS
 // with the recorded attributes and PSNs (both sides were quiesced with
 // nothing in flight, so fresh QPs start where the recorded ones started).
 const char* connect_qps(Rebuild& R) {
-  char key[128], val[sizeof R.rkeys + 200];
+  Peer* peer = (Peer*)calloc(1, sizeof(Peer));
+  if (!peer) return rs_fail("out of memory");
   for (uint32_t i = 0; i < R.n; i++) {
     const ibdbg_verbs_obj* e = &R.objs[i];
     if (e->kind != IBDBG_VERBS_QP) continue;
@@ -2640,6 +2722,14 @@ const char* connect_qps(Rebuild& R) {
     if (st == IBV_QPS_RESET) continue;
     if (st != IBV_QPS_INIT && st != IBV_QPS_RTR && st != IBV_QPS_RTS)
       return rs_fail("a QP was captured in a state the replay does not rebuild (SQD, SQE or error)");
+    // UD: the new QPN of every destination its sends named.
+    for (uint32_t k = 0; v->ud && k < kUdDests; k++) {
+      UdDest* d = &v->ud[k];
+      if (d->used != 1 || !is_ours(&d->ah->o)) continue;
+      const struct ibv_ah_attr& aa = d->ah->attr;
+      if (const char* why = find_peer(R, aa.is_global, aa.grh.dgid.raw, aa.dlid, d->old_qpn, peer)) return why;
+      d->new_qpn = peer->qpn;
+    }
     struct ibv_qp_attr a;
     memset(&a, 0, sizeof a);
     a.qp_state = IBV_QPS_INIT;
@@ -2654,15 +2744,12 @@ const char* connect_qps(Rebuild& R) {
     a.qp_state = IBV_QPS_RTR;
     mask = IBV_QP_STATE;
     if (t != IBV_QPT_UD) {
-      bool global = u[IBDBG_VQP_IS_GLOBAL] != 0;
-      qp_key(key, sizeof key, global, e->gid, (uint32_t)u[IBDBG_VQP_DLID], (uint32_t)u[IBDBG_VQP_DEST_QPN]);
-      if (getenv("IBDBG_VERBS_TRACE")) say("get ", key);
-      if (R.env->ns_get(key, val, sizeof val) != 0) return rs_fail("the peer of a QP did not come back (", key, ")");
-      unsigned nq = 0, nl = 0;
-      char gh[40], rks[sizeof R.rkeys];
-      if (sscanf(val, "%u %u %39s %8191s", &nq, &nl, gh, rks) != 4) return rs_fail("a peer's name-service entry is damaged");
+      const struct ibv_ah_attr& old = v->attr.ah_attr;
+      if (const char* why = find_peer(R, old.is_global, old.grh.dgid.raw, old.dlid, v->attr.dest_qp_num, peer))
+        return why;
+      bool global = u[IBDBG_VQP_IS_GLOBAL] != 0;  // the record's path (translate may have made it global)
       a.ah_attr.is_global = global;
-      a.ah_attr.dlid = (uint16_t)nl;
+      a.ah_attr.dlid = (uint16_t)peer->lid;
       a.ah_attr.sl = (uint8_t)u[IBDBG_VQP_SL];
       a.ah_attr.src_path_bits = (uint8_t)u[IBDBG_VQP_SRC_PATH_BITS];
       a.ah_attr.static_rate = (uint8_t)u[IBDBG_VQP_STATIC_RATE];
@@ -2671,9 +2758,10 @@ const char* connect_qps(Rebuild& R) {
       a.ah_attr.grh.hop_limit = (uint8_t)u[IBDBG_VQP_HOP_LIMIT];
       a.ah_attr.grh.traffic_class = (uint8_t)u[IBDBG_VQP_TRAFFIC_CLASS];
       a.ah_attr.grh.flow_label = (uint32_t)u[IBDBG_VQP_FLOW_LABEL];
-      if (global && !unhex(gh, a.ah_attr.grh.dgid.raw, 16)) return rs_fail("a peer's GID is damaged");
+      if (global && !peer_gid(*peer, peer->idx != 255 ? peer->idx : a.ah_attr.grh.sgid_index, a.ah_attr.grh.dgid.raw))
+        return rs_fail("a peer's GID is missing");
       a.path_mtu = (enum ibv_mtu)u[IBDBG_VQP_PATH_MTU];
-      a.dest_qp_num = nq;
+      a.dest_qp_num = peer->qpn;
       a.rq_psn = (uint32_t)u[IBDBG_VQP_RQ_PSN];
       mask |= IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN;
       if (t == IBV_QPT_RC) {
@@ -2681,14 +2769,14 @@ const char* connect_qps(Rebuild& R) {
         a.min_rnr_timer = (uint8_t)u[IBDBG_VQP_MIN_RNR_TIMER];
         mask |= IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER;
       }
-      v->dest_new = nq;
+      v->dest_new = peer->qpn;
       // The peer's rkeys, old -> new.
       uint32_t nrk = 0;
-      for (const char* p = rks; *p; p++) nrk += *p == ',';
+      for (const char* p = peer->rkeys; *p; p++) nrk += *p == ',';
       KeyMap* km = (KeyMap*)calloc(1, sizeof *km);
       if (!km) return rs_fail("out of memory");
       keymap_init(km, nrk + 1);
-      for (const char* p = rks; *p && *p != '-';) {
+      for (const char* p = peer->rkeys; *p && *p != '-';) {
         unsigned o = 0, nw = 0;
         if (sscanf(p, "%u:%u", &o, &nw) == 2) keymap_put(km, o, nw);
         const char* c = strchr(p, ',');
@@ -2712,6 +2800,7 @@ const char* connect_qps(Rebuild& R) {
     }
     if (NEXT(ibv_modify_qp, V11)(v->real, &a, mask) != 0) return rs_errno("cannot move a QP to RTS");
   }
+  free(peer);
   return nullptr;
 }
 

@@ -11,8 +11,8 @@
 #                               mid-traffic, replayed on a fresh softrdma: both finish their data check
 #   verbs.sh BUILD replay_events  the same with ibv_rc_pingpong -e: blocked in ibv_get_cq_event at
 #                               the capture, events from the armed CQs after the replay
-#   verbs.sh BUILD replay_srq|replay_write|replay_read|replay_atomic   the same with
-#                               ibv_srq_pingpong, ib_write_bw, ib_read_bw, ib_atomic_bw
+#   verbs.sh BUILD replay_ud|replay_srq|replay_write|replay_read|replay_atomic   the same with
+#                               ibv_ud_pingpong, ibv_srq_pingpong, ib_write_bw, ib_read_bw, ib_atomic_bw
 set -u
 build=$1 mode=$2
 here=$(cd "$(dirname "$0")" && pwd)
@@ -156,6 +156,7 @@ capture)
     fail "the pingpong failed after the capture (its data check, or a lost message)"
   ;;
 replay_rc) replay_pair rc 20000 ibv_rc_pingpong -g 1 -c -n 20000 ;;
+replay_ud) replay_pair ud 20000 ibv_ud_pingpong -g 1 -c -n 20000 ;;
 replay_srq) replay_pair srq 20000 ibv_srq_pingpong -g 1 -c -n 20000 ;;
 replay_write) replay_pair write_bw 0 ib_write_bw -x 1 -n 300000 -s 4096 ;;
 replay_read) replay_pair read_bw 0 ib_read_bw -x 1 -n 300000 -s 4096 ;;
