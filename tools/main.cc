@@ -310,6 +310,14 @@ bool ParseVia(const std::string& via, std::string* host, pid_t* pid, pid_t* ppid
   return *pid > 0 && *ppid > 0;
 }
 
+// The device a replay of verbs objects opens, until `ibdbg replay --device`
+// sets it: IBDBG_VERBS_DEVICE ("" = as recorded, softrdma:ib, softrdma:roce,
+// or a device name).
+std::string VerbsDeviceFromEnv() {
+  const char* d = getenv("IBDBG_VERBS_DEVICE");
+  return d ? d : "";
+}
+
 int CmdReplayPart(const std::string& image, const std::string& dir, const std::string& part_name,
                   const std::string& via) {
   std::string idir = ResolveImageDir(image);
@@ -342,6 +350,7 @@ int CmdReplayPart(const std::string& image, const std::string& dir, const std::s
   char ip[64] = "127.0.0.1";
   inet_ntop(AF_INET, &me.sin_addr, ip, sizeof ip);
   ro.reach_addr = ip;
+  ro.verbs_device = VerbsDeviceFromEnv();
   ro.ns_put = [ns](const std::string& k, const std::string& v) {
     ns->Send({{"op", "ns_put"}, {"key", k}, {"value", v}});
     auto r = ns->Recv(30000);
@@ -445,6 +454,7 @@ int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const 
   ro.job_dir = job.dir;
   ro.gdb = with_gdb;
   ro.lazy = t.lazy;
+  ro.verbs_device = VerbsDeviceFromEnv();
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   replay::Launched L = replay::LaunchJob(files, ro);
   agent.verbs_records = L.verbs_records;

@@ -467,6 +467,14 @@ struct VQp {
   Ring ring;               // receives posted and not completed (no SRQ)
   struct UdDest* ud;       // UD: the destinations its sends named (a replay looks them up)
   bool ud_overflow;
+  // Messages that take a receive of the peer (send, send with immediate,
+  // write with immediate): posted here, and received here.  A replay
+  // compares each side's with its peer's: a completion that came to the
+  // backend after its last drain is made again from the sender's note.
+  volatile uint64_t msgs_posted, msgs_recvd;
+  struct MsgNote {
+    uint32_t len, imm, opcode;
+  } last[16];
   KeyMap* peer_rkeys;      // after a replay: the peer's old rkey -> new
   uint32_t dest_new;       // after a replay: the peer's new QPN
 };
@@ -563,6 +571,7 @@ VQp* account(uint32_t qpn, enum ibv_wc_status st, enum ibv_wc_opcode op, uint64_
   VQp* q = qpn_get(qpn);
   if (!q || st != IBV_WC_SUCCESS) return q;  // the opcode of a failed completion is undefined
   if (op & IBV_WC_RECV) {
+    __atomic_add_fetch(&q->msgs_recvd, 1, __ATOMIC_RELAXED);
     if (q->srq) __atomic_sub_fetch(&q->srq->recvs, 1, __ATOMIC_RELAXED), ring_pop(&q->srq->ring, wr_id);
     else __atomic_sub_fetch(&q->recvs, 1, __ATOMIC_RELAXED), ring_pop(&q->ring, wr_id);
   } else {
@@ -680,6 +689,17 @@ int v_req_notify_cq(struct ibv_cq* c, int solicited) {
   return v->real->context->ops.req_notify_cq(v->real, solicited);
 }
 
+void note_msgs(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr* stop) {
+  for (; wr && wr != stop; wr = wr->next) {
+    if (wr->opcode != IBV_WR_SEND && wr->opcode != IBV_WR_SEND_WITH_IMM && wr->opcode != IBV_WR_RDMA_WRITE_WITH_IMM)
+      continue;
+    uint32_t len = 0;
+    for (int i = 0; i < wr->num_sge; i++) len += wr->sg_list[i].length;
+    uint64_t n = __atomic_fetch_add(&q->msgs_posted, 1, __ATOMIC_RELAXED);
+    q->last[n % 16] = {len, wr->imm_data, (uint32_t)wr->opcode};
+  }
+}
+
 int count_signaled(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr* stop) {
   int n = 0;
   for (; wr && wr != stop; wr = wr->next)
@@ -770,9 +790,11 @@ int post_send_copy(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr** bad) {
       if (i < 0 || i >= k) i = 0;
       *bad = orig[i];
       __atomic_add_fetch(&q->sends_out, count_signaled(q, orig[0], orig[i]), __ATOMIC_RELAXED);
+      note_msgs(q, orig[0], orig[i]);
       return rc;
     }
     __atomic_add_fetch(&q->sends_out, sig, __ATOMIC_RELAXED);
+    note_msgs(q, orig[0], wr);
   }
   return 0;
 }
@@ -787,6 +809,7 @@ int v_post_send(struct ibv_qp* qp, struct ibv_send_wr* wr, struct ibv_send_wr** 
   } else {
     rc = q->post_send(q->real, wr, bad);
     __atomic_add_fetch(&q->sends_out, count_signaled(q, wr, rc ? *bad : nullptr), __ATOMIC_RELAXED);
+    note_msgs(q, wr, rc ? *bad : nullptr);
   }
   gate_exit();
   return rc;
@@ -2649,7 +2672,7 @@ const char* rebuild_objects(Rebuild& R, const char* devname) {
 // new QPN, new LID, which GID the key named (255: the LID), our MRs' rkeys
 // old:new, and the port's new GIDs.
 const char* publish(Rebuild& R) {
-  char key[128], val[sizeof R.rkeys + 64 + IBDBG_VCTX_MAX_GIDS * 33];
+  char key[128], val[sizeof R.rkeys + 64 + IBDBG_VCTX_MAX_GIDS * 33 + 16 * 40];
   for (VObj* o = g_objs.next; o != &g_objs; o = o->next) {
     if (o->kind != IBDBG_VERBS_QP) continue;
     VQp* v = outer<VQp>(o);
@@ -2673,8 +2696,14 @@ const char* publish(Rebuild& R) {
       if (g < c->ngids) qp_key(key, sizeof key, true, c->gids[g].raw, 0, oldqpn);
       else if (c->port_known && c->port.lid) qp_key(key, sizeof key, false, nullptr, c->port.lid, oldqpn);
       else continue;
-      snprintf(val, sizeof val, "%u %u %u %s %s", v->real->qp_num, pa.lid, g < c->ngids ? g : 255,
-               R.rkeys[0] ? R.rkeys : "-", gids);
+      char notes[16 * 40] = "-";
+      size_t nl = 0;
+      uint64_t m = v->msgs_posted;
+      for (uint64_t k = m > 16 ? m - 16 : 0; k < m; k++)
+        nl += (size_t)snprintf(notes + nl, sizeof notes - nl, "%s%u/%u/%u", nl ? "," : "", v->last[k % 16].len,
+                               v->last[k % 16].imm, v->last[k % 16].opcode);
+      snprintf(val, sizeof val, "%u %u %u %s %s %llu %s", v->real->qp_num, pa.lid, g < c->ngids ? g : 255,
+               R.rkeys[0] ? R.rkeys : "-", gids, (unsigned long long)m, notes);
       if (getenv("IBDBG_VERBS_TRACE")) say("put ", key, val);
       if (R.env->ns_put(key, val) != 0) return rs_fail("the agent went away (name service)");
     }
@@ -2687,13 +2716,15 @@ struct Peer {
   unsigned qpn, lid, idx;
   char rkeys[8192];
   char gids[IBDBG_VCTX_MAX_GIDS * 33 + 1];
+  unsigned long long msgs;
+  char notes[16 * 40];
 };
 const char* find_peer(Rebuild& R, bool global, const uint8_t* gid, uint32_t lid, uint32_t qpn, Peer* p) {
-  char key[128], val[sizeof p->rkeys + 64 + sizeof p->gids];
+  char key[128], val[sizeof p->rkeys + 64 + sizeof p->gids + sizeof p->notes];
   qp_key(key, sizeof key, global, gid, lid, qpn);
   if (getenv("IBDBG_VERBS_TRACE")) say("get ", key);
   if (R.env->ns_get(key, val, sizeof val) != 0) return rs_fail("the peer of a QP did not come back (", key, ")");
-  if (sscanf(val, "%u %u %u %8191s %264s", &p->qpn, &p->lid, &p->idx, p->rkeys, p->gids) != 5)
+  if (sscanf(val, "%u %u %u %8191s %264s %llu %639s", &p->qpn, &p->lid, &p->idx, p->rkeys, p->gids, &p->msgs, p->notes) != 7)
     return rs_fail("a peer's name-service entry is damaged");
   return nullptr;
 }
@@ -2705,6 +2736,62 @@ bool peer_gid(const Peer& p, unsigned i, uint8_t* out) {
     if (g) g++;
   }
   return g && unhex(g, out, 16);
+}
+
+// Messages the peer sent (and saw complete) whose receive completions this
+// process never took: they came to its backend after its last drain (a
+// capture without a job-wide drain barrier).  Their data is in our memory
+// (the backend placed it): the completions are made again from the peer's
+// notes, in order, after what the capture buffered.
+const char* remake_lost_recvs(VQp* v, const Peer& p) {
+  uint64_t got = v->msgs_recvd;
+  if (p.msgs <= got) return nullptr;
+  uint64_t lost = p.msgs - got;
+  if (lost > 16) return rs_fail("more messages to a QP were lost at the capture than the replay can make again");
+  VCq* cq = v->recv_cq;
+  Ring* r = v->srq ? &v->srq->ring : &v->ring;
+  // The notes of messages got+1 .. p.msgs: the last `lost` of the peer's list.
+  const char* notes[16];
+  int nn = 0;
+  for (const char* s = p.notes; s && *s && *s != '-' && nn < 16; s = strchr(s, ','), s = s ? s + 1 : s) notes[nn++] = s;
+  if ((uint64_t)nn < lost || !cq) return rs_fail("a peer's notes of its last messages are missing");
+  for (uint64_t k = 0; k < lost; k++) {
+    unsigned len = 0, imm = 0, op = 0;
+    sscanf(notes[nn - lost + k], "%u/%u/%u", &len, &imm, &op);
+    lock(&r->lk);
+    ring_skip_holes(r);
+    if (!r->n) {
+      unlock(&r->lk);
+      return rs_fail("a message came to a QP that had no receive posted");
+    }
+    RecvEnt* re = ring_at(r, 0);
+    struct ibv_wc wc;
+    memset(&wc, 0, sizeof wc);
+    wc.wr_id = re->wr_id;
+    wc.status = IBV_WC_SUCCESS;
+    wc.opcode = op == IBV_WR_RDMA_WRITE_WITH_IMM ? IBV_WC_RECV_RDMA_WITH_IMM : IBV_WC_RECV;
+    wc.byte_len = op == IBV_WR_RDMA_WRITE_WITH_IMM ? 0 : len;
+    wc.imm_data = imm;
+    wc.wc_flags = op == IBV_WR_SEND ? 0 : IBV_WC_WITH_IMM;
+    wc.qp_num = v->qx.qp_base.qp_num;
+    re->live = 0;
+    r->live--;
+    ring_skip_holes(r);
+    unlock(&r->lk);
+    lock(&cq->lk);
+    if (cq->n == cq->cap) {
+      unlock(&cq->lk);
+      return rs_fail("a CQ's buffer is full");
+    }
+    cq->buf[(cq->head + cq->n) % cq->cap] = wc;
+    __atomic_store_n(&cq->n, cq->n + 1, __ATOMIC_RELEASE);
+    unlock(&cq->lk);
+    if (v->srq) __atomic_sub_fetch(&v->srq->recvs, 1, __ATOMIC_RELAXED);
+    else __atomic_sub_fetch(&v->recvs, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&v->msgs_recvd, 1, __ATOMIC_RELAXED);
+  }
+  if (getenv("IBDBG_VERBS_TRACE")) say("made again the completions of messages lost at the capture");
+  return nullptr;
 }
 
 // Each connected QP's peer, as it is now; then RESET -> INIT -> RTR -> RTS
@@ -2770,6 +2857,8 @@ const char* connect_qps(Rebuild& R) {
         mask |= IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER;
       }
       v->dest_new = peer->qpn;
+      if (t == IBV_QPT_RC)
+        if (const char* why = remake_lost_recvs(v, *peer)) return why;
       // The peer's rkeys, old -> new.
       uint32_t nrk = 0;
       for (const char* p = peer->rkeys; *p; p++) nrk += *p == ',';

@@ -11,6 +11,8 @@
 #                               mid-traffic, replayed on a fresh softrdma: both finish their data check
 #   verbs.sh BUILD replay_events  the same with ibv_rc_pingpong -e: blocked in ibv_get_cq_event at
 #                               the capture, events from the armed CQs after the replay
+#   verbs.sh BUILD replay_refuse  a RoCE image replayed on softrdma:ib (IBDBG_VERBS_DEVICE) refuses
+#                               in one line naming `ibdbg translate`
 #   verbs.sh BUILD replay_ud|replay_srq|replay_write|replay_read|replay_atomic   the same with
 #                               ibv_ud_pingpong, ibv_srq_pingpong, ib_write_bw, ib_read_bw, ib_atomic_bw
 set -u
@@ -68,10 +70,11 @@ pair() {
 # its own (a replay gives each descriptor its offset back).  ITERS: the
 # "N iters in" line the pingpongs print at their end (0: none).
 replay_pair() {
-  local name=$1 iters=$2; shift 2
+  local name=$1 iters=$2 keep=0; shift 2
+  [ "${!#}" = --keep ] && { keep=1; set -- "${@:1:$#-1}"; }
   port=$((port + 1))
   local cmd="$* -p $port"
-  ( timeout 280 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/$name-job" -- sh -c \
+  ( IBDBG_VERBS_TRACE=1 timeout 280 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/$name-job" -- sh -c \
       "stdbuf -oL $cmd > $name.srv 2>&1 & sleep 0.5; stdbuf -oL $cmd 127.0.0.1 > $name.cli 2>&1; echo client=\$? >> $name.st; wait \$!; echo server=\$? >> $name.st" \
       > $name.run 2>&1; echo "rc=$?" >> $name.run ) &
   local runner=$! started=0
@@ -88,6 +91,7 @@ replay_pair() {
   [ -s $name.st ] && fail "$name: the pair ended before the capture (more iterations needed here?)"
   "$ibdbg" inspect "$img" > $name.inspect || fail "$name: inspect failed"
   [ "$(grep -Ec '^    qp .*  RT[RS]  ' $name.inspect)" -ge 2 ] || fail "$name: inspect shows no connected QPs"
+  [ $keep = 1 ] && return 0
   timeout 200 "$ibdbg" replay "$img" --dir "$work/$name-replay" > $name.replay 2>&1
   local rc=$?
   [ $rc = 0 ] || fail "$name: the replay failed (rc=$rc): $(tail -3 $name.replay; tail -3 $name.srv $name.cli)"
@@ -162,6 +166,19 @@ replay_write) replay_pair write_bw 0 ib_write_bw -x 1 -n 300000 -s 4096 ;;
 replay_read) replay_pair read_bw 0 ib_read_bw -x 1 -n 300000 -s 4096 ;;
 replay_events) replay_pair events 20000 ibv_rc_pingpong -g 1 -c -e -n 20000 ;;
 replay_atomic) replay_pair atomic_bw 0 ib_atomic_bw -x 1 -n 1000000 ;;
+replay_refuse)
+  # A replay onto a device of the other link layer refuses in one line
+  # naming `ibdbg translate`; the recorded device given by name replays.
+  replay_pair rc_roce 20000 ibv_rc_pingpong -g 1 -c -n 20000 --keep
+  img=$(ls -d "$work"/rc_roce-job/images/ckpt-*)
+  : > rc_roce.srv; : > rc_roce.cli; : > rc_roce.st
+  # (The job's shell reports its children's status in rc_roce.st and ends well.)
+  IBDBG_VERBS_DEVICE=softrdma:ib timeout 100 "$ibdbg" replay "$img" --dir "$work/refuse" > refuse.out 2>&1
+  grep -q "client=70" rc_roce.st && grep -q "server=70" rc_roce.st || fail "the refused processes did not exit 70: $(cat rc_roce.st)"
+  grep -h "ibdbg: replay: verbs: the image is for RoCE and device softrdma0 is InfiniBand: run \`ibdbg translate IMAGE -o OUT --fabric ib\` first" \
+    rc_roce.srv rc_roce.cli > /dev/null || fail "the refusal: $(cat refuse.out rc_roce.srv rc_roce.cli | tail -5)"
+  grep -q "iters in" rc_roce.srv rc_roce.cli && fail "a refused replay ran on"
+  ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 echo PASS
