@@ -12,7 +12,7 @@
 #   verbs.sh BUILD replay_events  the same with ibv_rc_pingpong -e: blocked in ibv_get_cq_event at
 #                               the capture, events from the armed CQs after the replay
 #   verbs.sh BUILD replay_refuse  a RoCE image replayed on softrdma:ib (IBDBG_VERBS_DEVICE) refuses
-#                               in one line naming `ibdbg translate`
+#                               in one line naming `ibdbg translate`; on softrdma:roce it replays
 #   verbs.sh BUILD replay_ud|replay_srq|replay_write|replay_read|replay_atomic   the same with
 #                               ibv_ud_pingpong, ibv_srq_pingpong, ib_write_bw, ib_read_bw, ib_atomic_bw
 set -u
@@ -178,6 +178,12 @@ replay_refuse)
   grep -h "ibdbg: replay: verbs: the image is for RoCE and device softrdma0 is InfiniBand: run \`ibdbg translate IMAGE -o OUT --fabric ib\` first" \
     rc_roce.srv rc_roce.cli > /dev/null || fail "the refusal: $(cat refuse.out rc_roce.srv rc_roce.cli | tail -5)"
   grep -q "iters in" rc_roce.srv rc_roce.cli && fail "a refused replay ran on"
+  # The recorded fabric, named: the replay runs to its end.
+  : > rc_roce.srv; : > rc_roce.cli; : > rc_roce.st
+  IBDBG_VERBS_DEVICE=softrdma:roce timeout 200 "$ibdbg" replay "$img" --dir "$work/named" > named.out 2>&1 ||
+    fail "the replay on softrdma:roce failed: $(tail -3 named.out)"
+  grep -q "client=0" rc_roce.st && grep -q "server=0" rc_roce.st && grep -aq "^20000 iters in" rc_roce.cli ||
+    fail "the replay on softrdma:roce did not finish well: $(cat rc_roce.st; tail -3 rc_roce.cli)"
   ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
