@@ -715,6 +715,62 @@ void verbs_release() {
   g_verbs_held = false;
 }
 
+// The name service of the replayed job, through the agent (only the
+// checkpoint thread uses g_sock, and it is here).
+int verbs_ns_put(const char* key, const char* value) {
+  size_t kl = slen(key), vl = slen(value);
+  ibdbg_msg_hdr h = {IBDBG_MSG_NS_PUT, (uint32_t)(kl + 1 + vl)};
+  return write_all(g_sock, &h, sizeof h) && write_all(g_sock, key, kl + 1) && write_all(g_sock, value, vl) ? 0 : -1;
+}
+int verbs_ns_get(const char* key, char* value, size_t cap) {
+  ibdbg_msg_hdr h = {IBDBG_MSG_NS_GET, (uint32_t)slen(key)};
+  if (!write_all(g_sock, &h, sizeof h) || !write_all(g_sock, key, h.len)) return -1;
+  if (!read_all(g_sock, &h, sizeof h) || h.type != IBDBG_MSG_NS_GET || h.len >= cap) return -1;
+  if (!read_all(g_sock, value, h.len)) return -1;
+  value[h.len] = 0;
+  return 0;
+}
+
+[[noreturn]] void verbs_replay_fails(const char* why) {
+  char line[512];
+  size_t k = 0;
+  const char* parts[] = {"ibdbg: replay: ", why, "\n"};
+  for (const char* part : parts)
+    for (const char* c = part; *c && k < sizeof line; c++) line[k++] = *c;
+  sys(SYS_write, 2, (long)line, (long)k);
+  sys(SYS_exit_group, 70);
+  __builtin_unreachable();
+}
+
+// A replayed process with verbs objects: the record comes from the image
+// (through the agent: `ibdbg translate` may have rewritten it), not from our
+// memory; the verbs layer rebuilds the objects, then posts go on.
+void verbs_restart() {
+  if (g_vh->describe(g_verbs_buf, kVerbsBufCap) == 0) {
+    verbs_release();
+    return;
+  }
+  if (g_sock < 0) verbs_replay_fails("verbs: no agent to ask for the verbs record");
+  ibdbg_msg_hdr h = {IBDBG_MSG_VERBS_RECORD, 0};
+  if (!write_all(g_sock, &h, sizeof h) || !read_all(g_sock, &h, sizeof h) || h.type != IBDBG_MSG_VERBS_RECORD ||
+      h.len < 4 || h.len > kVerbsBufCap || !read_all(g_sock, g_verbs_buf, h.len))
+    verbs_replay_fails("verbs: the agent sent no verbs record");
+  uint32_t dl;
+  memcpy(&dl, g_verbs_buf, 4);
+  if (dl > 255 || 4 + dl > h.len) verbs_replay_fails("verbs: the agent's verbs record is damaged");
+  static char device[256];
+  memcpy(device, g_verbs_buf + 4, dl);
+  device[dl] = 0;
+  ibdbg_verbs_replay_env env;
+  env.record = g_verbs_buf + 4 + dl;
+  env.record_len = h.len - 4 - dl;
+  env.device = device;
+  env.ns_put = verbs_ns_put;
+  env.ns_get = verbs_ns_get;
+  if (const char* why = g_vh->restart(&env)) verbs_replay_fails(why);
+  verbs_release();
+}
+
 void ckpt_capture() {
   const char* why = nullptr;
   for (uint32_t k = 0; k < g_nslots && k < IBDBG_MAX_THREADS; k++) g_slots[k].done = 0;
@@ -755,11 +811,9 @@ void ckpt_capture() {
     // The old control socket's number was left free by the launcher.
     g_sock = -1;
     connect_agent(50);
-    // The backend's objects are gone with the captured process: posts stay
-    // held (the application waits) until the verbs layer can rebuild them
-    // (capture/verbs/README.md, next steps).  A process without verbs
-    // objects goes on.
-    if (g_vh && g_vh->describe(g_verbs_buf, kVerbsBufCap) == 0) verbs_release();
+    // The backend's objects are gone with the captured process: the verbs
+    // layer rebuilds them (posts held meanwhile), or the process cannot go on.
+    if (g_vh && g_verbs_held) verbs_restart();
     return;
   }
   release_threads();

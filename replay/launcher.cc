@@ -79,7 +79,76 @@ struct ImageMeta {
   long ctty_index = -1;  // the pty slave that is the controlling terminal, if any
   pid_t ctty_fg = 0;     // that terminal's foreground process group
   std::vector<IpcObject> ipc;  // SysV objects and /dev/shm files it uses
+  std::string verbs;           // the verbs record (ibdbg_verbs_hdr + objects), as the image has it
+  std::vector<ibdbg_fd_info> dropped_conns;  // the verbs backend's connections, not made again
 };
+
+// The verbs backend of the captured process is dead (capture/verbs/README.md:
+// a fresh one is loaded at replay): its threads are not made again, and its
+// descriptors are not either, except that the numbers the application sees
+// (completion channels, a context's async_fd and cmd_fd) are held by
+// /dev/null until the verbs layer dup2s the fresh backend's onto them.
+void DropVerbsBackend(const std::string& path, ImageMeta& m) {
+  if (m.verbs.empty()) return;
+  if (m.verbs.size() < sizeof(ibdbg_verbs_hdr)) Fail(path + ": verbs record of another format");
+  ibdbg_verbs_hdr h;
+  memcpy(&h, m.verbs.data(), sizeof h);
+  if (h.magic != IBDBG_VERBS_MAGIC || h.nbackend_fds > IBDBG_VERBS_MAX_FDS ||
+      m.verbs.size() != sizeof h + (size_t)h.nobjs * sizeof(ibdbg_verbs_obj))
+    Fail(path + ": verbs record of another format");
+  std::set<int> backend(h.backend_fds, h.backend_fds + h.nbackend_fds), visible;
+  for (uint32_t i = 0; i < h.nobjs; i++) {
+    ibdbg_verbs_obj o;
+    memcpy(&o, m.verbs.data() + sizeof h + i * sizeof o, sizeof o);
+    if (o.kind == IBDBG_VERBS_CHANNEL) visible.insert((int)(int64_t)o.u[0]);
+    if (o.kind == IBDBG_VERBS_CONTEXT) {
+      visible.insert((int)(int64_t)o.u[IBDBG_VCTX_CMD_FD]);
+      visible.insert((int)(int64_t)o.u[IBDBG_VCTX_ASYNC_FD]);
+    }
+  }
+  std::vector<FdRecord> keep;
+  for (auto& f : m.fds) {
+    if (!backend.count(f.info.fd) && !visible.count(f.info.fd)) {
+      keep.push_back(std::move(f));
+      continue;
+    }
+    if (f.info.kind == IBDBG_FD_SOCKET_CONN) m.dropped_conns.push_back(f.info);
+    if (!visible.count(f.info.fd)) continue;
+    FdRecord r;
+    r.info = f.info;
+    r.info.kind = IBDBG_FD_DEVNULL;
+    r.info.path[0] = 0;
+    keep.push_back(std::move(r));
+  }
+  m.fds = std::move(keep);
+  std::vector<ibdbg_thread_info> threads;
+  for (auto& t : m.threads)
+    if (!(t.flags & IBDBG_THREAD_BACKEND)) threads.push_back(t);
+  m.threads = std::move(threads);
+}
+
+// The other end of a backend's connection that a backend thread accepted
+// after the verbs calls (not listed in the record) is the backend's too.
+void DropVerbsPeerConns(std::vector<ImageMeta*>& ms) {
+  std::vector<ibdbg_fd_info> dropped;
+  for (auto* m : ms) dropped.insert(dropped.end(), m->dropped_conns.begin(), m->dropped_conns.end());
+  if (dropped.empty()) return;
+  for (auto* m : ms) {
+    std::vector<FdRecord> keep;
+    for (auto& f : m->fds) {
+      bool peer = false;
+      if (f.info.kind == IBDBG_FD_SOCKET_CONN && f.info.sock_family != AF_UNIX)
+        for (auto& d : dropped)
+          if (d.sock_family == f.info.sock_family && d.sock_addr_len == f.info.peer_addr_len &&
+              d.peer_addr_len == f.info.sock_addr_len &&
+              memcmp(d.sock_addr, f.info.peer_addr, d.sock_addr_len) == 0 &&
+              memcmp(d.peer_addr, f.info.sock_addr, d.peer_addr_len) == 0)
+            peer = true;
+      if (!peer) keep.push_back(std::move(f));
+    }
+    m->fds = std::move(keep);
+  }
+}
 
 // Reads every record up to the first page record.
 void ReadMeta(image::ImageReader& r, ImageMeta& m, image::Record& first_pages, bool* have_pages) {
@@ -146,10 +215,11 @@ void ReadMeta(image::ImageReader& r, ImageMeta& m, image::Record& first_pages, b
         break;
       }
       case image::RecordType::Verbs:
-        // The backend's objects died with the captured process and nothing
-        // rebuilds them yet: a replay would hang at its first post.
-        Fail(r.path() + ": the process has RDMA verbs objects; replaying them is not implemented yet "
-             "(capture/verbs/README.md)");
+        // The verbs layer rebuilds the objects in the process (it gets this
+        // record from the agent); here only the backend's threads and
+        // descriptors are left out (DropVerbsBackend).
+        m.verbs.assign((const char*)rec.data.data(), rec.data.size());
+        break;
       case image::RecordType::Pages:
         first_pages = std::move(rec);
         *have_pages = true;
@@ -160,6 +230,7 @@ void ReadMeta(image::ImageReader& r, ImageMeta& m, image::Record& first_pages, b
 done:
   if (!have_proc || !have_sig || m.threads.empty()) Fail(r.path() + ": image lacks process state (truncated?)");
   if (m.proc.proto_version != IBDBG_PROTO_VERSION) Fail(r.path() + ": process state of another format version");
+  DropVerbsBackend(r.path(), m);
 }
 
 // Objects that several processes of the image share, made once by the
@@ -1913,6 +1984,11 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
            " (images of several hosts replay onto one in a later version)");
     all.push_back(std::move(p));
   }
+  {
+    std::vector<ImageMeta*> ms;
+    for (auto& p : all) ms.push_back(&p->m);
+    DropVerbsPeerConns(ms);
+  }
   // The process tree: parents that are in the image keep their children.
   std::vector<int> roots;
   for (size_t i = 0; i < all.size(); i++) {
@@ -2081,6 +2157,8 @@ Launched LaunchJob(const std::vector<std::string>& image_files, const ReplayOpti
   }
   for (int fd : ours) close(fd);
   Launched L;
+  for (auto& p : all)
+    if (!p->m.verbs.empty()) L.verbs_records[p->m.proc.pid] = p->m.verbs;
   L.launcher_child = child;
   Prepared& root = *all[roots[0]];
   L.image_pid = root.m.proc.pid;

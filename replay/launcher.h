@@ -9,6 +9,7 @@
 #include <sys/types.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,7 +28,8 @@ struct ReplayOptions {
   // the background instead of before the process runs; root only.
   bool lazy = false;
   // `ibdbg replay --device`: the verbs device the replay loads ("softrdma:roce",
-  // "softrdma:ib" or a device name); "" = the recorded one.
+  // "softrdma:ib" or a device name); "" = the recorded one.  The agent hands
+  // it to each process with its verbs record.
   std::string verbs_device;
 
   // ---- a job of several parts (hosts); none of this is needed for one ----
@@ -66,6 +68,9 @@ struct Launched {
     std::string exe;
   };
   std::vector<Proc> procs;
+  // Image pid -> the process's verbs record as the image has it (after any
+  // `ibdbg translate`); the agent hands it to the process at replay.
+  std::map<pid_t, std::string> verbs_records;
 };
 
 // Starts the single process of `image_file` (a proc-*.img).  Throws

@@ -119,6 +119,7 @@ void Agent::AcceptLib() {
   l.fd = fd;
   // The peer's pid as this namespace sees it (the library reports its own view).
   l.pid = cred.pid;
+  l.own_pid = hello.pid;
   l.exe = hello.exe;
   l.rank = ProcessMpiRank(l.pid).value_or(-1);
   libs_[fd] = l;
@@ -559,12 +560,68 @@ void Agent::Resume(bool kill_them) {
   }
 }
 
+bool Agent::LibMessage(int fd) {
+  ibdbg_msg_hdr h;
+  ssize_t n = recv(fd, &h, sizeof h, MSG_DONTWAIT | MSG_PEEK);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return true;
+  if (n <= 0 || !ReadFull(fd, &h, sizeof h, 5000) || h.len > (1u << 20)) return false;
+  std::string body(h.len, '\0');
+  if (h.len && !ReadFull(fd, body.data(), h.len, 5000)) return false;
+  auto it = libs_.find(fd);
+  if (it == libs_.end()) return false;
+  try {
+    if (h.type == IBDBG_MSG_VERBS_RECORD) {
+      auto r = verbs_records.find(it->second.own_pid);
+      std::string rec = r == verbs_records.end() ? std::string() : r->second;
+      uint32_t dl = (uint32_t)verbs_device.size();
+      std::string out((const char*)&dl, 4);
+      out += verbs_device + rec;
+      ibdbg_msg_hdr rh = {IBDBG_MSG_VERBS_RECORD, (uint32_t)out.size()};
+      out.insert(0, (const char*)&rh, sizeof rh);
+      return send(fd, out.data(), out.size(), MSG_NOSIGNAL) == (ssize_t)out.size();
+    }
+    if (h.type == IBDBG_MSG_NS_PUT || h.type == IBDBG_MSG_NS_GET) {
+      if (ns_.fd() < 0) ns_ = ConnectCoordinator(job_, "client");
+      if (h.type == IBDBG_MSG_NS_PUT) {
+        size_t z = body.find('\0');
+        if (z == std::string::npos) return false;
+        // The coordinator's {"ok"} to a put is told apart from values by its lack of a key.
+        ns_.Send({{"op", "ns_put"}, {"key", body.substr(0, z)}, {"value", body.substr(z + 1)}});
+      } else {
+        ns_waiting_.emplace(body, fd);
+        ns_.Send({{"op", "ns_get"}, {"key", body}});
+      }
+      return true;
+    }
+  } catch (const std::exception& e) {
+    fprintf(stderr, "ibdbg: agent: %s\n", e.what());
+    return false;
+  }
+  return true;  // other messages are not for this moment
+}
+
+void Agent::NsReply(const json& m) {
+  if (!m.contains("key")) return;
+  std::string key = m.value("key", ""), value = m.value("value", "");
+  auto it = ns_waiting_.find(key);
+  if (it == ns_waiting_.end()) return;
+  int fd = it->second;
+  ns_waiting_.erase(it);
+  ibdbg_msg_hdr h = {IBDBG_MSG_NS_GET, (uint32_t)value.size()};
+  std::string out((const char*)&h, sizeof h);
+  out += value;
+  if (send(fd, out.data(), out.size(), MSG_NOSIGNAL) != (ssize_t)out.size()) {
+  }
+}
+
 int Agent::Loop() {
   int status = 0;
   bool child_done = child_ < 0;
   while (!child_done) {
     std::vector<pollfd> pf = {{lfd_, POLLIN, 0}, {coord_.fd(), POLLIN, 0}, {pidfd_, POLLIN, 0}};
     for (auto& [fd, l] : libs_) pf.push_back({fd, POLLIN, 0});
+    size_t nlib = pf.size();
+    if (ns_.fd() >= 0) pf.push_back({ns_.fd(), POLLIN, 0});
     int r = poll(pf.data(), pf.size(), 1000);
     if (r < 0 && errno != EINTR) break;
     if (pf[0].revents & POLLIN) AcceptLib();
@@ -591,15 +648,24 @@ int Agent::Loop() {
       }
     }
     std::vector<int> gone;
-    for (size_t i = 3; i < pf.size(); i++) {
+    for (size_t i = 3; i < nlib; i++) {
       if (!pf[i].revents) continue;
-      char buf[256];
-      ssize_t n = recv(pf[i].fd, buf, sizeof buf, MSG_DONTWAIT);
-      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) gone.push_back(pf[i].fd);
+      if (!LibMessage(pf[i].fd)) gone.push_back(pf[i].fd);
+    }
+    if (pf.size() > nlib && pf[nlib].revents) {
+      if (!ns_.Fill()) {
+        ns_.Close();
+        for (auto& [k, fd] : ns_waiting_) gone.push_back(fd);  // cannot be answered: they fail
+        ns_waiting_.clear();
+      }
+      while (auto m = ns_.Pop()) NsReply(*m);
     }
     for (int fd : gone) {
+      if (!libs_.count(fd)) continue;
       close(fd);
       libs_.erase(fd);
+      for (auto w = ns_waiting_.begin(); w != ns_waiting_.end();)
+        w = w->second == fd ? ns_waiting_.erase(w) : std::next(w);
     }
     if (!gone.empty()) SendProcs();
     if (pidfd_ >= 0 ? (pf[2].revents & POLLIN) != 0 : false) {

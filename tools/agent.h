@@ -34,11 +34,16 @@ class Agent {
   int Loop();
   // Runs before every capture (a lazy replay waits for its pages there).
   std::function<void()> before_capture;
+  // A replay of verbs objects: image pid -> the process's verbs record, and
+  // the device to rebuild them on (replay::ReplayOptions::verbs_device).
+  std::map<pid_t, std::string> verbs_records;
+  std::string verbs_device;
 
  private:
   struct Lib {
     int fd = -1;
     pid_t pid = 0;
+    pid_t own_pid = 0;  // as the process sees itself (its image pid after a replay)
     std::string exe;
     int rank = -1;  // MPI rank from its environment; -1 unknown
     std::vector<capture::PipeRefill> refills;
@@ -63,6 +68,10 @@ class Agent {
   void SendCaptured(const json& procs, const std::string& err);
   void Resume(bool kill);
   std::vector<pid_t> UnregisteredDescendants();
+  // A message a library sent outside a capture (a replayed process's verbs
+  // layer: its record, the name service); false when it went away.
+  bool LibMessage(int fd);
+  void NsReply(const json& m);
 
   JobDir job_;
   std::string via_;
@@ -82,6 +91,10 @@ class Agent {
   int lfd_ = -1;
   LineConn coord_;
   std::map<int, Lib> libs_;
+  // The name service of the job for the libraries: a connection of its own
+  // (an ns_get waits at the coordinator), and who waits for which key.
+  LineConn ns_;
+  std::multimap<std::string, int> ns_waiting_;
   pid_t child_ = -1;
   int pidfd_ = -1;
 };

@@ -12,7 +12,18 @@
 extern "C" {
 #endif
 
-#define IBDBG_VERBS_HOOKS_VERSION 2
+#define IBDBG_VERBS_HOOKS_VERSION 3
+
+/* What a replayed process gets to rebuild its verbs objects (the checkpoint
+ * thread asks the agent for it). */
+struct ibdbg_verbs_replay_env {
+  const void* record; /* the verbs record as the image has it (after translate) */
+  size_t record_len;
+  const char* device; /* "" = as recorded, "softrdma:ib", "softrdma:roce", or a device name */
+  /* The job's name service: put does not wait; get waits for the key. */
+  int (*ns_put)(const char* key, const char* value);
+  int (*ns_get)(const char* key, char* value, size_t cap);
+};
 
 struct ibdbg_verbs_hooks {
   uint32_t version;
@@ -42,6 +53,10 @@ struct ibdbg_verbs_hooks {
    * receive completions the peers' last sends produced) into the buffers,
    * and asks the backend for the descriptors and threads it owns. */
   const char* (*drain)(void);
+  /* In a replayed process, before resume(): loads the backend fresh and
+   * rebuilds every object (capture/verbs/README.md).  Application threads
+   * run; posts are still held.  NULL, or a one-line reason. */
+  const char* (*restart)(const struct ibdbg_verbs_replay_env* env);
 };
 
 #ifdef __cplusplus

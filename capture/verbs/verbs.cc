@@ -24,8 +24,10 @@
 #include <linux/futex.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -179,19 +181,26 @@ struct Track {
   }
 };
 
+// After a replay the next definitions are the fresh backend's, loaded with
+// dlmopen (README.md: the lower half); each generation binds them again.
+void* g_lower;
+volatile uint32_t g_lower_gen;
 template <class F>
-F next_fn(F* slot, const char* name, const char* ver) {
+F next_fn(F* slot, uint32_t* gen, const char* name, const char* ver) {
+  uint32_t g = __atomic_load_n(&g_lower_gen, __ATOMIC_ACQUIRE);
   F f = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
-  if (!f) {
-    f = (F)dlvsym(RTLD_NEXT, name, ver);
+  if (!f || __atomic_load_n(gen, __ATOMIC_ACQUIRE) != g) {
+    f = (F)dlvsym(g ? g_lower : RTLD_NEXT, name, ver);
     __atomic_store_n(slot, f, __ATOMIC_RELEASE);
+    __atomic_store_n(gen, g, __ATOMIC_RELEASE);
   }
   return f;
 }
 #define NEXT(name, ver)                                           \
   ({                                                              \
     static decltype(&::name) slot_;                               \
-    next_fn(&slot_, #name, ver);                                  \
+    static uint32_t gen_;                                         \
+    next_fn(&slot_, &gen_, #name, ver);                           \
   })
 #define V10 "IBVERBS_1.0"
 #define V11 "IBVERBS_1.1"
@@ -258,6 +267,8 @@ struct VCtx {
   struct ibv_port_attr port;
   union ibv_gid gid0;
   bool port_known;
+  union ibv_gid gids[IBDBG_VCTX_MAX_GIDS];  // port 1's table as the application saw it
+  uint32_t ngids;
 };
 struct VPd {
   struct ibv_pd pd;
@@ -294,14 +305,145 @@ struct VCq {
   // The extended poll session (one thread at a time, by the API's contract).
   struct ibv_wc cur;
   bool cur_buffered, real_open, locked;
+  volatile uint32_t armed;   // req_notify_cq since the last event: 1, or 2 solicited only
+  volatile uint32_t synth;   // events we made (buffered completions) not acked yet
+  volatile uint32_t real_unacked;  // events of the current backend not acked yet
 };
+// Posted receives not completed yet, so that a replay can post them again:
+// one ring per RQ or SRQ, allocated at create (a post copies into it, a
+// completion pops: in order for an RQ, by wr_id for an SRQ, which leaves
+// holes that the head skips).
+struct RecvEnt {
+  uint64_t wr_id;
+  uint32_t num_sge;
+  uint32_t live;
+  struct ibv_sge sge[];  // max_sge of them
+};
+struct Ring {
+  Lock lk;
+  uint32_t cap, max_sge, head, n;  // n: entries from head on, holes included
+  uint32_t live;
+  bool by_id, overflow;
+  size_t esz;
+  char* ents;
+};
+RecvEnt* ring_at(Ring* r, uint32_t i) { return (RecvEnt*)(r->ents + (size_t)((r->head + i) % r->cap) * r->esz); }
+bool ring_init(Ring* r, uint32_t wr, uint32_t max_sge, bool by_id) {
+  r->max_sge = max_sge < IBDBG_VERBS_RECV_MAX_SGE ? max_sge : IBDBG_VERBS_RECV_MAX_SGE;
+  if (!r->max_sge) r->max_sge = 1;
+  r->cap = (wr ? wr : 1) * (by_id ? 2 : 1) + 1;
+  r->by_id = by_id;
+  r->esz = sizeof(RecvEnt) + r->max_sge * sizeof(struct ibv_sge);
+  r->ents = (char*)calloc(r->cap, r->esz);
+  if (!r->ents) r->overflow = true;
+  return r->ents != nullptr;
+}
+// Drops holes (SRQ): only when the ring is full of them.
+void ring_compact(Ring* r) {
+  uint32_t w = 0;
+  for (uint32_t i = 0; i < r->n; i++) {
+    RecvEnt* e = ring_at(r, i);
+    if (!e->live) continue;
+    if (w != i) memcpy(ring_at(r, w), e, r->esz);
+    w++;
+  }
+  r->n = w;
+}
+void ring_push(Ring* r, const struct ibv_recv_wr* wr) {
+  if (!r->ents) return;
+  if (r->n == r->cap && r->by_id) ring_compact(r);
+  if (r->n == r->cap || wr->num_sge > (int)r->max_sge) {
+    r->overflow = true;  // a capture refuses: it could not repost this one
+    return;
+  }
+  RecvEnt* e = ring_at(r, r->n++);
+  e->wr_id = wr->wr_id;
+  e->num_sge = (uint32_t)wr->num_sge;
+  e->live = 1;
+  if (wr->num_sge > 0) memcpy(e->sge, wr->sg_list, (size_t)wr->num_sge * sizeof(struct ibv_sge));
+  r->live++;
+}
+void ring_unpush(Ring* r) {  // the backend refused the last one pushed
+  if (!r->ents || !r->n) return;
+  r->n--;
+  r->live--;
+}
+void ring_skip_holes(Ring* r) {
+  while (r->n && !ring_at(r, 0)->live) r->head = (r->head + 1) % r->cap, r->n--;
+}
+void ring_pop(Ring* r, uint64_t wr_id) {
+  if (!r->ents) return;
+  lock(&r->lk);
+  if (!r->by_id) {
+    if (r->n) ring_at(r, 0)->live = 0, r->live--;
+  } else {
+    for (uint32_t i = 0; i < r->n; i++) {
+      RecvEnt* e = ring_at(r, i);
+      if (e->live && e->wr_id == wr_id) {
+        e->live = 0;
+        r->live--;
+        break;
+      }
+    }
+  }
+  ring_skip_holes(r);
+  unlock(&r->lk);
+}
+
+// old key -> new key after a replay (local lkeys; a peer's rkeys): open
+// addressing, made at the replay, read without locks.
+struct KeyEnt {
+  uint32_t old_key, new_key, used;
+};
+struct KeyMap {
+  uint32_t cap;
+  KeyEnt* t;
+};
+void keymap_init(KeyMap* m, uint32_t n) {
+  uint32_t cap = 16;
+  while (cap < 2 * n + 2) cap *= 2;
+  m->t = (KeyEnt*)calloc(cap, sizeof(KeyEnt));
+  m->cap = m->t ? cap : 0;
+}
+void keymap_put(KeyMap* m, uint32_t o, uint32_t n) {
+  if (!m->cap) return;
+  for (uint32_t i = (o * 2654435761u) & (m->cap - 1);; i = (i + 1) & (m->cap - 1))
+    if (!m->t[i].used || m->t[i].old_key == o) {
+      m->t[i].old_key = o, m->t[i].new_key = n, m->t[i].used = 1;
+      return;
+    }
+}
+inline uint32_t keymap_get(const KeyMap* m, uint32_t o) {
+  if (!m || !m->cap) return o;
+  for (uint32_t i = (o * 2654435761u) & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+    if (!m->t[i].used) return o;  // a key made after the replay: the backend's own
+    if (m->t[i].old_key == o) return m->t[i].new_key;
+  }
+}
+KeyMap g_lkeys;
+volatile uint32_t g_xlate;  // after a replay: ids the application holds are the old ones
+volatile uint32_t g_dead;   // the captured backend is gone and the fresh one not there yet
+
 struct VSrq {
   struct ibv_srq srq;
   VObj o;
   struct ibv_srq* real;
   struct ibv_srq_attr attr;
   volatile int64_t recvs;  // posted and not completed
+  Ring ring;
 };
+// A UD destination (address handle, remote QPN) that sends named: a replay
+// finds the peer's new QPN for each.  Fixed size, filled at post without
+// allocation; a QP that names more refuses the capture.
+const uint32_t kUdDests = 256;
+struct UdDest {
+  uint32_t used, old_qpn, new_qpn;
+  struct VAh* ah;
+};
+inline uint32_t ud_slot(uint32_t qpn, const void* ah) {
+  return (uint32_t)((qpn * 2654435761u) ^ (uint32_t)((uintptr_t)ah >> 4)) & (kUdDests - 1);
+}
+
 struct VAh {
   struct ibv_ah ah;
   VObj o;
@@ -329,6 +471,19 @@ struct VQp {
   struct ibv_qp_cap cap;
   struct ibv_qp_attr attr;  // what modify_qp set, accumulated
   int attr_mask;
+  Ring ring;               // receives posted and not completed (no SRQ)
+  struct UdDest* ud;       // UD: the destinations its sends named (a replay looks them up)
+  bool ud_overflow;
+  // Messages that take a receive of the peer (send, send with immediate,
+  // write with immediate): posted here, and received here.  A replay
+  // compares each side's with its peer's: a completion that came to the
+  // backend after its last drain is made again from the sender's note.
+  volatile uint64_t msgs_posted, msgs_recvd;
+  struct MsgNote {
+    uint32_t len, imm, opcode;
+  } last[16];
+  KeyMap* peer_rkeys;      // after a replay: the peer's old rkey -> new
+  uint32_t dest_new;       // after a replay: the peer's new QPN
 };
 
 VCtx* ctx_of(struct ibv_context* c) { return (VCtx*)((char*)c - offsetof(VCtx, vc.context)); }
@@ -426,23 +581,26 @@ inline void recv_gate_enter() { gate_enter(&g_block_recv, &g_inflight_recv); }
 inline void recv_gate_exit() { gate_exit(&g_block_recv, &g_inflight_recv); }
 
 // ---- completions: accounting, buffers ---------------------------------------------
-void account(uint32_t qpn, enum ibv_wc_status st, enum ibv_wc_opcode op) {
-  if (st != IBV_WC_SUCCESS) return;  // the opcode of a failed completion is undefined
+VQp* account(uint32_t qpn, enum ibv_wc_status st, enum ibv_wc_opcode op, uint64_t wr_id) {
   VQp* q = qpn_get(qpn);
-  if (!q) return;
+  if (!q || st != IBV_WC_SUCCESS) return q;  // the opcode of a failed completion is undefined
   if (op & IBV_WC_RECV) {
-    if (q->srq) __atomic_sub_fetch(&q->srq->recvs, 1, __ATOMIC_RELAXED);
-    else __atomic_sub_fetch(&q->recvs, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&q->msgs_recvd, 1, __ATOMIC_RELAXED);
+    if (q->srq) __atomic_sub_fetch(&q->srq->recvs, 1, __ATOMIC_RELAXED), ring_pop(&q->srq->ring, wr_id);
+    else __atomic_sub_fetch(&q->recvs, 1, __ATOMIC_RELAXED), ring_pop(&q->ring, wr_id);
   } else {
     __atomic_sub_fetch(&q->sends_out, 1, __ATOMIC_RELAXED);
   }
+  return q;
 }
 // Accounts completions taken from v, and counts them for the image (one
-// atomic per kind and call).
-void account_cq(VCq* v, const struct ibv_wc* wc, int n) {
+// atomic per kind and call).  After a replay the application sees the QPNs it
+// knew.
+void account_cq(VCq* v, struct ibv_wc* wc, int n) {
   uint64_t sends = 0, recvs = 0;
   for (int i = 0; i < n; i++) {
-    account(wc[i].qp_num, wc[i].status, wc[i].opcode);
+    VQp* q = account(wc[i].qp_num, wc[i].status, wc[i].opcode, wc[i].wr_id);
+    if (__builtin_expect(g_xlate, 0) && q) wc[i].qp_num = q->qx.qp_base.qp_num;
     if (wc[i].status == IBV_WC_SUCCESS) (wc[i].opcode & IBV_WC_RECV) ? recvs++ : sends++;
   }
   if (sends) __atomic_add_fetch(&v->sends_taken, sends, __ATOMIC_RELAXED);
@@ -523,7 +681,7 @@ int v_poll_cq(struct ibv_cq* c, int n, struct ibv_wc* wc) {
   // Buffered completions, or a capture in progress: in order, under the lock.
   lock(&v->lk);
   int got = take_buffered(v, n, wc);
-  if (got < n) {
+  if (got < n && !__atomic_load_n(&g_dead, __ATOMIC_ACQUIRE)) {
     int r = v->poll(v->real, n - got, wc + got);
     if (r > 0) account_cq(v, wc + got, r), got += r;
     else if (r < 0 && got == 0) got = r;
@@ -532,9 +690,34 @@ int v_poll_cq(struct ibv_cq* c, int n, struct ibv_wc* wc) {
   return got;
 }
 
+// While the backend is parked (end of a quiesce to resume) or dead (a replay
+// rebuilding it), nobody enters it.
+void wait_backend() {
+  while (__atomic_load_n(&g_dead, __ATOMIC_ACQUIRE)) futex(&g_dead, FUTEX_WAIT_PRIVATE, 1, nullptr);
+}
+void backend_back() {
+  __atomic_store_n(&g_dead, 0, __ATOMIC_SEQ_CST);
+  futex(&g_dead, FUTEX_WAKE_PRIVATE, 0x7fffffff, nullptr);
+}
+
 int v_req_notify_cq(struct ibv_cq* c, int solicited) {
   VCq* v = cq_of(c);
+  wait_backend();
+  // Remembered: a replay arms the fresh CQ again, and completions a capture
+  // buffered make an event of their own (ibv_get_cq_event).
+  __atomic_store_n(&v->armed, solicited ? 2 : 1, __ATOMIC_RELEASE);
   return v->real->context->ops.req_notify_cq(v->real, solicited);
+}
+
+void note_msgs(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr* stop) {
+  for (; wr && wr != stop; wr = wr->next) {
+    if (wr->opcode != IBV_WR_SEND && wr->opcode != IBV_WR_SEND_WITH_IMM && wr->opcode != IBV_WR_RDMA_WRITE_WITH_IMM)
+      continue;
+    uint32_t len = 0;
+    for (int i = 0; i < wr->num_sge; i++) len += wr->sg_list[i].length;
+    uint64_t n = __atomic_fetch_add(&q->msgs_posted, 1, __ATOMIC_RELAXED);
+    q->last[n % 16] = {len, wr->imm_data, (uint32_t)wr->opcode};
+  }
 }
 
 int count_signaled(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr* stop) {
@@ -547,21 +730,81 @@ int count_signaled(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr* stop) {
   return n;
 }
 
-// UD: the backend must see its own address handles.  Copies 16 requests at a
-// time on the stack; *bad names the application's request.
-int post_send_ud(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr** bad) {
-  struct ibv_send_wr tmp[16];
+// UD (the backend must see its own address handles) and every QP after a
+// replay (the application's lkeys and its peer's rkeys are the old ones):
+// the requests are copied, 16 at a time with their SGEs, on the stack;
+// *bad names the application's request.
+const int kBatch = 16, kBatchSge = 256;
+// Before a replay: notes the destination; after: its QPN now.
+inline uint32_t ud_dest(VQp* q, VAh* ah, uint32_t qpn, bool after_replay) {
+  UdDest* t = q->ud;
+  if (!t) return qpn;
+  for (uint32_t i = ud_slot(qpn, ah), k = 0; k < kUdDests; i = (i + 1) & (kUdDests - 1), k++) {
+    UdDest* d = &t[i];
+    if (!__atomic_load_n(&d->used, __ATOMIC_ACQUIRE)) {
+      if (after_replay) return qpn;  // named first after the replay: as the application gave it
+      // Two posting threads may race for a slot: the loser looks on.
+      uint32_t z = 0;
+      if (!__atomic_compare_exchange_n(&d->used, &z, 2, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        while (__atomic_load_n(&d->used, __ATOMIC_ACQUIRE) == 2) {
+        }
+        if (d->old_qpn == qpn && d->ah == ah) return qpn;
+        continue;
+      }
+      d->old_qpn = qpn, d->ah = ah, d->new_qpn = qpn;
+      __atomic_store_n(&d->used, 1, __ATOMIC_RELEASE);
+      return qpn;
+    }
+    while (__atomic_load_n(&d->used, __ATOMIC_ACQUIRE) == 2) {
+    }
+    if (d->old_qpn == qpn && d->ah == ah) return after_replay ? d->new_qpn : qpn;
+  }
+  q->ud_overflow = true;
+  return qpn;
+}
+inline void xlate_sges(struct ibv_sge* out, const struct ibv_sge* in, int n) {
+  for (int i = 0; i < n; i++) out[i] = in[i], out[i].lkey = keymap_get(&g_lkeys, in[i].lkey);
+}
+int post_send_copy(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr** bad) {
+  struct ibv_send_wr tmp[kBatch];
+  struct ibv_sge sges[kBatchSge];
+  bool x = __atomic_load_n(&g_xlate, __ATOMIC_RELAXED);
   while (wr) {
-    struct ibv_send_wr* orig[16];
-    int k = 0;
+    struct ibv_send_wr* orig[kBatch];
+    int k = 0, used = 0;
     int sig = 0;
-    for (; wr && k < 16; wr = wr->next, k++) {
+    for (; wr && k < kBatch; wr = wr->next, k++) {
+      int ns = wr->num_sge > 0 ? wr->num_sge : 0;
+      if (x && !(wr->send_flags & IBV_SEND_INLINE) && used + ns > kBatchSge) {
+        if (k) break;
+        ns = kBatchSge;  // more SGEs than any backend takes: it refuses
+      }
       orig[k] = wr;
       if (q->sig_all || (wr->send_flags & IBV_SEND_SIGNALED)) sig++;
       tmp[k] = *wr;
       tmp[k].next = nullptr;
       if (k) tmp[k - 1].next = &tmp[k];
-      if (wr->wr.ud.ah) tmp[k].wr.ud.ah = ah_of(wr->wr.ud.ah)->real;
+      if (q->qx.qp_base.qp_type == IBV_QPT_UD && wr->wr.ud.ah) {
+        tmp[k].wr.ud.ah = ah_of(wr->wr.ud.ah)->real;
+        tmp[k].wr.ud.remote_qpn = ud_dest(q, ah_of(wr->wr.ud.ah), wr->wr.ud.remote_qpn, x);
+      }
+      if (x) {
+        if (!(wr->send_flags & IBV_SEND_INLINE) && ns) {
+          xlate_sges(sges + used, wr->sg_list, ns);
+          tmp[k].sg_list = sges + used;
+          used += ns;
+        }
+        switch (wr->opcode) {
+          case IBV_WR_RDMA_WRITE:
+          case IBV_WR_RDMA_WRITE_WITH_IMM:
+          case IBV_WR_RDMA_READ: tmp[k].wr.rdma.rkey = keymap_get(q->peer_rkeys, wr->wr.rdma.rkey); break;
+          case IBV_WR_ATOMIC_CMP_AND_SWP:
+          case IBV_WR_ATOMIC_FETCH_AND_ADD:
+            tmp[k].wr.atomic.rkey = keymap_get(q->peer_rkeys, wr->wr.atomic.rkey);
+            break;
+          default: break;
+        }
+      }
     }
     struct ibv_send_wr* rbad = nullptr;
     int rc = q->post_send(q->real, tmp, &rbad);
@@ -571,9 +814,11 @@ int post_send_ud(VQp* q, struct ibv_send_wr* wr, struct ibv_send_wr** bad) {
       if (i < 0 || i >= k) i = 0;
       *bad = orig[i];
       __atomic_add_fetch(&q->sends_out, count_signaled(q, orig[0], orig[i]), __ATOMIC_RELAXED);
+      note_msgs(q, orig[0], orig[i]);
       return rc;
     }
     __atomic_add_fetch(&q->sends_out, sig, __ATOMIC_RELAXED);
+    note_msgs(q, orig[0], wr);
   }
   return 0;
 }
@@ -583,11 +828,12 @@ int v_post_send(struct ibv_qp* qp, struct ibv_send_wr* wr, struct ibv_send_wr** 
   if (__builtin_expect(g_debug, 0)) __atomic_add_fetch(&g_n_post_send, 1, __ATOMIC_RELAXED);
   gate_enter();
   int rc;
-  if (qp->qp_type == IBV_QPT_UD) {
-    rc = post_send_ud(q, wr, bad);
+  if (qp->qp_type == IBV_QPT_UD || __builtin_expect(g_xlate, 0)) {
+    rc = post_send_copy(q, wr, bad);
   } else {
     rc = q->post_send(q->real, wr, bad);
     __atomic_add_fetch(&q->sends_out, count_signaled(q, wr, rc ? *bad : nullptr), __ATOMIC_RELAXED);
+    note_msgs(q, wr, rc ? *bad : nullptr);
   }
   gate_exit();
   return rc;
@@ -599,11 +845,40 @@ int count_recvs(struct ibv_recv_wr* wr, struct ibv_recv_wr* stop) {
   return n;
 }
 
+// Posts receives one at a time, each recorded in the ring before the backend
+// has it (its completion may come at once) and taken back if refused.
+int post_recv_ringed(Ring* r, struct ibv_recv_wr* wr, struct ibv_recv_wr** bad,
+                     int (*post)(void*, struct ibv_recv_wr*, struct ibv_recv_wr**), void* real) {
+  bool x = __atomic_load_n(&g_xlate, __ATOMIC_RELAXED);
+  lock(&r->lk);
+  int rc = 0;
+  for (; wr; wr = wr->next) {
+    struct ibv_recv_wr one = *wr;
+    one.next = nullptr;
+    struct ibv_sge sges[kBatchSge];
+    if (x && wr->num_sge > 0 && wr->num_sge <= kBatchSge) {
+      xlate_sges(sges, wr->sg_list, wr->num_sge);
+      one.sg_list = sges;
+    }
+    ring_push(r, wr);
+    struct ibv_recv_wr* rbad = nullptr;
+    rc = post(real, &one, &rbad);
+    if (rc) {
+      ring_unpush(r);
+      *bad = wr;
+      break;
+    }
+  }
+  unlock(&r->lk);
+  return rc;
+}
+
 int v_post_recv(struct ibv_qp* qp, struct ibv_recv_wr* wr, struct ibv_recv_wr** bad) {
   VQp* q = qp_of(qp);
   if (__builtin_expect(g_debug, 0)) __atomic_add_fetch(&g_n_post_recv, 1, __ATOMIC_RELAXED);
   recv_gate_enter();
-  int rc = q->post_recv(q->real, wr, bad);
+  int rc = post_recv_ringed(&q->ring, wr, bad, (int (*)(void*, struct ibv_recv_wr*, struct ibv_recv_wr**))q->post_recv,
+                            q->real);
   __atomic_add_fetch(&q->recvs, count_recvs(wr, rc ? *bad : nullptr), __ATOMIC_RELAXED);
   recv_gate_exit();
   return rc;
@@ -613,7 +888,9 @@ int v_post_srq_recv(struct ibv_srq* s, struct ibv_recv_wr* wr, struct ibv_recv_w
   VSrq* v = srq_of(s);
   if (__builtin_expect(g_debug, 0)) __atomic_add_fetch(&g_n_post_recv, 1, __ATOMIC_RELAXED);
   recv_gate_enter();
-  int rc = v->real->context->ops.post_srq_recv(v->real, wr, bad);
+  int rc = post_recv_ringed(&v->ring, wr, bad,
+                            (int (*)(void*, struct ibv_recv_wr*, struct ibv_recv_wr**))v->real->context->ops.post_srq_recv,
+                            v->real);
   __atomic_add_fetch(&v->recvs, count_recvs(wr, rc ? *bad : nullptr), __ATOMIC_RELAXED);
   recv_gate_exit();
   return rc;
@@ -640,7 +917,7 @@ void cur_from_real(VCq* v) {
   v->cq.status = x->status;
   v->cur_buffered = false;
   enum ibv_wc_opcode op = x->read_opcode(x);
-  account(x->read_qp_num(x), x->status, op);
+  account(x->read_qp_num(x), x->status, op, x->wr_id);
   if (x->status == IBV_WC_SUCCESS) __atomic_add_fetch((op & IBV_WC_RECV) ? &v->recvs_taken : &v->sends_taken, 1, __ATOMIC_RELAXED);
 }
 void cur_from_buf(VCq* v) {
@@ -674,7 +951,7 @@ int v_start_poll(struct ibv_cq_ex* c, struct ibv_poll_cq_attr* attr) {
     cur_from_buf(v);
     return 0;
   }
-  int r = v->rx->start_poll(v->rx, attr);
+  int r = __atomic_load_n(&g_dead, __ATOMIC_ACQUIRE) ? ENOENT : v->rx->start_poll(v->rx, attr);
   if (r == 0) {
     v->real_open = true;
     cur_from_real(v);
@@ -696,6 +973,7 @@ int v_next_poll(struct ibv_cq_ex* c) {
     cur_from_buf(v);
     return 0;
   }
+  if (__atomic_load_n(&g_dead, __ATOMIC_ACQUIRE)) return ENOENT;
   struct ibv_poll_cq_attr a = {};
   int r = v->rx->start_poll(v->rx, &a);
   if (r == 0) {
@@ -727,7 +1005,14 @@ READ_FN(enum ibv_wc_opcode, opcode, opcode)
 READ_FN(uint32_t, vendor_err, vendor_err)
 READ_FN(uint32_t, byte_len, byte_len)
 READ_FN(__be32, imm_data, imm_data)
-READ_FN(uint32_t, qp_num, qp_num)
+uint32_t v_read_qp_num(struct ibv_cq_ex* c) {
+  VCq* v = cqx_of(c);
+  if (v->cur_buffered) return v->cur.qp_num;
+  uint32_t qpn = v->rx->read_qp_num(v->rx);
+  if (__builtin_expect(g_xlate, 0))
+    if (VQp* q = qpn_get(qpn)) return q->qx.qp_base.qp_num;
+  return qpn;
+}
 READ_FN(uint32_t, src_qp, src_qp)
 READ_FN(unsigned int, wc_flags, wc_flags)
 READ_FN(uint32_t, slid, slid)
@@ -786,34 +1071,41 @@ void v_wr_send_imm(struct ibv_qp_ex* x, __be32 imm) {
 }
 void v_wr_rdma_write(struct ibv_qp_ex* x, uint32_t rkey, uint64_t addr) {
   struct ibv_qp_ex* r = wr_sync(x, true);
-  r->wr_rdma_write(r, rkey, addr);
+  r->wr_rdma_write(r, keymap_get(qpx_of(x)->peer_rkeys, rkey), addr);
 }
 void v_wr_rdma_write_imm(struct ibv_qp_ex* x, uint32_t rkey, uint64_t addr, __be32 imm) {
   struct ibv_qp_ex* r = wr_sync(x, true);
-  r->wr_rdma_write_imm(r, rkey, addr, imm);
+  r->wr_rdma_write_imm(r, keymap_get(qpx_of(x)->peer_rkeys, rkey), addr, imm);
 }
 void v_wr_rdma_read(struct ibv_qp_ex* x, uint32_t rkey, uint64_t addr) {
   struct ibv_qp_ex* r = wr_sync(x, true);
-  r->wr_rdma_read(r, rkey, addr);
+  r->wr_rdma_read(r, keymap_get(qpx_of(x)->peer_rkeys, rkey), addr);
 }
 void v_wr_atomic_cmp_swp(struct ibv_qp_ex* x, uint32_t rkey, uint64_t addr, uint64_t cmp, uint64_t swp) {
   struct ibv_qp_ex* r = wr_sync(x, true);
-  r->wr_atomic_cmp_swp(r, rkey, addr, cmp, swp);
+  r->wr_atomic_cmp_swp(r, keymap_get(qpx_of(x)->peer_rkeys, rkey), addr, cmp, swp);
 }
 void v_wr_atomic_fetch_add(struct ibv_qp_ex* x, uint32_t rkey, uint64_t addr, uint64_t add) {
   struct ibv_qp_ex* r = wr_sync(x, true);
-  r->wr_atomic_fetch_add(r, rkey, addr, add);
+  r->wr_atomic_fetch_add(r, keymap_get(qpx_of(x)->peer_rkeys, rkey), addr, add);
 }
 void v_wr_set_ud_addr(struct ibv_qp_ex* x, struct ibv_ah* ah, uint32_t qpn, uint32_t qkey) {
   struct ibv_qp_ex* r = wr_sync(x, false);
+  if (ah) qpn = ud_dest(qpx_of(x), ah_of(ah), qpn, __atomic_load_n(&g_xlate, __ATOMIC_RELAXED));
   r->wr_set_ud_addr(r, ah ? ah_of(ah)->real : nullptr, qpn, qkey);
 }
 void v_wr_set_sge(struct ibv_qp_ex* x, uint32_t lkey, uint64_t addr, uint32_t len) {
   struct ibv_qp_ex* r = wr_sync(x, false);
-  r->wr_set_sge(r, lkey, addr, len);
+  r->wr_set_sge(r, keymap_get(&g_lkeys, lkey), addr, len);
 }
 void v_wr_set_sge_list(struct ibv_qp_ex* x, size_t n, const struct ibv_sge* l) {
   struct ibv_qp_ex* r = wr_sync(x, false);
+  if (__builtin_expect(g_xlate, 0) && n <= (size_t)kBatchSge) {
+    struct ibv_sge t[kBatchSge];
+    xlate_sges(t, l, (int)n);
+    r->wr_set_sge_list(r, n, t);
+    return;
+  }
   r->wr_set_sge_list(r, n, l);
 }
 void v_wr_set_inline_data(struct ibv_qp_ex* x, void* addr, size_t len) {
@@ -917,8 +1209,7 @@ VQp* make_qp(VCtx* c, struct ibv_qp* real, struct ibv_pd* pd, struct ibv_cq* scq
   q->state = real->state;
   q->qp_type = real->qp_type;
   if (ex) {
-    static decltype(&::ibv_qp_to_qp_ex) to_ex;
-    auto f = next_fn(&to_ex, "ibv_qp_to_qp_ex", "IBVERBS_1.6");
+    auto f = NEXT(ibv_qp_to_qp_ex, "IBVERBS_1.6");
     v->rx = f ? f(real) : nullptr;
   }
   if (v->rx) {
@@ -943,9 +1234,11 @@ VQp* make_qp(VCtx* c, struct ibv_qp* real, struct ibv_pd* pd, struct ibv_cq* scq
 int v_query_port(struct ibv_context* c, uint8_t port, struct ibv_port_attr* a, size_t len) {
   Backend in_backend;
   VCtx* v = ctx_of(c);
-  if (v->real_vctx && v->real_vctx->query_port) return v->real_vctx->query_port(v->real, port, a, len);
-  auto f = NEXT(ibv_query_port, V11);
-  return f(v->real, port, (struct _compat_ibv_port_attr*)a);
+  int rc;
+  if (v->real_vctx && v->real_vctx->query_port) rc = v->real_vctx->query_port(v->real, port, a, len);
+  else rc = NEXT(ibv_query_port, V11)(v->real, port, (struct _compat_ibv_port_attr*)a);
+  if (rc == 0 && g_xlate && port == 1 && v->port_known) a->lid = v->port.lid;  // the LID it knew
+  return rc;
 }
 int v_query_device_ex(struct ibv_context* c, const struct ibv_query_device_ex_input* in, struct ibv_device_attr_ex* a,
                       size_t len) {
@@ -1030,6 +1323,11 @@ struct ibv_qp* create_qp_common(VCtx* c, struct ibv_qp_init_attr_ex* a) {
                           (a->comp_mask & IBV_QP_INIT_ATTR_SEND_OPS_FLAGS) != 0)
                 : nullptr;
   if (q) {
+    if (!a->srq) ring_init(&q->ring, r.cap.max_recv_wr, r.cap.max_recv_sge, false);
+    if (a->qp_type == IBV_QPT_UD) {
+      q->ud = (UdDest*)calloc(kUdDests, sizeof(UdDest));
+      if (!q->ud) q->ud_overflow = true;
+    }
     link_obj(&q->o, IBDBG_VERBS_QP);
     qpn_put(real->qp_num, q);
     a->cap = r.cap;
@@ -1053,6 +1351,7 @@ VSrq* make_srq(struct ibv_context* c, struct ibv_srq* real, struct ibv_pd* pd, v
   v->srq.pd = pd;
   v->srq.handle = real->handle;
   real->srq_context = v;
+  ring_init(&v->ring, attr->max_wr, attr->max_sge, true);
   return v;
 }
 
@@ -1217,6 +1516,9 @@ EXPORT struct ibv_context* ibv_open_device(struct ibv_device* dev) {
     fill_ops(v);
     v->port_known = NEXT(ibv_query_port, V11)(real, 1, (struct _compat_ibv_port_attr*)&v->port) == 0;
     if (v->port_known && NEXT(ibv_query_gid, V11)(real, 1, 0, &v->gid0) != 0) memset(&v->gid0, 0, sizeof v->gid0);
+    for (int i = 0; v->port_known && i < IBDBG_VCTX_MAX_GIDS && i < v->port.gid_tbl_len; i++)
+      if (NEXT(ibv_query_gid, V11)(real, 1, i, &v->gids[i]) == 0) v->ngids = (uint32_t)i + 1;
+      else break;
     link_obj(&v->o, IBDBG_VERBS_CONTEXT);
   } else if (real) {
     NEXT(ibv_close_device, V11)(real);
@@ -1249,12 +1551,20 @@ EXPORT int ibv_query_device(struct ibv_context* c, struct ibv_device_attr* a) {
 EXPORT int ibv_query_port(struct ibv_context* c, uint8_t port, struct _compat_ibv_port_attr* a) {
   if (__builtin_expect(t_depth, 0)) return NEXT(ibv_query_port, V11)(c, port, a);
   Backend in_backend;
-  return NEXT(ibv_query_port, V11)(ctx_of(c)->real, port, a);
+  int rc = NEXT(ibv_query_port, V11)(ctx_of(c)->real, port, a);
+  // After a replay the application's LID is the one it had.
+  if (rc == 0 && g_xlate && port == 1 && ctx_of(c)->port_known) ((struct ibv_port_attr*)a)->lid = ctx_of(c)->port.lid;
+  return rc;
 }
 EXPORT int ibv_query_gid(struct ibv_context* c, uint8_t port, int index, union ibv_gid* gid) {
   if (__builtin_expect(t_depth, 0)) return NEXT(ibv_query_gid, V11)(c, port, index, gid);
   Backend in_backend;
-  return NEXT(ibv_query_gid, V11)(ctx_of(c)->real, port, index, gid);
+  VCtx* v = ctx_of(c);
+  if (g_xlate && port == 1 && index >= 0 && (uint32_t)index < v->ngids) {
+    *gid = v->gids[index];
+    return 0;
+  }
+  return NEXT(ibv_query_gid, V11)(v->real, port, index, gid);
 }
 EXPORT int ibv_query_pkey(struct ibv_context* c, uint8_t port, int index, __be16* pkey) {
   if (__builtin_expect(t_depth, 0)) return NEXT(ibv_query_pkey, V11)(c, port, index, pkey);
@@ -1526,14 +1836,52 @@ EXPORT int ibv_destroy_cq(struct ibv_cq* cq) {
   unlock(&g_ctl);
   return rc;
 }
+namespace {
+// An armed CQ of this channel with completions a capture buffered: the
+// backend will not signal them (they left it), so the event is ours.
+VCq* synthetic_event(VChan* ch) {
+  VCq* found = nullptr;
+  lock(&g_ctl);
+  for (VObj* o = g_objs.next; o != &g_objs && !found; o = o->next) {
+    if (o->kind != IBDBG_VERBS_CQ) continue;
+    VCq* v = (VCq*)((char*)o - offsetof(VCq, o));
+    if (v->chan == ch && __atomic_load_n(&v->n, __ATOMIC_ACQUIRE) && __atomic_load_n(&v->armed, __ATOMIC_ACQUIRE))
+      found = v;
+  }
+  unlock(&g_ctl);
+  return found;
+}
+}  // namespace
+
 EXPORT int ibv_get_cq_event(struct ibv_comp_channel* chan, struct ibv_cq** cq, void** cq_context) {
   if (__builtin_expect(t_depth, 0)) return NEXT(ibv_get_cq_event, V11)(chan, cq, cq_context);
-  Backend in_backend;
-  struct ibv_cq* rcq = nullptr;
-  void* rctx = nullptr;
-  int rc = NEXT(ibv_get_cq_event, V11)(((VChan*)chan)->real, &rcq, &rctx);
-  if (rc) return rc;
-  VCq* v = (VCq*)rctx;
+  VChan* ch = (VChan*)chan;
+  VCq* v;
+  // The wait is here, not in the backend: a thread stopped by a capture must
+  // not sit in the backend's code, which a replay does not bring back.
+  for (;;) {
+    if ((v = synthetic_event(ch))) {
+      __atomic_store_n(&v->armed, 0, __ATOMIC_RELEASE);
+      __atomic_add_fetch(&v->synth, 1, __ATOMIC_RELAXED);
+      break;
+    }
+    wait_backend();
+    if (!(fcntl(ch->ch.fd, F_GETFL) & O_NONBLOCK)) {
+      struct pollfd p = {ch->ch.fd, POLLIN, 0};
+      if (poll(&p, 1, -1) < 0 && errno != EINTR) return -1;
+      if (__atomic_load_n(&g_dead, __ATOMIC_ACQUIRE)) continue;
+      if (!(p.revents & POLLIN)) continue;
+    }
+    Backend in_backend;
+    struct ibv_cq* rcq = nullptr;
+    void* rctx = nullptr;
+    int rc = NEXT(ibv_get_cq_event, V11)(ch->real, &rcq, &rctx);
+    if (rc) return rc;
+    v = (VCq*)rctx;
+    __atomic_store_n(&v->armed, 0, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&v->real_unacked, 1, __ATOMIC_RELAXED);
+    break;
+  }
   *cq = ibv_cq_ex_to_cq(&v->cq);
   *cq_context = v->cq.cq_context;
   return 0;
@@ -1541,7 +1889,20 @@ EXPORT int ibv_get_cq_event(struct ibv_comp_channel* chan, struct ibv_cq** cq, v
 EXPORT void ibv_ack_cq_events(struct ibv_cq* cq, unsigned int n) {
   if (__builtin_expect(t_depth, 0)) return NEXT(ibv_ack_cq_events, V11)(cq, n);
   Backend in_backend;
-  NEXT(ibv_ack_cq_events, V11)(cq_of(cq)->real, n);
+  VCq* v = cq_of(cq);
+  // Our own events are not the backend's to count, nor are those of a
+  // backend that a replay left behind: only what this one delivered.
+  for (uint32_t s = __atomic_load_n(&v->synth, __ATOMIC_RELAXED); s && n;) {
+    uint32_t k = s < n ? s : n;
+    if (__atomic_compare_exchange_n(&v->synth, &s, s - k, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) n -= k, s -= k;
+  }
+  uint32_t fwd = 0;
+  for (uint32_t r = __atomic_load_n(&v->real_unacked, __ATOMIC_RELAXED); r && n;) {
+    uint32_t k = r < n ? r : n;
+    if (__atomic_compare_exchange_n(&v->real_unacked, &r, r - k, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+      fwd = k, n = 0;
+  }
+  if (fwd) NEXT(ibv_ack_cq_events, V11)(v->real, fwd);
 }
 
 EXPORT struct ibv_srq* ibv_create_srq(struct ibv_pd* pd, struct ibv_srq_init_attr* a) {
@@ -1584,7 +1945,7 @@ EXPORT int ibv_destroy_srq(struct ibv_srq* srq) {
   VSrq* s = srq_of(srq);
   lock(&g_ctl);
   int rc = NEXT(ibv_destroy_srq, V11)(s->real);
-  if (rc == 0) unlink_obj(&s->o), free(s);
+  if (rc == 0) unlink_obj(&s->o), free(s->ring.ents), free(s);
   unlock(&g_ctl);
   return rc;
 }
@@ -1656,6 +2017,11 @@ EXPORT int ibv_query_qp(struct ibv_qp* qp, struct ibv_qp_attr* a, int mask, stru
     init->srq = qp->srq;
   }
   if (rc == 0) qp->state = q->real->state;
+  // After a replay the peer is named as the application knew it.
+  if (rc == 0 && g_xlate && (q->attr_mask & IBV_QP_DEST_QPN)) {
+    a->dest_qp_num = q->attr.dest_qp_num;
+    a->ah_attr = q->attr.ah_attr;
+  }
   return rc;
 }
 EXPORT int ibv_query_qp_data_in_order(struct ibv_qp* qp, enum ibv_wr_opcode op, uint32_t flags) {
@@ -1681,7 +2047,7 @@ EXPORT int ibv_destroy_qp(struct ibv_qp* qp) {
   Track track;
   uint32_t qpn = q->real->qp_num;
   int rc = NEXT(ibv_destroy_qp, V11)(q->real);
-  if (rc == 0) qpn_del(qpn), unlink_obj(&q->o), free(q);
+  if (rc == 0) qpn_del(qpn), unlink_obj(&q->o), free(q->ring.ents), free(q->ud), free(q);
   unlock(&g_ctl);
   return rc;
 }
@@ -1790,6 +2156,37 @@ const char* refuse(const char* a, uint64_t n = ~0ull, const char* b = "") {
   return g_why_buf;
 }
 
+Ring* ring_of(VObj* o) {
+  if (o->kind == IBDBG_VERBS_QP) return &((VQp*)((char*)o - offsetof(VQp, o)))->ring;
+  if (o->kind == IBDBG_VERBS_SRQ) return &((VSrq*)((char*)o - offsetof(VSrq, o)))->ring;
+  return nullptr;
+}
+
+// From the end of the quiesce until resume, polls return only buffered
+// completions: no application thread is inside the backend when the process
+// stops (a replay would resume it in the dead backend's code).
+void park_pollers() {
+  __atomic_store_n(&g_dead, 1, __ATOMIC_SEQ_CST);
+  for (VObj* o = g_objs.next; o != &g_objs; o = o->next) {
+    if (o->kind != IBDBG_VERBS_CQ) continue;
+    VCq* v = (VCq*)((char*)o - offsetof(VCq, o));
+    lock(&v->lk);
+    unlock(&v->lk);
+  }
+}
+
+const char* rings_refusal() {
+  for (VObj* o = g_objs.next; o != &g_objs; o = o->next) {
+    if (o->kind == IBDBG_VERBS_QP && ((VQp*)((char*)o - offsetof(VQp, o)))->ud_overflow)
+      return refuse("a UD QP sent to more than ", kUdDests, " destinations (address handle, QPN)");
+    Ring* r = ring_of(o);
+    if (r && r->overflow)
+      return refuse("a posted receive could not be recorded (more than the queue's max_recv_wr, more than ",
+                    IBDBG_VERBS_RECV_MAX_SGE, " SGEs, or no memory)");
+  }
+  return nullptr;
+}
+
 bool g_ctl_ours;  // quiesce holds g_ctl until resume
 
 // What the backend can tell (softrdma's SOFTRDMA_PRIVATE_1 exports, README.md):
@@ -1876,6 +2273,7 @@ bool gate_close(volatile uint32_t* block, volatile uint32_t* inflight) {
 
 const char* presuspend() {
   if (g_refused >= 0) return refuse(kFeatureName[g_refused], ~0ull, " was used by this process (not supported)");
+  if (const char* why = rings_refusal()) return why;
   find_backend_exports();
   // Control verbs wait from now on (they hold g_ctl), sends at the gate;
   // receives until the drain.
@@ -1938,6 +2336,10 @@ const char* drain() {
     int64_t pending = 0;
     if (sends_in_flight(q, &pending)) return busy_refusal(q, pending, " are in flight again after the job-wide barrier");
   }
+  // Not before: until every process of the job is presuspended, the
+  // application must see its new receive completions (to post receives that
+  // a peer's last sends need).
+  park_pollers();
   take_backend_owned();
   return nullptr;
 }
@@ -1949,7 +2351,10 @@ const char* quiesce() {
 
 size_t describe(void* out, size_t cap) {
   if (!g_nobjs) return 0;
-  size_t need = sizeof(ibdbg_verbs_hdr) + (size_t)g_nobjs * sizeof(ibdbg_verbs_obj);
+  size_t total = g_nobjs;
+  for (VObj* o = g_objs.next; o != &g_objs; o = o->next)
+    if (Ring* r = ring_of(o)) total += r->live;
+  size_t need = sizeof(ibdbg_verbs_hdr) + total * sizeof(ibdbg_verbs_obj);
   if (need > cap) return 0;
   ibdbg_verbs_hdr* h = (ibdbg_verbs_hdr*)out;
   memset(h, 0, sizeof *h);
@@ -1963,7 +2368,7 @@ size_t describe(void* out, size_t cap) {
     if ((g_backend_fd[fd / 64] | g_owned_fd[fd / 64]) & (1ull << (fd % 64))) h->backend_fds[h->nbackend_fds++] = fd;
   ibdbg_verbs_obj* objs = (ibdbg_verbs_obj*)(h + 1);
   uint32_t n = 0;
-  for (VObj* o = g_objs.next; o != &g_objs && n < g_nobjs; o = o->next, n++) {
+  for (VObj* o = g_objs.next; o != &g_objs && n < total; o = o->next, n++) {
     ibdbg_verbs_obj* e = &objs[n];
     memset(e, 0, sizeof *e);
     e->kind = o->kind;
@@ -1981,6 +2386,8 @@ size_t describe(void* out, size_t cap) {
           e->u[IBDBG_VCTX_LID] = pa.lid, e->u[IBDBG_VCTX_ACTIVE_MTU] = pa.active_mtu;
           e->u[IBDBG_VCTX_PORT_STATE] = pa.state, e->u[IBDBG_VCTX_GID_TBL_LEN] = (uint64_t)pa.gid_tbl_len;
           memcpy(e->gid, v->gid0.raw, 16);
+          e->u[IBDBG_VCTX_NGIDS] = v->ngids;
+          for (uint32_t i = 0; i < v->ngids; i++) memcpy(&e->u[IBDBG_VCTX_GIDS + 2 * i], v->gids[i].raw, 16);
           if (!h->link_layer) h->link_layer = (uint32_t)e->u[IBDBG_VCTX_LINK_LAYER];
         }
         break;
@@ -2069,12 +2476,30 @@ size_t describe(void* out, size_t cap) {
         break;
       }
     }
+    // The receives still posted, in posting order, after their queue.
+    if (Ring* r = ring_of(o)) {
+      for (uint32_t i = 0; i < r->n && n + 1 < total; i++) {
+        RecvEnt* re = ring_at(r, i);
+        if (!re->live) continue;
+        ibdbg_verbs_obj* x = &objs[++n];
+        memset(x, 0, sizeof *x);
+        x->kind = IBDBG_VERBS_RECV;
+        x->handle = (uint64_t)re;
+        x->parent[0] = e->handle;
+        x->u[0] = re->wr_id, x->u[1] = re->num_sge;
+        for (uint32_t k = 0; k < re->num_sge && k < IBDBG_VERBS_RECV_MAX_SGE; k++) {
+          x->u[2 + 2 * k] = re->sge[k].addr;
+          x->u[3 + 2 * k] = re->sge[k].length | (uint64_t)re->sge[k].lkey << 32;
+        }
+      }
+    }
   }
   h->nobjs = n;
   return sizeof *h + (size_t)n * sizeof(ibdbg_verbs_obj);
 }
 
 void resume() {
+  backend_back();
   __atomic_store_n(&g_quiesce, 0, __ATOMIC_SEQ_CST);
   __atomic_store_n(&g_block, 0, __ATOMIC_SEQ_CST);
   __atomic_store_n(&g_block_recv, 0, __ATOMIC_SEQ_CST);
@@ -2101,6 +2526,583 @@ void print_counters() {
 
 }  // namespace
 
+// ==== the replay's side ===================================================================
+// README.md "the lower half": the captured backend's memory is dead; the
+// backend is loaded fresh (dlmopen) and every object made again through it,
+// from the verbs record of the image (path attributes, which `ibdbg
+// translate` may have rewritten) and the virtual objects in our memory.
+namespace {
+
+char g_rs_why[512];
+const char* rs_fail(const char* a, const char* b = "", const char* c = "", const char* d = "") {
+  snprintf(g_rs_why, sizeof g_rs_why, "verbs: %s%s%s%s", a, b, c, d);
+  return g_rs_why;
+}
+const char* rs_errno(const char* what) { return rs_fail(what, ": ", strerror(errno)); }
+
+void hex_of(const uint8_t* b, size_t n, char* out) {
+  static const char d[] = "0123456789abcdef";
+  for (size_t i = 0; i < n; i++) out[2 * i] = d[b[i] >> 4], out[2 * i + 1] = d[b[i] & 15];
+  out[2 * n] = 0;
+}
+bool unhex(const char* s, uint8_t* b, size_t n) {
+  auto v = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1; };
+  for (size_t i = 0; i < n; i++) {
+    int h = v(s[2 * i]), l = h < 0 ? -1 : v(s[2 * i + 1]);
+    if (h < 0 || l < 0) return false;
+    b[i] = (uint8_t)(h << 4 | l);
+  }
+  return true;
+}
+
+bool is_ours(VObj* o) {
+  for (VObj* x = g_objs.next; x != &g_objs; x = x->next)
+    if (x == o) return true;
+  return false;
+}
+// The virtual object a record entry names (its handle is the address the
+// application holds), if it is one of ours of that kind.
+VObj* vobj_of(const ibdbg_verbs_obj* e) {
+  VObj* o = nullptr;
+  switch (e->kind) {
+    case IBDBG_VERBS_CONTEXT: o = &ctx_of((struct ibv_context*)e->handle)->o; break;
+    case IBDBG_VERBS_PD: o = &((VPd*)e->handle)->o; break;
+    case IBDBG_VERBS_MR: o = &((VMr*)e->handle)->o; break;
+    case IBDBG_VERBS_CQ: o = &((VCq*)e->handle)->o; break;
+    case IBDBG_VERBS_QP: o = &((VQp*)e->handle)->o; break;
+    case IBDBG_VERBS_SRQ: o = &((VSrq*)e->handle)->o; break;
+    case IBDBG_VERBS_AH: o = &((VAh*)e->handle)->o; break;
+    case IBDBG_VERBS_CHANNEL: o = &((VChan*)e->handle)->o; break;
+    default: return nullptr;
+  }
+  return is_ours(o) && o->kind == e->kind ? o : nullptr;
+}
+template <class T>
+T* outer(VObj* o) {
+  return (T*)((char*)o - offsetof(T, o));
+}
+
+// A descriptor number the application knows gets the fresh backend's (the
+// launcher held it with /dev/null).
+bool put_fd_at(int fresh, int old) {
+  if (fresh < 0 || old < 0 || fresh == old) return true;
+  if (dup2(fresh, old) != old) return false;
+  if (old < kMaxFd) g_backend_fd[old / 64] |= 1ull << (old % 64);  // the backend's again, at its number
+  return true;
+}
+
+const char* link_name(uint64_t ll) { return ll == IBV_LINK_LAYER_ETHERNET ? "roce" : "ib"; }
+
+// Name-service keys under which a QP is found: the ids a peer recorded for
+// it (its dlid, or the dgid it used, and its QPN).
+void qp_key(char* out, size_t cap, bool global, const uint8_t* gid, uint32_t lid, uint32_t qpn) {
+  char h[33];
+  if (global) hex_of(gid, 16, h), snprintf(out, cap, "verbs/G%s/%u", h, qpn);
+  else snprintf(out, cap, "verbs/L%u/%u", lid, qpn);
+}
+
+struct Rebuild {
+  const ibdbg_verbs_hdr* h;
+  const ibdbg_verbs_obj* objs;
+  uint32_t n;
+  const ibdbg_verbs_replay_env* env;
+  char rkeys[8192];  // "old:new,..." of our MRs, for the peers
+};
+
+const char* open_lower(Rebuild& R, char* devname, size_t devcap) {
+  const char* dev = R.env->device ? R.env->device : "";
+  char path[256];
+  snprintf(path, sizeof path, "%s", R.h->backend);
+  devname[0] = 0;
+  if (!strncmp(dev, "softrdma:", 9)) {
+    const char* mode = dev + 9;
+    if (strcmp(mode, "ib") && strcmp(mode, "roce")) return rs_fail("unknown target device ", dev);
+    if (!strstr(path, "softrdma")) {
+      const char* d = getenv("IBDBG_SOFTRDMA_DIR");
+      if (!d) return rs_fail("the image's verbs backend is not softrdma and IBDBG_SOFTRDMA_DIR is not set");
+      snprintf(path, sizeof path, "%s/libibverbs.so.1", d);
+    }
+    // The fresh copy's libc reads our environment when it starts.
+    setenv("SOFTRDMA_MODE", mode, 1);
+  } else if (*dev) {
+    snprintf(devname, devcap, "%s", dev);
+  }
+  if (!path[0]) return rs_fail("the image does not say which library implemented the verbs");
+  g_lower = dlmopen(LM_ID_NEWLM, path, RTLD_NOW | RTLD_LOCAL);
+  if (!g_lower) return rs_fail("cannot load the verbs backend: ", dlerror());
+  __atomic_add_fetch(&g_lower_gen, 1, __ATOMIC_SEQ_CST);
+  return nullptr;
+}
+
+const char* rebuild_context(Rebuild& R, const ibdbg_verbs_obj* e, VCtx* v, const char* devname) {
+  int nd = 0;
+  struct ibv_device** list = NEXT(ibv_get_device_list, V11)(&nd);
+  if (!list || nd <= 0) return rs_fail("the verbs backend has no device");
+  const char* want = devname[0] ? devname : e->name;
+  struct ibv_device* d = nullptr;
+  for (int i = 0; i < nd && !d; i++)
+    if (!strcmp(NEXT(ibv_get_device_name, V11)(list[i]), want)) d = list[i];
+  if (!d && devname[0]) return rs_fail("no verbs device ", devname);
+  if (!d) d = list[0];
+  struct ibv_context* real = NEXT(ibv_open_device, V11)(d);
+  if (!real) return rs_errno("cannot open the verbs device");
+  struct ibv_port_attr pa;
+  memset(&pa, 0, sizeof pa);
+  if (NEXT(ibv_query_port, V11)(real, 1, (struct _compat_ibv_port_attr*)&pa) != 0)
+    return rs_fail("cannot query port 1 of the verbs device");
+  uint64_t ll = pa.link_layer ? pa.link_layer : IBV_LINK_LAYER_INFINIBAND;
+  uint64_t want_ll = R.h->link_layer ? R.h->link_layer : e->u[IBDBG_VCTX_LINK_LAYER];
+  if (want_ll && want_ll != ll) {
+    static char msg[300];
+    snprintf(msg, sizeof msg, "the image is for %s and device %s is %s: run `ibdbg translate IMAGE -o OUT --fabric %s` first",
+             want_ll == IBV_LINK_LAYER_ETHERNET ? "RoCE" : "InfiniBand", NEXT(ibv_get_device_name, V11)(d),
+             ll == IBV_LINK_LAYER_ETHERNET ? "RoCE" : "InfiniBand", link_name(ll));
+    return rs_fail(msg);
+  }
+  v->real = real;
+  v->real_vctx = real_verbs_ctx(real);
+  if (!put_fd_at(real->async_fd, v->vc.context.async_fd) || !put_fd_at(real->cmd_fd, v->vc.context.cmd_fd))
+    return rs_errno("cannot give the device's descriptors their numbers");
+  v->vc.context.device = real->device;
+  return nullptr;
+}
+
+const char* rebuild_objects(Rebuild& R, const char* devname) {
+  uint32_t nmr = 0;
+  for (uint32_t i = 0; i < R.n; i++) nmr += R.objs[i].kind == IBDBG_VERBS_MR;
+  keymap_init(&g_lkeys, nmr);
+  size_t rk = 0;
+  R.rkeys[0] = 0;
+  for (uint32_t i = 0; i < R.n; i++) {
+    const ibdbg_verbs_obj* e = &R.objs[i];
+    if (e->kind == IBDBG_VERBS_RECV) continue;
+    VObj* o = vobj_of(e);
+    if (!o) return rs_fail("the verbs record names an object this process does not have");
+    switch (e->kind) {
+      case IBDBG_VERBS_CONTEXT:
+        if (const char* why = rebuild_context(R, e, outer<VCtx>(o), devname)) return why;
+        break;
+      case IBDBG_VERBS_PD: {
+        VPd* p = outer<VPd>(o);
+        p->real = NEXT(ibv_alloc_pd, V11)(ctx_of(p->pd.context)->real);
+        if (!p->real) return rs_errno("cannot allocate a protection domain");
+        break;
+      }
+      case IBDBG_VERBS_MR: {
+        VMr* m = outer<VMr>(o);
+        m->real = NEXT(ibv_reg_mr, V11)(pd_of(m->mr.pd)->real, m->mr.addr, m->mr.length, m->access);
+        if (!m->real) return rs_errno("cannot register a memory region again");
+        keymap_put(&g_lkeys, m->mr.lkey, m->real->lkey);
+        if (rk + 24 < sizeof R.rkeys)
+          rk += (size_t)snprintf(R.rkeys + rk, sizeof R.rkeys - rk, "%s%u:%u", rk ? "," : "", m->mr.rkey, m->real->rkey);
+        break;
+      }
+      case IBDBG_VERBS_CHANNEL: {
+        VChan* ch = outer<VChan>(o);
+        ch->real = NEXT(ibv_create_comp_channel, V10)(ctx_of(ch->ch.context)->real);
+        if (!ch->real) return rs_errno("cannot create a completion channel");
+        if (!put_fd_at(ch->real->fd, ch->ch.fd)) return rs_errno("cannot give a completion channel its number");
+        break;
+      }
+      case IBDBG_VERBS_CQ: {
+        VCq* v = outer<VCq>(o);
+        VCtx* c = ctx_of(v->cq.context);
+        struct ibv_comp_channel* rch = v->chan ? v->chan->real : nullptr;
+        if (v->rx) {
+          if (!c->real_vctx || !c->real_vctx->create_cq_ex) return rs_fail("the verbs backend has no extended CQs");
+          struct ibv_cq_init_attr_ex a;
+          memset(&a, 0, sizeof a);
+          a.cqe = (uint32_t)v->cq.cqe;
+          a.channel = rch;
+          a.wc_flags = IBV_WC_STANDARD_FLAGS | IBV_WC_EX_WITH_QP_NUM;
+          v->rx = c->real_vctx->create_cq_ex(c->real, &a);
+          v->real = v->rx ? ibv_cq_ex_to_cq(v->rx) : nullptr;
+        } else {
+          v->real = NEXT(ibv_create_cq, V11)(c->real, v->cq.cqe, nullptr, rch, 0);
+        }
+        if (!v->real) return rs_errno("cannot create a completion queue");
+        v->poll = v->real->context->ops.poll_cq;
+        v->real->cq_context = v;
+        v->real_unacked = 0;
+        // Armed when captured (and not yet signaled): armed again.
+        if (v->armed && v->real->context->ops.req_notify_cq(v->real, v->armed == 2) != 0)
+          return rs_errno("cannot arm a completion queue again");
+        break;
+      }
+      case IBDBG_VERBS_SRQ: {
+        VSrq* v = outer<VSrq>(o);
+        struct ibv_srq_init_attr a;
+        memset(&a, 0, sizeof a);
+        a.attr.max_wr = v->attr.max_wr, a.attr.max_sge = v->attr.max_sge;
+        v->real = NEXT(ibv_create_srq, V11)(pd_of(v->srq.pd)->real, &a);
+        if (!v->real) return rs_errno("cannot create a shared receive queue");
+        v->real->srq_context = v;
+        if (v->attr.srq_limit) {
+          struct ibv_srq_attr l = v->attr;
+          NEXT(ibv_modify_srq, V11)(v->real, &l, IBV_SRQ_LIMIT);
+        }
+        break;
+      }
+      case IBDBG_VERBS_QP: {
+        VQp* v = outer<VQp>(o);
+        struct ibv_qp* q = &v->qx.qp_base;
+        uint64_t t = e->u[IBDBG_VQP_TYPE];
+        if (t != IBV_QPT_RC && t != IBV_QPT_UC && t != IBV_QPT_UD)
+          return rs_fail("a QP of a type the replay does not rebuild");
+        struct ibv_qp_init_attr_ex a;
+        memset(&a, 0, sizeof a);
+        a.send_cq = real_cq(q->send_cq);
+        a.recv_cq = real_cq(q->recv_cq);
+        a.srq = real_srq(q->srq);
+        a.cap.max_send_wr = (uint32_t)e->u[IBDBG_VQP_MAX_SEND_WR];
+        a.cap.max_recv_wr = (uint32_t)e->u[IBDBG_VQP_MAX_RECV_WR];
+        a.cap.max_send_sge = (uint32_t)e->u[IBDBG_VQP_MAX_SEND_SGE];
+        a.cap.max_recv_sge = (uint32_t)e->u[IBDBG_VQP_MAX_RECV_SGE];
+        a.cap.max_inline_data = (uint32_t)e->u[IBDBG_VQP_MAX_INLINE];
+        a.qp_type = (enum ibv_qp_type)t;
+        a.sq_sig_all = (int)e->u[IBDBG_VQP_SQ_SIG_ALL];
+        a.pd = real_pd(q->pd);
+        a.comp_mask = IBV_QP_INIT_ATTR_PD;
+        VCtx* c = ctx_of(q->context);
+        struct ibv_qp* real;
+        if (v->rx) {
+          a.comp_mask |= IBV_QP_INIT_ATTR_SEND_OPS_FLAGS;
+          a.send_ops_flags = IBV_QP_EX_WITH_SEND | IBV_QP_EX_WITH_SEND_WITH_IMM;
+          if (t != IBV_QPT_UD) a.send_ops_flags |= IBV_QP_EX_WITH_RDMA_WRITE | IBV_QP_EX_WITH_RDMA_WRITE_WITH_IMM;
+          if (t == IBV_QPT_RC)
+            a.send_ops_flags |= IBV_QP_EX_WITH_RDMA_READ | IBV_QP_EX_WITH_ATOMIC_CMP_AND_SWP | IBV_QP_EX_WITH_ATOMIC_FETCH_AND_ADD;
+          if (!c->real_vctx || !c->real_vctx->create_qp_ex) return rs_fail("the verbs backend has no extended QPs");
+          real = c->real_vctx->create_qp_ex(c->real, &a);
+        } else {
+          struct ibv_qp_init_attr l;
+          memset(&l, 0, sizeof l);
+          l.send_cq = a.send_cq, l.recv_cq = a.recv_cq, l.srq = a.srq, l.cap = a.cap;
+          l.qp_type = a.qp_type, l.sq_sig_all = a.sq_sig_all;
+          real = NEXT(ibv_create_qp, V11)(a.pd, &l);
+        }
+        if (!real) return rs_errno("cannot create a queue pair");
+        v->real = real;
+        v->post_send = real->context->ops.post_send;
+        v->post_recv = real->context->ops.post_recv;
+        if (v->rx) v->rx = NEXT(ibv_qp_to_qp_ex, "IBVERBS_1.6")(real);
+        real->qp_context = v;
+        break;
+      }
+      case IBDBG_VERBS_AH: {
+        // One host keeps its LIDs and GIDs (softrdma derives them from the
+        // address): the recorded attributes, as `ibdbg translate` left them.
+        VAh* v = outer<VAh>(o);
+        struct ibv_ah_attr a;
+        memset(&a, 0, sizeof a);
+        const uint64_t* u = e->u;
+        a.dlid = (uint16_t)u[IBDBG_VAH_DLID], a.port_num = (uint8_t)u[IBDBG_VAH_PORT];
+        a.is_global = (uint8_t)u[IBDBG_VAH_IS_GLOBAL], a.sl = (uint8_t)u[IBDBG_VAH_SL];
+        a.src_path_bits = (uint8_t)u[IBDBG_VAH_SRC_PATH_BITS], a.static_rate = (uint8_t)u[IBDBG_VAH_STATIC_RATE];
+        a.grh.sgid_index = (uint8_t)u[IBDBG_VAH_SGID_INDEX], a.grh.hop_limit = (uint8_t)u[IBDBG_VAH_HOP_LIMIT];
+        a.grh.traffic_class = (uint8_t)u[IBDBG_VAH_TRAFFIC_CLASS], a.grh.flow_label = (uint32_t)u[IBDBG_VAH_FLOW_LABEL];
+        memcpy(a.grh.dgid.raw, e->gid, 16);
+        v->real = NEXT(ibv_create_ah, V11)(pd_of(v->ah.pd)->real, &a);
+        if (!v->real) return rs_errno("cannot create an address handle");
+        break;
+      }
+    }
+  }
+  return nullptr;
+}
+
+// Our QPs under the ids peers know them by (our memory's: the ids the
+// application saw, whatever `ibdbg translate` did to the record's paths):
+// every GID of the port (a peer names one of them), and the LID.  The value:
+// new QPN, new LID, which GID the key named (255: the LID), our MRs' rkeys
+// old:new, and the port's new GIDs.
+const char* publish(Rebuild& R) {
+  char key[128], val[sizeof R.rkeys + 64 + IBDBG_VCTX_MAX_GIDS * 33 + 16 * 40];
+  for (VObj* o = g_objs.next; o != &g_objs; o = o->next) {
+    if (o->kind != IBDBG_VERBS_QP) continue;
+    VQp* v = outer<VQp>(o);
+    VCtx* c = ctx_of(v->qx.qp_base.context);
+    struct ibv_port_attr pa;
+    memset(&pa, 0, sizeof pa);
+    NEXT(ibv_query_port, V11)(c->real, 1, (struct _compat_ibv_port_attr*)&pa);
+    char gids[IBDBG_VCTX_MAX_GIDS * 33 + 1];
+    size_t gl = 0;
+    gids[0] = 0;
+    for (int g = 0; g < IBDBG_VCTX_MAX_GIDS && g < pa.gid_tbl_len; g++) {
+      union ibv_gid ng;
+      if (NEXT(ibv_query_gid, V11)(c->real, 1, g, &ng) != 0) break;
+      if (gl) gids[gl++] = ',';
+      hex_of(ng.raw, 16, gids + gl);
+      gl += 32;
+    }
+    if (!gl) snprintf(gids, sizeof gids, "-");
+    uint32_t oldqpn = v->qx.qp_base.qp_num;
+    for (uint32_t g = 0; g <= c->ngids; g++) {
+      if (g < c->ngids) qp_key(key, sizeof key, true, c->gids[g].raw, 0, oldqpn);
+      else if (c->port_known && c->port.lid) qp_key(key, sizeof key, false, nullptr, c->port.lid, oldqpn);
+      else continue;
+      char notes[16 * 40] = "-";
+      size_t nl = 0;
+      uint64_t m = v->msgs_posted;
+      for (uint64_t k = m > 16 ? m - 16 : 0; k < m; k++)
+        nl += (size_t)snprintf(notes + nl, sizeof notes - nl, "%s%u/%u/%u", nl ? "," : "", v->last[k % 16].len,
+                               v->last[k % 16].imm, v->last[k % 16].opcode);
+      snprintf(val, sizeof val, "%u %u %u %s %s %llu %s", v->real->qp_num, pa.lid, g < c->ngids ? g : 255,
+               R.rkeys[0] ? R.rkeys : "-", gids, (unsigned long long)m, notes);
+      if (getenv("IBDBG_VERBS_TRACE")) say("put ", key, val);
+      if (R.env->ns_put(key, val) != 0) return rs_fail("the agent went away (name service)");
+    }
+  }
+  return nullptr;
+}
+
+// A peer as it is now: found under the ids we knew it by.
+struct Peer {
+  unsigned qpn, lid, idx;
+  char rkeys[8192];
+  char gids[IBDBG_VCTX_MAX_GIDS * 33 + 1];
+  unsigned long long msgs;
+  char notes[16 * 40];
+};
+const char* find_peer(Rebuild& R, bool global, const uint8_t* gid, uint32_t lid, uint32_t qpn, Peer* p) {
+  char key[128], val[sizeof p->rkeys + 64 + sizeof p->gids + sizeof p->notes];
+  qp_key(key, sizeof key, global, gid, lid, qpn);
+  if (getenv("IBDBG_VERBS_TRACE")) say("get ", key);
+  if (R.env->ns_get(key, val, sizeof val) != 0) return rs_fail("the peer of a QP did not come back (", key, ")");
+  if (sscanf(val, "%u %u %u %8191s %264s %llu %639s", &p->qpn, &p->lid, &p->idx, p->rkeys, p->gids, &p->msgs, p->notes) != 7)
+    return rs_fail("a peer's name-service entry is damaged");
+  return nullptr;
+}
+// Its new GID number i (the one the key named, or the record's sgid index).
+bool peer_gid(const Peer& p, unsigned i, uint8_t* out) {
+  const char* g = p.gids;
+  for (unsigned k = 0; k < i && g; k++) {
+    g = strchr(g, ',');
+    if (g) g++;
+  }
+  return g && unhex(g, out, 16);
+}
+
+// Messages the peer sent (and saw complete) whose receive completions this
+// process never took: they came to its backend after its last drain (a
+// capture without a job-wide drain barrier).  Their data is in our memory
+// (the backend placed it): the completions are made again from the peer's
+// notes, in order, after what the capture buffered.
+const char* remake_lost_recvs(VQp* v, const Peer& p) {
+  uint64_t got = v->msgs_recvd;
+  if (p.msgs <= got) return nullptr;
+  uint64_t lost = p.msgs - got;
+  if (lost > 16) return rs_fail("more messages to a QP were lost at the capture than the replay can make again");
+  VCq* cq = v->recv_cq;
+  Ring* r = v->srq ? &v->srq->ring : &v->ring;
+  // The notes of messages got+1 .. p.msgs: the last `lost` of the peer's list.
+  const char* notes[16];
+  int nn = 0;
+  for (const char* s = p.notes; s && *s && *s != '-' && nn < 16; s = strchr(s, ','), s = s ? s + 1 : s) notes[nn++] = s;
+  if ((uint64_t)nn < lost || !cq) return rs_fail("a peer's notes of its last messages are missing");
+  for (uint64_t k = 0; k < lost; k++) {
+    unsigned len = 0, imm = 0, op = 0;
+    sscanf(notes[nn - lost + k], "%u/%u/%u", &len, &imm, &op);
+    lock(&r->lk);
+    ring_skip_holes(r);
+    if (!r->n) {
+      unlock(&r->lk);
+      return rs_fail("a message came to a QP that had no receive posted");
+    }
+    RecvEnt* re = ring_at(r, 0);
+    struct ibv_wc wc;
+    memset(&wc, 0, sizeof wc);
+    wc.wr_id = re->wr_id;
+    wc.status = IBV_WC_SUCCESS;
+    wc.opcode = op == IBV_WR_RDMA_WRITE_WITH_IMM ? IBV_WC_RECV_RDMA_WITH_IMM : IBV_WC_RECV;
+    wc.byte_len = op == IBV_WR_RDMA_WRITE_WITH_IMM ? 0 : len;
+    wc.imm_data = imm;
+    wc.wc_flags = op == IBV_WR_SEND ? 0 : IBV_WC_WITH_IMM;
+    wc.qp_num = v->qx.qp_base.qp_num;
+    re->live = 0;
+    r->live--;
+    ring_skip_holes(r);
+    unlock(&r->lk);
+    lock(&cq->lk);
+    if (cq->n == cq->cap) {
+      unlock(&cq->lk);
+      return rs_fail("a CQ's buffer is full");
+    }
+    cq->buf[(cq->head + cq->n) % cq->cap] = wc;
+    __atomic_store_n(&cq->n, cq->n + 1, __ATOMIC_RELEASE);
+    unlock(&cq->lk);
+    if (v->srq) __atomic_sub_fetch(&v->srq->recvs, 1, __ATOMIC_RELAXED);
+    else __atomic_sub_fetch(&v->recvs, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&v->msgs_recvd, 1, __ATOMIC_RELAXED);
+  }
+  if (getenv("IBDBG_VERBS_TRACE")) say("made again the completions of messages lost at the capture");
+  return nullptr;
+}
+
+// Each connected QP's peer, as it is now; then RESET -> INIT -> RTR -> RTS
+// with the recorded attributes and PSNs (both sides were quiesced with
+// nothing in flight, so fresh QPs start where the recorded ones started).
+const char* connect_qps(Rebuild& R) {
+  Peer* peer = (Peer*)calloc(1, sizeof(Peer));
+  if (!peer) return rs_fail("out of memory");
+  for (uint32_t i = 0; i < R.n; i++) {
+    const ibdbg_verbs_obj* e = &R.objs[i];
+    if (e->kind != IBDBG_VERBS_QP) continue;
+    VQp* v = outer<VQp>(vobj_of(e));
+    const uint64_t* u = e->u;
+    uint64_t t = u[IBDBG_VQP_TYPE], st = u[IBDBG_VQP_STATE];
+    if (st == IBV_QPS_RESET) continue;
+    if (st != IBV_QPS_INIT && st != IBV_QPS_RTR && st != IBV_QPS_RTS)
+      return rs_fail("a QP was captured in a state the replay does not rebuild (SQD, SQE or error)");
+    // UD: the new QPN of every destination its sends named.
+    for (uint32_t k = 0; v->ud && k < kUdDests; k++) {
+      UdDest* d = &v->ud[k];
+      if (d->used != 1 || !is_ours(&d->ah->o)) continue;
+      const struct ibv_ah_attr& aa = d->ah->attr;
+      if (const char* why = find_peer(R, aa.is_global, aa.grh.dgid.raw, aa.dlid, d->old_qpn, peer)) return why;
+      d->new_qpn = peer->qpn;
+    }
+    struct ibv_qp_attr a;
+    memset(&a, 0, sizeof a);
+    a.qp_state = IBV_QPS_INIT;
+    a.pkey_index = (uint16_t)u[IBDBG_VQP_PKEY_INDEX];
+    a.port_num = (uint8_t)(u[IBDBG_VQP_PORT] ? u[IBDBG_VQP_PORT] : 1);
+    int mask = IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT;
+    if (t == IBV_QPT_UD) a.qkey = (uint32_t)u[IBDBG_VQP_QKEY], mask |= IBV_QP_QKEY;
+    else a.qp_access_flags = (unsigned)u[IBDBG_VQP_ACCESS_FLAGS], mask |= IBV_QP_ACCESS_FLAGS;
+    if (NEXT(ibv_modify_qp, V11)(v->real, &a, mask) != 0) return rs_errno("cannot move a QP to INIT");
+    if (st == IBV_QPS_INIT) continue;
+    memset(&a, 0, sizeof a);
+    a.qp_state = IBV_QPS_RTR;
+    mask = IBV_QP_STATE;
+    if (t != IBV_QPT_UD) {
+      const struct ibv_ah_attr& old = v->attr.ah_attr;
+      if (const char* why = find_peer(R, old.is_global, old.grh.dgid.raw, old.dlid, v->attr.dest_qp_num, peer))
+        return why;
+      bool global = u[IBDBG_VQP_IS_GLOBAL] != 0;  // the record's path (translate may have made it global)
+      a.ah_attr.is_global = global;
+      a.ah_attr.dlid = (uint16_t)peer->lid;
+      a.ah_attr.sl = (uint8_t)u[IBDBG_VQP_SL];
+      a.ah_attr.src_path_bits = (uint8_t)u[IBDBG_VQP_SRC_PATH_BITS];
+      a.ah_attr.static_rate = (uint8_t)u[IBDBG_VQP_STATIC_RATE];
+      a.ah_attr.port_num = (uint8_t)(u[IBDBG_VQP_PORT] ? u[IBDBG_VQP_PORT] : 1);
+      a.ah_attr.grh.sgid_index = (uint8_t)u[IBDBG_VQP_SGID_INDEX];
+      a.ah_attr.grh.hop_limit = (uint8_t)u[IBDBG_VQP_HOP_LIMIT];
+      a.ah_attr.grh.traffic_class = (uint8_t)u[IBDBG_VQP_TRAFFIC_CLASS];
+      a.ah_attr.grh.flow_label = (uint32_t)u[IBDBG_VQP_FLOW_LABEL];
+      if (global && !peer_gid(*peer, peer->idx != 255 ? peer->idx : a.ah_attr.grh.sgid_index, a.ah_attr.grh.dgid.raw))
+        return rs_fail("a peer's GID is missing");
+      a.path_mtu = (enum ibv_mtu)u[IBDBG_VQP_PATH_MTU];
+      a.dest_qp_num = peer->qpn;
+      a.rq_psn = (uint32_t)u[IBDBG_VQP_RQ_PSN];
+      mask |= IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN;
+      if (t == IBV_QPT_RC) {
+        a.max_dest_rd_atomic = (uint8_t)u[IBDBG_VQP_MAX_DEST_RD_ATOMIC];
+        a.min_rnr_timer = (uint8_t)u[IBDBG_VQP_MIN_RNR_TIMER];
+        mask |= IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER;
+      }
+      v->dest_new = peer->qpn;
+      if (t == IBV_QPT_RC)
+        if (const char* why = remake_lost_recvs(v, *peer)) return why;
+      // The peer's rkeys, old -> new.
+      uint32_t nrk = 0;
+      for (const char* p = peer->rkeys; *p; p++) nrk += *p == ',';
+      KeyMap* km = (KeyMap*)calloc(1, sizeof *km);
+      if (!km) return rs_fail("out of memory");
+      keymap_init(km, nrk + 1);
+      for (const char* p = peer->rkeys; *p && *p != '-';) {
+        unsigned o = 0, nw = 0;
+        if (sscanf(p, "%u:%u", &o, &nw) == 2) keymap_put(km, o, nw);
+        const char* c = strchr(p, ',');
+        if (!c) break;
+        p = c + 1;
+      }
+      v->peer_rkeys = km;
+    }
+    if (NEXT(ibv_modify_qp, V11)(v->real, &a, mask) != 0) return rs_errno("cannot move a QP to RTR");
+    if (st == IBV_QPS_RTR) continue;
+    memset(&a, 0, sizeof a);
+    a.qp_state = IBV_QPS_RTS;
+    a.sq_psn = (uint32_t)u[IBDBG_VQP_SQ_PSN];
+    mask = IBV_QP_STATE | IBV_QP_SQ_PSN;
+    if (t == IBV_QPT_RC) {
+      a.timeout = (uint8_t)u[IBDBG_VQP_TIMEOUT];
+      a.retry_cnt = (uint8_t)u[IBDBG_VQP_RETRY_CNT];
+      a.rnr_retry = (uint8_t)u[IBDBG_VQP_RNR_RETRY];
+      a.max_rd_atomic = (uint8_t)u[IBDBG_VQP_MAX_RD_ATOMIC];
+      mask |= IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_MAX_QP_RD_ATOMIC;
+    }
+    if (NEXT(ibv_modify_qp, V11)(v->real, &a, mask) != 0) return rs_errno("cannot move a QP to RTS");
+  }
+  free(peer);
+  return nullptr;
+}
+
+// The receives that were posted and not completed, again, in their order.
+const char* repost(Ring* r, int (*post)(void*, struct ibv_recv_wr*, struct ibv_recv_wr**), void* real) {
+  for (uint32_t i = 0; i < r->n; i++) {
+    RecvEnt* e = ring_at(r, i);
+    if (!e->live) continue;
+    struct ibv_sge sg[IBDBG_VERBS_RECV_MAX_SGE];
+    xlate_sges(sg, e->sge, (int)e->num_sge);
+    struct ibv_recv_wr wr, *bad = nullptr;
+    memset(&wr, 0, sizeof wr);
+    wr.wr_id = e->wr_id;
+    wr.sg_list = sg;
+    wr.num_sge = (int)e->num_sge;
+    if (post(real, &wr, &bad) != 0) return rs_fail("cannot post a recorded receive again");
+  }
+  return nullptr;
+}
+
+const char* restart(const ibdbg_verbs_replay_env* env) {
+  Backend in_backend;
+  __atomic_store_n(&g_dead, 1, __ATOMIC_SEQ_CST);
+  Rebuild* R = (Rebuild*)calloc(1, sizeof(Rebuild));
+  if (!R) return rs_fail("out of memory");
+  R->env = env;
+  R->h = (const ibdbg_verbs_hdr*)env->record;
+  if (env->record_len < sizeof(ibdbg_verbs_hdr) || R->h->magic != IBDBG_VERBS_MAGIC ||
+      env->record_len != sizeof(ibdbg_verbs_hdr) + (size_t)R->h->nobjs * sizeof(ibdbg_verbs_obj))
+    return rs_fail("the image's verbs record is missing or of another format");
+  R->objs = (const ibdbg_verbs_obj*)(R->h + 1);
+  R->n = R->h->nobjs;
+  char devname[128];
+  if (const char* why = open_lower(*R, devname, sizeof devname)) return why;
+  // The dead backend's threads and descriptors are no one's now; the fresh
+  // one's are tracked as at the first run.
+  memset(g_backend_fd, 0, sizeof g_backend_fd);
+  g_nbackend_tid = 0;
+  const char* why;
+  {
+    Track track;
+    why = rebuild_objects(*R, devname);
+  }
+  if (why) return why;
+  // Completions name QPs by their new numbers from now on.
+  __atomic_store_n(&g_qpn_cap, 0, __ATOMIC_RELEASE);
+  g_qpn = nullptr, g_qpn_used = 0;
+  for (VObj* o = g_objs.next; o != &g_objs; o = o->next)
+    if (o->kind == IBDBG_VERBS_QP) qpn_put(outer<VQp>(o)->real->qp_num, outer<VQp>(o));
+  if ((why = publish(*R)) || (why = connect_qps(*R))) return why;
+  for (VObj* o = g_objs.next; o != &g_objs; o = o->next) {
+    if (o->kind == IBDBG_VERBS_QP && !outer<VQp>(o)->srq) {
+      VQp* q = outer<VQp>(o);
+      why = repost(&q->ring, (int (*)(void*, struct ibv_recv_wr*, struct ibv_recv_wr**))q->post_recv, q->real);
+    } else if (o->kind == IBDBG_VERBS_SRQ) {
+      VSrq* s = outer<VSrq>(o);
+      why = repost(&s->ring, (int (*)(void*, struct ibv_recv_wr*, struct ibv_recv_wr**))s->real->context->ops.post_srq_recv,
+                   s->real);
+    }
+    if (why) return why;
+  }
+  free(R);
+  __atomic_store_n(&g_xlate, 1, __ATOMIC_SEQ_CST);
+  backend_back();
+  return nullptr;
+}
+
+}  // namespace
+
 namespace {
 int is_backend_thread(int tid) {
   for (uint32_t i = 0; i < g_nbackend_tid && i < IBDBG_VERBS_MAX_TIDS; i++)
@@ -2110,7 +3112,7 @@ int is_backend_thread(int tid) {
 }  // namespace
 
 EXPORT const struct ibdbg_verbs_hooks ibdbg_verbs_hooks = {IBDBG_VERBS_HOOKS_VERSION, quiesce, describe, resume,
-                                                          is_backend_thread, presuspend, drain};
+                                                          is_backend_thread, presuspend, drain, restart};
 
 namespace {
 __attribute__((constructor)) void verbs_init() {

@@ -16,6 +16,14 @@
 #                               programs' own checks (order, count) pass after the captures
 #   verbs.sh BUILD capture_bw   ib_write_bw -D and ib_send_bw -D (passive server and client in one job)
 #                               captured 5 times each: no capture refuses, both programs end well
+#   verbs.sh BUILD replay_rc    ibv_rc_pingpong (server and client in one job) captured with --stop
+#                               mid-traffic, replayed on a fresh softrdma: both finish their data check
+#   verbs.sh BUILD replay_events  the same with ibv_rc_pingpong -e: blocked in ibv_get_cq_event at
+#                               the capture, events from the armed CQs after the replay
+#   verbs.sh BUILD replay_refuse  a RoCE image replayed on softrdma:ib (IBDBG_VERBS_DEVICE) refuses
+#                               in one line naming `ibdbg translate`; on softrdma:roce it replays
+#   verbs.sh BUILD replay_ud|replay_srq|replay_write|replay_read|replay_atomic   the same with
+#                               ibv_ud_pingpong, ibv_srq_pingpong, ib_write_bw, ib_read_bw, ib_atomic_bw
 set -u
 build=$1 mode=$2
 here=$(cd "$(dirname "$0")" && pwd)
@@ -61,6 +69,47 @@ pair() {
     grep -Eq "ibdbg: verbs: counters .*post_send=[1-9]" "$name.$side.out" ||
       fail "$name ($side): no post went through the verbs layer"
   done
+}
+
+# replay_pair NAME ITERS CMD...: server and client of CMD in one job, captured
+# with --stop mid-traffic and replayed: the QPs are made again on a fresh
+# softrdma, the receives posted again, and both sides must finish (the
+# pingpongs with their own data check, -c), so a lost or doubled message fails
+# (a hang, an error completion or a wrong buffer).  Each side writes a file of
+# its own (a replay gives each descriptor its offset back).  ITERS: the
+# "N iters in" line the pingpongs print at their end (0: none).
+replay_pair() {
+  local name=$1 iters=$2 keep=0; shift 2
+  [ "${!#}" = --keep ] && { keep=1; set -- "${@:1:$#-1}"; }
+  port=$((port + 1))
+  local cmd="$* -p $port"
+  ( IBDBG_VERBS_TRACE=1 timeout 280 "$srun" --mode roce --ip 127.0.0.1 -- "$ibdbg" run --dir "$work/$name-job" -- sh -c \
+      "stdbuf -oL $cmd > $name.srv 2>&1 & sleep 0.5; stdbuf -oL $cmd 127.0.0.1 > $name.cli 2>&1; echo client=\$? >> $name.st; wait \$!; echo server=\$? >> $name.st" \
+      > $name.run 2>&1; echo "rc=$?" >> $name.run ) &
+  local runner=$! started=0
+  for _ in $(seq 600); do
+    started=$(cat $name.srv $name.cli 2>/dev/null | grep -c "remote address")
+    [ "$started" -ge 2 ] && break
+    sleep 0.05
+  done
+  [ "$started" -ge 2 ] || fail "$name: the pair did not start: $(cat $name.run $name.srv $name.cli 2>&1 | tail -5)"
+  sleep 0.3
+  local img
+  img=$("$ibdbg" capture --stop --dir "$work/$name-job" 2>$name.cap) || fail "$name: capture failed: $(cat $name.cap)"
+  wait_bounded $runner 60 || fail "$name: the job did not stop after capture --stop"
+  [ -s $name.st ] && fail "$name: the pair ended before the capture (more iterations needed here?)"
+  "$ibdbg" inspect "$img" > $name.inspect || fail "$name: inspect failed"
+  [ "$(grep -Ec '^    qp ' $name.inspect)" -ge 2 ] || fail "$name: inspect shows no QPs"
+  [ $keep = 1 ] && return 0
+  timeout 200 "$ibdbg" replay "$img" --dir "$work/$name-replay" > $name.replay 2>&1
+  local rc=$?
+  [ $rc = 0 ] || fail "$name: the replay failed (rc=$rc): $(tail -3 $name.replay; tail -3 $name.srv $name.cli)"
+  grep -q "client=0" $name.st && grep -q "server=0" $name.st ||
+    fail "$name: the replayed pair failed (a data check, or a lost message): $(cat $name.st; tail -3 $name.srv $name.cli)"
+  if [ "$iters" != 0 ]; then
+    grep -q "^$iters iters in" $name.srv && grep -q "^$iters iters in" $name.cli ||
+      fail "$name: the replayed pair did not both finish: $(tail -3 $name.srv $name.cli)"
+  fi
 }
 
 case $mode in
@@ -116,9 +165,6 @@ capture)
   b=$(grep -E '^    qp ' inspect.txt | sed -n 2p | sed -E 's/.*qpn (0x[0-9a-f]+).*dest_qpn (0x[0-9a-f]+).*/\2 \1/')
   [ "$a" = "$b" ] || fail "the QPs do not name each other ($a / $b)"
   wait_bounded $runner 280 || fail "the job did not end after the capture"
-  # Not yet replayable: said in one line, nothing started.
-  timeout 60 "$ibdbg" replay "$img" --dir "$work/replay" > replay.out 2>&1 && fail "the replay of a verbs job did not refuse"
-  grep -q "RDMA verbs objects; replaying them is not implemented yet" replay.out || fail "the replay's refusal: $(cat replay.out)"
   grep -q "client=0" run.out && grep -q "server=0" run.out ||
     fail "the pingpong failed after the capture (its data check, or a lost message)"
   ;;
@@ -231,6 +277,31 @@ capture_bw)
       fail "$prog failed after the captures: $(tail -5 $prog.out)"
     echo "$prog: 5 captures, both sides ended well"
   done
+replay_rc) replay_pair rc 20000 ibv_rc_pingpong -g 1 -c -n 20000 ;;
+replay_ud) replay_pair ud 20000 ibv_ud_pingpong -g 1 -c -n 20000 ;;
+replay_srq) replay_pair srq 20000 ibv_srq_pingpong -g 1 -c -n 20000 ;;
+replay_write) replay_pair write_bw 0 ib_write_bw -x 1 -n 300000 -s 4096 ;;
+replay_read) replay_pair read_bw 0 ib_read_bw -x 1 -n 300000 -s 4096 ;;
+replay_events) replay_pair events 20000 ibv_rc_pingpong -g 1 -c -e -n 20000 ;;
+replay_atomic) replay_pair atomic_bw 0 ib_atomic_bw -x 1 -n 1000000 ;;
+replay_refuse)
+  # A replay onto a device of the other link layer refuses in one line
+  # naming `ibdbg translate`; the recorded device given by name replays.
+  replay_pair rc_roce 20000 ibv_rc_pingpong -g 1 -c -n 20000 --keep
+  img=$(ls -d "$work"/rc_roce-job/images/ckpt-*)
+  : > rc_roce.srv; : > rc_roce.cli; : > rc_roce.st
+  # (The job's shell reports its children's status in rc_roce.st and ends well.)
+  IBDBG_VERBS_DEVICE=softrdma:ib timeout 100 "$ibdbg" replay "$img" --dir "$work/refuse" > refuse.out 2>&1
+  grep -q "client=70" rc_roce.st && grep -q "server=70" rc_roce.st || fail "the refused processes did not exit 70: $(cat rc_roce.st)"
+  grep -h "ibdbg: replay: verbs: the image is for RoCE and device softrdma0 is InfiniBand: run \`ibdbg translate IMAGE -o OUT --fabric ib\` first" \
+    rc_roce.srv rc_roce.cli > /dev/null || fail "the refusal: $(cat refuse.out rc_roce.srv rc_roce.cli | tail -5)"
+  grep -q "iters in" rc_roce.srv rc_roce.cli && fail "a refused replay ran on"
+  # The recorded fabric, named: the replay runs to its end.
+  : > rc_roce.srv; : > rc_roce.cli; : > rc_roce.st
+  IBDBG_VERBS_DEVICE=softrdma:roce timeout 200 "$ibdbg" replay "$img" --dir "$work/named" > named.out 2>&1 ||
+    fail "the replay on softrdma:roce failed: $(tail -3 named.out)"
+  grep -q "client=0" rc_roce.st && grep -q "server=0" rc_roce.st && grep -aq "^20000 iters in" rc_roce.cli ||
+    fail "the replay on softrdma:roce did not finish well: $(cat rc_roce.st; tail -3 rc_roce.cli)"
   ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac

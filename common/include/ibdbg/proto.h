@@ -38,6 +38,14 @@ enum ibdbg_msg_type {
   IBDBG_MSG_PRESUSPEND = 9,
   /* lib -> agent: posts held, own sends complete (or IBDBG_MSG_ERROR) */
   IBDBG_MSG_PRESUSPENDED = 10,
+  /* After a replay, lib -> agent (no payload): the process's verbs record,
+   * please.  agent -> lib: uint32 length of the target device string, the
+   * string, then the record as the image has it (none: no verbs objects). */
+  IBDBG_MSG_VERBS_RECORD = 11,
+  /* lib -> agent: "key\0value" for the job's name service (no answer). */
+  IBDBG_MSG_NS_PUT = 12,
+  /* lib -> agent: "key"; agent -> lib: the value, once some process put it. */
+  IBDBG_MSG_NS_GET = 13,
 };
 
 struct ibdbg_msg_hdr {
@@ -424,7 +432,11 @@ enum ibdbg_verbs_kind {
 enum ibdbg_verbs_ctx_field {
   IBDBG_VCTX_CMD_FD = 0, IBDBG_VCTX_ASYNC_FD, IBDBG_VCTX_LINK_LAYER /* IBV_LINK_LAYER_* */, IBDBG_VCTX_LID,
   IBDBG_VCTX_ACTIVE_MTU /* enum ibv_mtu */, IBDBG_VCTX_PORT_STATE, IBDBG_VCTX_GID_TBL_LEN, IBDBG_VCTX_PHYS_PORT_CNT,
+  /* The first NGIDS entries of port 1's GID table (a peer's dgid names one
+   * of them), 2 words each (raw bytes) from GIDS on. */
+  IBDBG_VCTX_NGIDS, IBDBG_VCTX_GIDS,
 };
+#define IBDBG_VCTX_MAX_GIDS 8
 /* A QP: ids, caps, and every attribute modify_qp set (mask in ATTR_MASK). */
 enum ibdbg_verbs_qp_field {
   IBDBG_VQP_QPN = 0, IBDBG_VQP_TYPE, IBDBG_VQP_STATE, IBDBG_VQP_MAX_SEND_WR, IBDBG_VQP_MAX_RECV_WR,
