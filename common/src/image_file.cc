@@ -43,6 +43,7 @@ bool IsKnownRecordType(uint32_t type) {
     case RecordType::Json:
     case RecordType::Ipc:
     case RecordType::Verbs:
+    case RecordType::Inherit:
     case RecordType::End:
       return true;
   }
@@ -61,6 +62,7 @@ const char* RecordTypeName(uint32_t type) {
     case RecordType::Json: return "json";
     case RecordType::Ipc: return "ipc";
     case RecordType::Verbs: return "verbs";
+    case RecordType::Inherit: return "inherit";
     case RecordType::End: return "end";
   }
   return "unknown";

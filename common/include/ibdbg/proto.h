@@ -31,6 +31,12 @@ enum ibdbg_msg_type {
   /* lib -> agent: payload int32 pid of the copy (the library's view), with
    * its pidfd attached (SCM_RIGHTS); or IBDBG_MSG_ERROR if there is none. */
   IBDBG_MSG_FORKED = 8,
+  /* agent -> lib, while stopped: make a userfaultfd for write tracking
+   * (asynchronous write protection, incremental capture) and hand it over. */
+  IBDBG_MSG_TRACK = 9,
+  /* lib -> agent: no payload, the userfaultfd attached (SCM_RIGHTS; the
+   * library keeps no copy); or IBDBG_MSG_ERROR saying why there is none. */
+  IBDBG_MSG_TRACKER = 10,
 };
 
 struct ibdbg_msg_hdr {
