@@ -455,7 +455,11 @@ void Agent::DoWrite(const std::string& dir, const std::string& job_id, const jso
   // tracker that capture armed, only the pages written since.
   std::string capture_id = options.value("capture_id", "");
   json parent = options.value("parent", json());
-  bool track = options.value("track", true) && !capture_id.empty();
+  // Arming is for a capture to come: not when the job stops (--stop), nor in
+  // a job run with IBDBG_NO_TRACK=1 (an application that registers memory
+  // with a userfaultfd of its own would find it taken: EBUSY).
+  static const bool no_track = getenv("IBDBG_NO_TRACK") && *getenv("IBDBG_NO_TRACK") == '1';
+  bool track = !no_track && !capture_id.empty() && (options.value("track", true) || parent.is_object());
   DropCopies();
   std::set<std::string> ipc_stored;  // shared objects whose bytes one image holds already
   for (auto& [fd, l] : libs_) {
@@ -489,7 +493,9 @@ void Agent::DoWrite(const std::string& dir, const std::string& job_id, const jso
       if (track) wo.track_uffd = l.tracker;
       if (parent.is_object()) {
         std::string pname = parent.value("name", ""), pcap = parent.value("capture_id", "");
-        if (l.tracker < 0)
+        if (!track)
+          proc["full"] = "write tracking is off (IBDBG_NO_TRACK=1)";
+        else if (l.tracker < 0)
           proc["full"] = "no write tracking (" + l.tracker_error + ")";
         else if (l.armed_capture != pcap || l.last_file.empty())
           proc["full"] = "not in " + pname + " (started, or its image was not completed, since)";

@@ -663,6 +663,7 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
     cap->options = options;
     cap->id = RandomHex(8);
     cap->options["capture_id"] = cap->id;
+    cap->options["track"] = !stop;
     cap->options.erase("incremental");
     if (options.value("incremental", false)) {
       if (last_name.empty()) {
