@@ -198,7 +198,7 @@ for size in $sizes; do
     wait $runner
     grep -q "^PASS" "$ctl/verdict.original" 2>/dev/null || die "the captured heartbeat program did not pass"
     for level in 0 3 f i; do
-      case $level in 0) from=plain ;; 3) from=zstd ;; f) from="forked zstd" ;; i) from="incremental 1% + its parent, flattened first" ;; esac
+      case $level in 0) from=plain ;; 3) from=zstd ;; f) from="forked zstd" ;; i) from="incremental 1% + parent flattened first" ;; esac
       w=$want
       [ $level = i ] && w=$want_i
       if [ $check = 1 ] && [ $level = 0 ]; then

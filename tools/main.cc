@@ -120,8 +120,8 @@ JobDir NewOrNamedJob(const std::string& dir) {
 
 // An incremental image (common/include/ibdbg/image_chain.h) replays from the
 // full image its chain resolves to, written first into a scratch directory
-// of the replay's job (raw, not compressed: it is read once) and removed
-// when the replay ends.  A parent that is missing or changed is refused
+// of the replay's job (raw, not compressed, not synced: it is read once,
+// from the page cache) and removed when the replay ends.  A parent that is missing or changed is refused
 // here, before anything runs.
 class FlatImages {
  public:
@@ -146,6 +146,7 @@ class FlatImages {
       if (fd < 0) throw std::runtime_error(ErrnoMessage("cannot create " + path));
       WriterOptions wo;
       wo.zstd_level = 0;
+      wo.sync = false;
       try {
         FlattenChain(chain, fd, wo);
       } catch (...) {

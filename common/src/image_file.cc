@@ -356,7 +356,7 @@ void ImageWriter::Finish() {
                                 nullptr, 0, 0);
   m.WriteAll(&end, sizeof end, nullptr, 0);
   // Pipes and character devices can't be synced and don't need to be.
-  if (::fdatasync(m.fd) != 0 && errno != EINVAL && errno != EROFS)
+  if (m.opts.sync && ::fdatasync(m.fd) != 0 && errno != EINVAL && errno != EROFS)
     m.FailWith(ErrnoMessage("syncing image"));
   m.finished = true;
 }

@@ -69,6 +69,9 @@ struct WriterOptions {
   int zstd_level = 3;    // <= 0: store everything raw
   int threads = 0;       // compression workers; 0 = number of cores
   size_t chunk = 1 << 20;  // bytes per Pages record (rounded down to pages)
+  // Finish() fdatasyncs; off for scratch files read back at once (a replay's
+  // flattened incremental image), which need not reach the disk.
+  bool sync = true;
 };
 
 // Writes an image to an fd it does not own. Not thread-safe: one thread feeds
