@@ -119,16 +119,22 @@ JobDir NewOrNamedJob(const std::string& dir) {
 }
 
 // An incremental image (common/include/ibdbg/image_chain.h) replays from the
-// full image its chain resolves to, written first into a scratch directory
-// of the replay's job (raw, not compressed, not synced: it is read once,
-// from the page cache) and removed when the replay ends.  A parent that is missing or changed is refused
-// here, before anything runs.
+// full image its chain resolves to, written first into a scratch file (raw,
+// not compressed, not synced: it is read once), and removed when no longer
+// needed.  An eager replay has all its pages in place when LaunchJob returns:
+// its scratch goes to /dev/shm when there is room (on disk, the kernel would
+// throttle the writing of a large one to the disk's speed) and is removed
+// then (Release).  A lazy one reads it until every page is present: in the
+// replay's job directory, removed when the replay ends.  A parent that is
+// missing or changed is refused here, before anything runs.
 class FlatImages {
  public:
-  ~FlatImages() {
-    if (!dir_.empty()) RemoveTree(AT_FDCWD, dir_);
+  ~FlatImages() { Release(); }
+  void Release() {
+    for (auto& d : dirs_) RemoveTree(AT_FDCWD, d);
+    dirs_.clear();
   }
-  std::vector<std::string> Of(const std::vector<std::string>& files, const std::string& job_dir) {
+  std::vector<std::string> Of(const std::vector<std::string>& files, const std::string& job_dir, bool in_memory) {
     std::vector<std::string> out;
     for (const std::string& f : files) {
       std::vector<std::string> chain = ResolveChain(f);
@@ -136,31 +142,47 @@ class FlatImages {
         out.push_back(f);
         continue;
       }
-      if (dir_.empty()) {
-        std::string tmpl = job_dir + "/flat.XXXXXX";
-        if (!mkdtemp(tmpl.data())) throw std::runtime_error(ErrnoMessage("cannot make " + tmpl));
-        dir_ = tmpl;
+      std::string path;
+      if (in_memory) {
+        try {
+          path = Flatten(chain, f, "/dev/shm/ibdbg-flat", shm_);
+        } catch (const std::exception&) {
+          path.clear();  // no room there: on disk
+        }
       }
-      std::string path = dir_ + "/" + f.substr(f.rfind('/') + 1);
-      int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-      if (fd < 0) throw std::runtime_error(ErrnoMessage("cannot create " + path));
-      WriterOptions wo;
-      wo.zstd_level = 0;
-      wo.sync = false;
-      try {
-        FlattenChain(chain, fd, wo);
-      } catch (...) {
-        close(fd);
-        throw;
-      }
-      close(fd);
+      if (path.empty()) path = Flatten(chain, f, job_dir + "/flat", disk_);
       out.push_back(path);
     }
     return out;
   }
 
  private:
-  std::string dir_;
+  std::string Flatten(const std::vector<std::string>& chain, const std::string& f, const std::string& base,
+                      std::string& dir) {
+    if (dir.empty()) {
+      std::string tmpl = base + ".XXXXXX";
+      if (!mkdtemp(tmpl.data())) throw std::runtime_error(ErrnoMessage("cannot make " + tmpl));
+      dir = tmpl;
+      dirs_.push_back(dir);
+    }
+    std::string path = dir + "/" + f.substr(f.rfind('/') + 1);
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) throw std::runtime_error(ErrnoMessage("cannot create " + path));
+    WriterOptions wo;
+    wo.zstd_level = 0;
+    wo.sync = false;
+    try {
+      FlattenChain(chain, fd, wo);
+    } catch (...) {
+      close(fd);
+      unlink(path.c_str());
+      throw;
+    }
+    close(fd);
+    return path;
+  }
+  std::string shm_, disk_;
+  std::vector<std::string> dirs_;
 };
 
 int CmdRun(const std::string& dir, int interval, int keep, const std::string& listen, const std::string& remote_shell,
@@ -406,7 +428,8 @@ int CmdReplayPart(const std::string& image, const std::string& dir, const std::s
   };
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   FlatImages flat;
-  replay::Launched L = replay::LaunchJob(flat.Of(parts[part_name].files, job.dir), ro);
+  replay::Launched L = replay::LaunchJob(flat.Of(parts[part_name].files, job.dir, true), ro);
+  flat.Release();  // every page is in place (parts replay eagerly)
   fprintf(stderr, "ibdbg: part %s of %s replaying on %s: %zu processes (job %s)\n", part_name.c_str(), idir.c_str(),
           ThisHost().c_str(), parts[part_name].files.size(), job.job_id.c_str());
   fflush(stderr);
@@ -499,7 +522,8 @@ int CmdReplay(const std::string& image, const std::string& dir, bool gdb, const 
   ro.lazy = t.lazy;
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   FlatImages flat;
-  replay::Launched L = replay::LaunchJob(flat.Of(files, job.dir), ro);
+  replay::Launched L = replay::LaunchJob(flat.Of(files, job.dir, !t.lazy), ro);
+  if (!L.pages) flat.Release();  // eager: every page is in place
   if (L.pages) {
     // A capture must see every page: it waits for the rest to arrive.
     agent.before_capture = [pages = L.pages] { pages->WaitDone(); };
