@@ -46,6 +46,8 @@
 #include <ucontext.h>
 #include <unistd.h>
 #include <asm/prctl.h>
+#include <sys/ioctl.h>
+#include <linux/userfaultfd.h>
 
 #include "capture/verbs/hooks.h"
 #include "ibdbg/proto.h"
@@ -550,6 +552,48 @@ void fork_frozen_copy() {
   }
 }
 
+// Incremental capture: a userfaultfd made here (it acts on the memory of the
+// process that makes it) in asynchronous write-protect mode, which never
+// stops a thread: the kernel only notes the first write to each protected
+// page.  The agent registers the ranges and reads the notes (PAGEMAP_SCAN);
+// the descriptor goes to it and none stays here, so the application never
+// sees one.  WP_ASYNC (1<<15), WP_UNPOPULATED (1<<13): Linux 6.7, spelled out
+// for older headers.
+void send_tracker() {
+  long fd = sys(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+  if (fd < 0) {
+    send_error("no userfaultfd for write tracking (kernel without it, or vm.unprivileged_userfaultfd)");
+    return;
+  }
+  struct uffdio_api api;
+  memset(&api, 0, sizeof api);
+  api.api = UFFD_API;
+  api.features = (1ull << 15) | (1ull << 13);
+  if (sys(SYS_ioctl, fd, (long)UFFDIO_API, (long)&api) != 0) {
+    sys(SYS_close, fd);
+    send_error("this kernel has no asynchronous write protection (Linux 6.7)");
+    return;
+  }
+  ibdbg_msg_hdr h = {IBDBG_MSG_TRACKER, 0};
+  struct iovec iov = {&h, sizeof h};
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  memset(control, 0, sizeof control);
+  struct msghdr mh;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = control;
+  mh.msg_controllen = sizeof control;
+  struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  int ifd = (int)fd;
+  memcpy(CMSG_DATA(c), &ifd, sizeof ifd);
+  sys(SYS_sendmsg, g_sock, (long)&mh, MSG_NOSIGNAL);
+  sys(SYS_close, fd);
+}
+
 // Runs in the checkpoint thread's own signal handler, so that its context is
 // a signal frame like every other thread's.
 void ckpt_describe_and_wait() {
@@ -579,6 +623,10 @@ void ckpt_describe_and_wait() {
   for (;;) {
     ibdbg_msg_hdr reply;
     if (!read_all(g_sock, &reply, sizeof reply)) return;
+    if (reply.type == IBDBG_MSG_TRACK) {
+      send_tracker();
+      continue;
+    }
     if (reply.type != IBDBG_MSG_FORK) return;
     fork_frozen_copy();
   }

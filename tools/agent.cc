@@ -20,6 +20,7 @@
 #include <stdexcept>
 
 #include "ibdbg/mpi_rank.h"
+#include "ibdbg/image_chain.h"
 #include "ibdbg/proto.h"
 #include "ibdbg/version.h"
 
@@ -78,8 +79,34 @@ Agent::Agent(const JobDir& job, const std::string& via, const std::string& part)
 Agent::~Agent() {
   DropCopies();
   if (lfd_ >= 0) close(lfd_);
-  for (auto& [fd, l] : libs_) close(fd);
+  for (auto& [fd, l] : libs_) {
+    close(fd);
+    if (l.tracker >= 0) close(l.tracker);
+  }
   if (pidfd_ >= 0) close(pidfd_);
+}
+
+// A library's connection ended (or cannot be answered).  An fd may come
+// twice in one round (gone, and waiting for the name service): only once here.
+void Agent::ForgetLib(int fd) {
+  auto it = libs_.find(fd);
+  if (it == libs_.end()) return;
+  close(fd);
+  if (it->second.tracker >= 0) close(it->second.tracker);
+  libs_.erase(it);
+  for (auto w = ns_waiting_.begin(); w != ns_waiting_.end();)
+    w = w->second == fd ? ns_waiting_.erase(w) : std::next(w);
+}
+
+void Agent::Completed(int lib_fd, const std::string& file, const std::string& path) {
+  auto it = libs_.find(lib_fd);
+  if (it == libs_.end() || it->second.armed_capture.empty()) return;
+  try {
+    it->second.last_id = image::ImageFileId(path);
+    it->second.last_file = file;
+  } catch (const std::exception&) {
+    it->second.armed_capture.clear();
+  }
 }
 
 void Agent::Watch(pid_t child) {
@@ -305,8 +332,7 @@ void Agent::DoSuspend() {
     }
   }
   for (int fd : exited) {
-    close(fd);
-    libs_.erase(fd);
+    ForgetLib(fd);
     metas_.erase(fd);
   }
   if (!exited.empty()) SendProcs();
@@ -383,6 +409,43 @@ int ForkCopy(int lib_fd, pid_t* copy, std::string* why) {
   return -1;
 }
 
+// Asks a stopped process's library for a write tracker (incremental
+// capture); returns the userfaultfd, or -1 with *why.
+int GetTracker(int lib_fd, std::string* why) {
+  if (!SendMsg(lib_fd, IBDBG_MSG_TRACK)) throw std::runtime_error("the capture library went away");
+  ibdbg_msg_hdr h{};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  size_t got = 0;
+  int fd = -1;
+  while (got < sizeof h) {
+    pollfd pf = {lib_fd, POLLIN, 0};
+    if (poll(&pf, 1, 10000) != 1) break;
+    iovec iov = {(char*)&h + got, sizeof h - got};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = control;
+    mh.msg_controllen = sizeof control;
+    ssize_t n = recvmsg(lib_fd, &mh, MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) memcpy(&fd, CMSG_DATA(c), sizeof fd);
+    got += (size_t)n;
+  }
+  if (got == sizeof h && h.type == IBDBG_MSG_TRACKER && h.len == 0 && fd >= 0) return fd;
+  if (fd >= 0) close(fd);
+  if (got == sizeof h && h.type == IBDBG_MSG_ERROR && h.len < 4096) {
+    std::string text(h.len, '\0');
+    if (ReadFull(lib_fd, text.data(), text.size(), 10000)) {
+      *why = text;
+      return -1;
+    }
+  }
+  // A library that answered otherwise may not be stopped any more.
+  throw std::runtime_error("no answer to the write-tracking request from the capture library");
+}
+
 void KillCopy(int pidfd) {
   if (pidfd < 0) return;
   syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0);
@@ -420,6 +483,7 @@ void Agent::DoDetach() {
       p.proc["bytes"] = st.file_bytes;
       p.proc["memory_bytes"] = st.memory_bytes;
       procs.push_back(p.proc);
+      Completed(p.lib_fd, p.file, p.path);
     } catch (const std::exception& e) {
       err = "process " + std::to_string(p.proc.value("pid", 0)) + ": " + e.what();
     }
@@ -448,6 +512,16 @@ void Agent::DoWrite(const std::string& dir, const std::string& job_id, const jso
   json procs = json::array();
   std::string err;
   bool forked = options.value("forked", false);
+  // Incremental capture: every capture arms the trackers; one with a
+  // "parent" (the job's last complete capture) stores, of each process whose
+  // tracker that capture armed, only the pages written since.
+  std::string capture_id = options.value("capture_id", "");
+  json parent = options.value("parent", json());
+  // Arming is for a capture to come: not when the job stops (--stop), nor in
+  // a job run with IBDBG_NO_TRACK=1 (an application that registers memory
+  // with a userfaultfd of its own would find it taken: EBUSY).
+  static const bool no_track = getenv("IBDBG_NO_TRACK") && *getenv("IBDBG_NO_TRACK") == '1';
+  bool track = !no_track && !capture_id.empty() && (options.value("track", true) || parent.is_object());
   DropCopies();
   std::set<std::string> ipc_stored;  // shared objects whose bytes one image holds already
   for (auto& [fd, l] : libs_) {
@@ -476,6 +550,26 @@ void Agent::DoWrite(const std::string& dir, const std::string& job_id, const jso
                    {"threads", metas_[fd].threads.size()}};
       // Read again now: the process may have been replayed since it joined.
       if (auto rank = ProcessMpiRank(l.pid)) proc["rank"] = *rank;
+      if (track && l.tracker < 0 && l.tracker_error.empty()) {
+        l.tracker = GetTracker(fd, &l.tracker_error);
+        if (l.tracker < 0 && l.tracker_error.empty()) l.tracker_error = "no write tracker";
+      }
+      if (track) wo.track_uffd = l.tracker;
+      if (parent.is_object()) {
+        std::string pname = parent.value("name", ""), pcap = parent.value("capture_id", "");
+        if (!track)
+          proc["full"] = "write tracking is off (IBDBG_NO_TRACK=1)";
+        else if (l.tracker < 0)
+          proc["full"] = "no write tracking (" + l.tracker_error + ")";
+        else if (l.armed_capture != pcap || l.last_file.empty())
+          proc["full"] = "not in " + pname + " (started, or its image was not completed, since)";
+        else
+          wo.parent_ref = json{{"image", "../" + pname + "/" + l.last_file}, {"id", l.last_id}}.dump();
+        if (!wo.parent_ref.empty()) proc["parent"] = pname;
+      }
+      // Whatever happens below, the notes since the parent are gone now.
+      l.armed_capture.clear();
+      l.last_file.clear();
       if (forked) {
         Pending p;
         p.out = out;
@@ -485,7 +579,10 @@ void Agent::DoWrite(const std::string& dir, const std::string& job_id, const jso
         // In the list at once: a failure below kills its copy (DropCopies).
         pending_.push_back(std::move(p));
         Pending& q = pending_.back();
+        q.lib_fd = fd;
+        q.path = path;
         q.img = capture::BeginProcessImage(l.pid, metas_[fd], q.out, wo, &l.refills, true);
+        if (wo.track_uffd >= 0) l.armed_capture = capture_id;
         std::string why;
         q.copy_pidfd = ForkCopy(fd, &q.copy, &why);
         if (q.copy_pidfd >= 0) capture::WriteWhatTheCopyLacks(*q.img, q.copy);
@@ -499,12 +596,15 @@ void Agent::DoWrite(const std::string& dir, const std::string& job_id, const jso
           q.proc["bytes"] = st.file_bytes;
           q.proc["memory_bytes"] = st.memory_bytes;
           q.img.reset();
+          Completed(fd, file, path);
         }
       } else {
         auto st = capture::WriteProcessImage(l.pid, metas_[fd], out, wo, &l.refills);
+        if (wo.track_uffd >= 0) l.armed_capture = capture_id;
         proc["bytes"] = st.file_bytes;
         proc["memory_bytes"] = st.memory_bytes;
         procs.push_back(proc);
+        Completed(fd, file, path);
       }
     } catch (const std::exception& e) {
       err = "process " + std::to_string(l.pid) + ": " + e.what();
@@ -660,13 +760,7 @@ int Agent::Loop() {
       }
       while (auto m = ns_.Pop()) NsReply(*m);
     }
-    for (int fd : gone) {
-      if (!libs_.count(fd)) continue;
-      close(fd);
-      libs_.erase(fd);
-      for (auto w = ns_waiting_.begin(); w != ns_waiting_.end();)
-        w = w->second == fd ? ns_waiting_.erase(w) : std::next(w);
-    }
+    for (int fd : gone) ForgetLib(fd);
     if (!gone.empty()) SendProcs();
     if (pidfd_ >= 0 ? (pf[2].revents & POLLIN) != 0 : false) {
       if (waitpid(child_, &status, WNOHANG) == child_) child_done = true;

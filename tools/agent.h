@@ -49,6 +49,13 @@ class Agent {
     std::vector<capture::PipeRefill> refills;
     bool suspended = false;
     bool held = false;  // presuspended: RESUME releases it if no SUSPEND follows
+    // Incremental capture: the process's write tracker (a userfaultfd it made
+    // and handed over, -1: none yet), the capture whose pause last armed it,
+    // and the image that capture wrote of it (file name, ImageFileId).
+    int tracker = -1;
+    std::string tracker_error;  // why there is none (asked once)
+    std::string armed_capture;
+    std::string last_file, last_id;
   };
   void AcceptLib();
   void SendProcs();
@@ -65,6 +72,9 @@ class Agent {
   // their memory is written from the copies.
   void DoDetach();
   void DropCopies();
+  void ForgetLib(int fd);
+  // The image is complete: the next incremental capture of it may name it.
+  void Completed(int lib_fd, const std::string& file, const std::string& path);
   void SendCaptured(const json& procs, const std::string& err);
   void Resume(bool kill);
   std::vector<pid_t> UnregisteredDescendants();
@@ -86,6 +96,8 @@ class Agent {
     int copy_pidfd = -1;  // the frozen copy, or -1: the process itself (stopped until written)
     pid_t copy = 0;
     json proc;
+    int lib_fd = -1;
+    std::string path;
   };
   std::vector<Pending> pending_;
   int lfd_ = -1;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "ibdbg/sockaddr.h"
+#include "ibdbg/image_chain.h"
 #include "ibdbg/image_file.h"
 #include "ibdbg/manifest.h"
 #include "ibdbg/proto.h"
@@ -459,6 +460,33 @@ std::string VerbsText(const ojson& v) {
   return o;
 }
 
+// An incremental image (image_chain.h): its parent, and how many pages each
+// image of its chain gives it; null for a full image.
+ojson IncrementalJson(const std::string& path) {
+  auto ref = image::ReadParentRef(path);
+  if (!ref) return nullptr;
+  ojson inc;
+  inc["parent"] = ref->image;
+  inc["parent_id"] = ref->id;
+  try {
+    std::vector<std::string> chain = image::ResolveChain(path);
+    std::vector<uint64_t> bytes = image::ChainPageBytes(chain);
+    ojson levels = ojson::array();
+    for (size_t i = 0; i < chain.size(); i++) {
+      ojson l;
+      l["image"] = i == 0 ? std::string("(this image)") : chain[i];
+      l["pages"] = bytes[i] / image::kPageSize;
+      levels.push_back(std::move(l));
+    }
+    inc["chain"] = std::move(levels);
+    inc["ok"] = true;
+  } catch (const std::exception& e) {
+    inc["ok"] = false;
+    inc["error"] = e.what();
+  }
+  return inc;
+}
+
 ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
   const std::string path = dir + "/" + mp.image;
   image::ImageReader reader(path);
@@ -754,6 +782,7 @@ ojson ReadProcess(const std::string& dir, const image::ManifestProcess& mp) {
   tot["records"] = records;
   tot["other_records"] = other_records;
   p["totals"] = std::move(tot);
+  if (ojson inc = IncrementalJson(path); !inc.is_null()) p["incremental"] = std::move(inc);
   return p;
 }
 
@@ -885,6 +914,16 @@ std::string RenderText(const ojson& doc) {
          S(p["ppid"]) + ", umask " + S(p["umask"]));
     line("  captured   " + S(p["time"]) + " on " + S(p["host"]) + " by ibdbg " +
          S(p["ibdbg_version"]));
+    if (p.contains("incremental")) {
+      const ojson& inc = p["incremental"];
+      line("  incremental: pages written since its parent " + S(inc["parent"]) + " (" + S(inc["parent_id"]) + ")");
+      if (!inc["ok"].get<bool>()) {
+        line("    PARENT CHAIN BROKEN: " + S(inc["error"]));
+      } else {
+        line("    chain of " + std::to_string(inc["chain"].size()) + " images; pages of the replayed memory:");
+        for (const auto& l : inc["chain"]) line("      " + S(l["pages"]) + " from " + S(l["image"]));
+      }
+    }
 
     line("  threads (" + S(t["threads"]) + ")");
     for (const auto& th : p["threads"]) {

@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <map>
 #include <memory>
+#include <set>
 #include <chrono>
 #include <cstring>
 #include <ctime>
@@ -26,6 +27,7 @@
 #include <thread>
 
 #include "ibdbg/atomic_dir.h"
+#include "ibdbg/image_chain.h"
 #include "ibdbg/manifest.h"
 #include "ibdbg/version.h"
 
@@ -371,6 +373,13 @@ struct Capture {
   json hosts = json::array();
   std::chrono::steady_clock::time_point deadline;
   std::string error;
+  // Incremental capture: this capture's id (the agents arm their trackers
+  // under it), whether it builds on the last one, and how many incremental
+  // captures lie between it and a full one.
+  std::string id;
+  bool incremental = false;
+  int depth = 0;
+  bool series = false;  // made by --interval
 };
 
 // Answers a peer may ask for before another peer has given them: a question
@@ -428,6 +437,54 @@ std::string ImageName(const std::string& images_dir) {
   char name[96];
   snprintf(name, sizeof name, "ckpt-%03d-%s", seq + 1, buf);
   return name;
+}
+
+// The image directories (of `images_dir`) that an image's processes take
+// pages from: their parents, named "../NAME/proc-N.img".
+std::set<std::string> ParentDirs(const std::string& image_dir) {
+  std::set<std::string> out;
+  for (const std::string& f : image::ListImageFiles(image_dir)) {
+    auto ref = image::ReadParentRef(image_dir + "/" + f);
+    if (!ref) continue;
+    if (ref->image.rfind("../", 0) != 0 || ref->image.find('/', 3) == std::string::npos)
+      throw std::runtime_error(image_dir + "/" + f + ": parent outside the images directory");
+    out.insert(ref->image.substr(3, ref->image.find('/', 3) - 3));
+  }
+  return out;
+}
+
+// `ibdbg run --interval S --keep N`: of the series' images the newest N stay,
+// and so does every image a remaining one needs (its chain of parents); the
+// others go, each renamed out of the way first so that no half-removed image
+// is ever seen under its name.
+void PruneSeries(const std::string& images_dir, std::vector<std::string>& series, int keep) {
+  if (keep <= 0 || (int)series.size() <= keep) return;
+  std::set<std::string> doomed(series.begin(), series.end() - keep);
+  std::set<std::string> needed, todo;
+  if (DIR* d = opendir(images_dir.c_str())) {
+    while (dirent* e = readdir(d))
+      if ((strncmp(e->d_name, "ckpt-", 5) == 0 || strncmp(e->d_name, "replay-", 7) == 0) && !doomed.count(e->d_name))
+        todo.insert(e->d_name);
+    closedir(d);
+  }
+  while (!todo.empty()) {
+    std::string n = *todo.begin();
+    todo.erase(todo.begin());
+    for (const std::string& p : ParentDirs(images_dir + "/" + n))
+      if (needed.insert(p).second) todo.insert(p);
+  }
+  int dfd = open(images_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return;
+  for (auto it = series.begin(); it != series.end();) {
+    if (!doomed.count(*it) || needed.count(*it)) {
+      ++it;
+      continue;
+    }
+    std::string gone = "." + *it + ".tmp.del" + RandomHex(3);
+    if (renameat(dfd, it->c_str(), dfd, gone.c_str()) == 0) image::RemoveTree(dfd, gone);
+    it = series.erase(it);
+  }
+  close(dfd);
 }
 
 json ListImages(const std::string& images_dir) {
@@ -490,8 +547,12 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
   };
   bool had_agent = false;
   auto idle_since = std::chrono::steady_clock::now();
-  int interval_s = 0;
+  int interval_s = 0, keep = 0;
   auto next_interval = std::chrono::steady_clock::time_point::max();
+  // The last complete capture, which an incremental one builds on.
+  std::string last_name, last_id;
+  int last_depth = 0;
+  std::vector<std::string> series;  // images of --interval, oldest first
   const std::string images_dir = job.dir + "/images";
 
   auto finish_capture = [&](bool ok) {
@@ -529,8 +590,25 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
         std::string latest = images_dir + "/latest";
         std::string tmp = latest + ".tmp." + RandomHex(4);
         if (symlink(cap->name.c_str(), tmp.c_str()) == 0) rename(tmp.c_str(), latest.c_str());
-        reply = {{"ok", true}, {"image", cap->dir->final_path()}};
-        Log("captured " + cap->dir->final_path());
+        reply = {{"ok", true}, {"image", cap->dir->final_path()}, {"incremental", cap->incremental}};
+        json notes = json::array();
+        for (auto& pr : cap->procs)
+          if (pr.contains("full"))
+            notes.push_back("process " + std::to_string(pr.value("pid", 0)) + ": a full image: " +
+                            pr.value("full", std::string()));
+        if (!notes.empty()) reply["notes"] = notes;
+        Log(std::string(cap->incremental ? "captured (incremental) " : "captured ") + cap->dir->final_path());
+        last_name = cap->name;
+        last_id = cap->id;
+        last_depth = cap->depth;
+        if (cap->series) {
+          series.push_back(cap->name);
+          try {
+            PruneSeries(images_dir, series, keep);
+          } catch (const std::exception& e) {
+            Log(std::string("--keep: nothing removed: ") + e.what());
+          }
+        }
       } catch (const std::exception& e) {
         ok = false;
         cap->error = e.what();
@@ -587,6 +665,20 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
     cap->client_fd = client_fd;
     cap->stop = stop;
     cap->options = options;
+    cap->id = RandomHex(8);
+    cap->options["capture_id"] = cap->id;
+    cap->options["track"] = !stop;
+    cap->options.erase("incremental");
+    if (options.value("incremental", false)) {
+      if (last_name.empty()) {
+        cap.reset();
+        return "no earlier capture of this job to build an incremental one on (its coordinator has made none "
+               "since it started): take a full capture first";
+      }
+      cap->incremental = true;
+      cap->depth = last_depth + 1;
+      cap->options["parent"] = {{"name", last_name}, {"capture_id", last_id}};
+    }
     // The job runs on while its memory is written from copies; not when it
     // is to stop anyway.
     cap->forked = options.value("forked", true) && !stop;
@@ -653,6 +745,7 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
           p.procs = m->value("procs", json::array());
         } else if (op == "interval") {
           interval_s = m->value("seconds", 0);
+          keep = m->value("keep", 0);
           next_interval = interval_s > 0 ? now + std::chrono::seconds(interval_s)
                                          : std::chrono::steady_clock::time_point::max();
         } else if (op == "presuspended" && cap && !cap->suspending) {
@@ -750,7 +843,10 @@ int RunCoordinator(const std::string& dir, const std::string& listen_host, bool 
       finish_capture(false);
     }
     if (!cap && now >= next_interval) {
-      start_capture(-1, false, json::object());
+      // After the first, incremental; with --keep N a full one every N, so
+      // that old chains can go.
+      bool incr = !last_name.empty() && (keep <= 0 || last_depth + 1 < keep);
+      if (!start_capture(-1, false, json{{"incremental", incr}})) cap->series = true;
       next_interval = now + std::chrono::seconds(interval_s);
     }
     bool any_agent = false;

@@ -25,7 +25,9 @@
 #include "agent.h"
 #include "caps.h"
 #include "core.h"
+#include "ibdbg/atomic_dir.h"
 #include "ibdbg/error.h"
+#include "ibdbg/image_chain.h"
 #include "ibdbg/image_file.h"
 #include "ibdbg/manifest.h"
 #include "ibdbg/proto.h"
@@ -123,7 +125,74 @@ JobDir NewOrNamedJob(const std::string& dir) {
   _exit(127);
 }
 
-int CmdRun(const std::string& dir, int interval, const std::string& listen, const std::string& remote_shell,
+// An incremental image (common/include/ibdbg/image_chain.h) replays from the
+// full image its chain resolves to, written first into a scratch file (raw,
+// not compressed, not synced: it is read once), and removed when no longer
+// needed.  An eager replay has all its pages in place when LaunchJob returns:
+// its scratch goes to /dev/shm when there is room (on disk, the kernel would
+// throttle the writing of a large one to the disk's speed) and is removed
+// then (Release).  A lazy one reads it until every page is present: in the
+// replay's job directory, removed when the replay ends.  A parent that is
+// missing or changed is refused here, before anything runs.
+class FlatImages {
+ public:
+  ~FlatImages() { Release(); }
+  void Release() {
+    for (auto& d : dirs_) RemoveTree(AT_FDCWD, d);
+    dirs_.clear();
+  }
+  std::vector<std::string> Of(const std::vector<std::string>& files, const std::string& job_dir, bool in_memory) {
+    std::vector<std::string> out;
+    for (const std::string& f : files) {
+      std::vector<std::string> chain = ResolveChain(f);
+      if (chain.size() == 1) {
+        out.push_back(f);
+        continue;
+      }
+      std::string path;
+      if (in_memory) {
+        try {
+          path = Flatten(chain, f, "/dev/shm/ibdbg-flat", shm_);
+        } catch (const std::exception&) {
+          path.clear();  // no room there: on disk
+        }
+      }
+      if (path.empty()) path = Flatten(chain, f, job_dir + "/flat", disk_);
+      out.push_back(path);
+    }
+    return out;
+  }
+
+ private:
+  std::string Flatten(const std::vector<std::string>& chain, const std::string& f, const std::string& base,
+                      std::string& dir) {
+    if (dir.empty()) {
+      std::string tmpl = base + ".XXXXXX";
+      if (!mkdtemp(tmpl.data())) throw std::runtime_error(ErrnoMessage("cannot make " + tmpl));
+      dir = tmpl;
+      dirs_.push_back(dir);
+    }
+    std::string path = dir + "/" + f.substr(f.rfind('/') + 1);
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) throw std::runtime_error(ErrnoMessage("cannot create " + path));
+    WriterOptions wo;
+    wo.zstd_level = 0;
+    wo.sync = false;
+    try {
+      FlattenChain(chain, fd, wo);
+    } catch (...) {
+      close(fd);
+      unlink(path.c_str());
+      throw;
+    }
+    close(fd);
+    return path;
+  }
+  std::string shm_, disk_;
+  std::vector<std::string> dirs_;
+};
+
+int CmdRun(const std::string& dir, int interval, int keep, const std::string& listen, const std::string& remote_shell,
            const std::string& via, const std::vector<std::string>& cmd) {
   if (cmd.empty()) throw std::runtime_error("nothing to run: ibdbg run [--dir DIR] -- CMD ARGS...");
   std::string lib = CaptureLibrary();
@@ -138,9 +207,10 @@ int CmdRun(const std::string& dir, int interval, const std::string& listen, cons
     job = LoadJob(dir);
   }
   Agent agent(job, via);
+  if (keep > 0 && interval <= 0) throw std::runtime_error("--keep goes with --interval");
   if (interval > 0) {
     LineConn c = ConnectCoordinator(job, "client");
-    c.Send({{"op", "interval"}, {"seconds", interval}});
+    c.Send({{"op", "interval"}, {"seconds", interval}, {"keep", keep}});
   }
   // Orphans of the job stay ours, so we stay their ancestor.
   prctl(PR_SET_CHILD_SUBREAPER, 1);
@@ -185,13 +255,15 @@ int CmdRun(const std::string& dir, int interval, const std::string& listen, cons
   return agent.Loop();
 }
 
-int CmdCapture(const std::string& id, const std::string& dir, bool stop, int level, int threads, bool forked) {
+int CmdCapture(const std::string& id, const std::string& dir, bool stop, int level, int threads, bool forked,
+               bool incremental) {
   JobDir job = ResolveJob(id, dir);
   LineConn c = ConnectCoordinator(job, "client");
   json options = json::object();
   if (level >= 0) options["zstd_level"] = level;
   if (threads >= 0) options["zstd_threads"] = threads;
   options["forked"] = forked;
+  if (incremental) options["incremental"] = true;
   c.Send({{"op", "capture"}, {"stop", stop}, {"options", options}});
   auto r = c.Recv(-1);
   // A forked capture: the job runs on before its image is complete.
@@ -202,6 +274,7 @@ int CmdCapture(const std::string& id, const std::string& dir, bool stop, int lev
   }
   if (!r) throw std::runtime_error("the coordinator went away during the capture");
   if (!r->value("ok", false)) throw std::runtime_error(r->value("error", std::string("capture failed")));
+  for (auto& n : r->value("notes", json::array())) std::cerr << "ibdbg: " << n.get<std::string>() << "\n";
   std::cout << r->value("image", std::string()) << "\n";
   return 0;
 }
@@ -470,7 +543,9 @@ int CmdReplayPart(const std::string& image, const std::string& dir, const std::s
   };
   ro.gdb = gdb_parked;
   prctl(PR_SET_CHILD_SUBREAPER, 1);
-  replay::Launched L = replay::LaunchJob(parts[part_name].files, ro);
+  FlatImages flat;
+  replay::Launched L = replay::LaunchJob(flat.Of(parts[part_name].files, job.dir, true), ro);
+  flat.Release();  // every page is in place (parts replay eagerly)
   agent.verbs_records = L.verbs_records;
   agent.verbs_device = ro.verbs_device;
   fprintf(stderr, "ibdbg: part %s of %s replaying on %s: %zu processes (job %s)\n", part_name.c_str(), idir.c_str(),
@@ -677,6 +752,8 @@ int CmdReplay(const std::string& image, const std::string& dir, const GdbRequest
   }
   std::vector<std::string> files;
   for (auto& p : m.processes) files.push_back(idir + "/" + p.image);
+  // Before anything else: a missing or changed parent is the one error.
+  for (auto& f : files) ResolveChain(f);
   std::string restorer = Restorer();
   bool with_gdb = g.any();
   if (with_gdb) GdbScript();  // a broken installation fails before anything runs
@@ -692,7 +769,9 @@ int CmdReplay(const std::string& image, const std::string& dir, const GdbRequest
   // --device, else IBDBG_VERBS_DEVICE (the tests' way to reach the layer's own check)
   ro.verbs_device = !t.device.empty() ? t.device : VerbsDeviceFromEnv();
   prctl(PR_SET_CHILD_SUBREAPER, 1);
-  replay::Launched L = replay::LaunchJob(files, ro);
+  FlatImages flat;
+  replay::Launched L = replay::LaunchJob(flat.Of(files, job.dir, !t.lazy), ro);
+  if (!L.pages) flat.Release();  // eager: every page is in place
   agent.verbs_records = L.verbs_records;
   agent.verbs_device = ro.verbs_device;
   if (L.pages) {
@@ -747,14 +826,19 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", IBDBG_VERSION);
 
   std::string dir, job_id, image, out;
-  int interval = 0, level = -1, zthreads = -1;
-  bool stop = false, json_out = false, gdb = false, dry_run = false, no_fork = false;
+  int interval = 0, keep = 0, level = -1, zthreads = -1;
+  bool stop = false, json_out = false, gdb = false, dry_run = false, no_fork = false, incremental = false;
   std::string gdb_batch, listen = "127.0.0.1", remote_shell = "ssh", via;
   std::vector<std::string> cmd, map_paths;
 
   auto* run = app.add_subcommand("run", "Run CMD capturable (the capture library is preloaded); exits with its status");
   run->add_option("--dir", dir, "Job directory (a second run with the same DIR joins the job)");
-  run->add_option("--interval", interval, "Capture every SECONDS")->check(CLI::PositiveNumber);
+  run->add_option("--interval", interval, "Capture every SECONDS (incremental after the first)")
+      ->check(CLI::PositiveNumber);
+  run->add_option("--keep", keep,
+                  "With --interval: keep the newest N images of the series (and the images they need), remove "
+                  "older ones; a full capture every N")
+      ->check(CLI::PositiveNumber);
   run->add_option("--listen", listen,
                   "Address the job's coordinator listens on (default 127.0.0.1; an address other hosts reach for jobs "
                   "that span hosts)");
@@ -773,6 +857,8 @@ int main(int argc, char** argv) {
   capture->add_flag("--no-fork", no_fork,
                     "Keep the job stopped while its memory is written (default: it runs on as soon as each process "
                     "has a frozen copy-on-write copy, which the memory is written from)");
+  capture->add_flag("--incremental", incremental,
+                    "Store only the pages written since the job's last capture (the image needs that one to replay)");
   capture->add_option("--threads", zthreads, "Compression threads per process (default: all cores)")
       ->check(CLI::Range(1, 256));
   capture->footer("Example: ibdbg capture --dir /tmp/job");
@@ -878,8 +964,8 @@ int main(int argc, char** argv) {
   }
   signal(SIGPIPE, SIG_IGN);
   try {
-    if (*run) return CmdRun(dir, interval, listen, remote_shell, via, cmd);
-    if (*capture) return CmdCapture(job_id, dir, stop, level, zthreads, !no_fork);
+    if (*run) return CmdRun(dir, interval, keep, listen, remote_shell, via, cmd);
+    if (*capture) return CmdCapture(job_id, dir, stop, level, zthreads, !no_fork, incremental);
     if (*status) return CmdStatus(job_id, dir);
     if (*replay) {
       for (auto& hm : host_maps) {

@@ -16,6 +16,7 @@
 #include <set>
 
 #include "ibdbg/atomic_dir.h"
+#include "ibdbg/image_chain.h"
 #include "ibdbg/image_file.h"
 #include "ibdbg/manifest.h"
 #include "ibdbg/proto.h"
@@ -854,9 +855,42 @@ std::optional<std::string> PathMapper::Map(const std::string& path) const {
   return std::nullopt;
 }
 
+// An incremental image (image_chain.h) has pages in its parents: the
+// translation is of the full image its chain resolves to, made once into a
+// private scratch directory, so that the output needs no parent.
+class FlatInputs {
+ public:
+  ~FlatInputs() {
+    if (!dir_.empty()) image::RemoveTree(AT_FDCWD, dir_);
+  }
+  std::string Get(const std::string& path) {
+    auto it = done_.find(path);
+    if (it != done_.end()) return it->second;
+    std::vector<std::string> chain = image::ResolveChain(path);
+    if (chain.size() == 1) return done_[path] = path;
+    if (dir_.empty()) {
+      const char* t = getenv("TMPDIR");
+      std::string tmpl = std::string(t && *t ? t : "/tmp") + "/ibdbg-flat.XXXXXX";
+      if (!mkdtemp(tmpl.data())) throw ImageError(ErrnoMessage("cannot make a scratch directory"));
+      dir_ = tmpl;
+    }
+    std::string out = dir_ + "/" + std::to_string(done_.size()) + ".img";
+    Fd fd(::open(out.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (fd.get() < 0) throw ImageError(ErrnoMessage("cannot create " + out));
+    image::FlattenChain(chain, fd.get());
+    fd.Close(out);
+    return done_[path] = out;
+  }
+
+ private:
+  std::string dir_;
+  std::map<std::string, std::string> done_;
+};
+
 TranslateResult TranslateImage(const std::string& in_image, const std::string& out_dir,
                                const TranslateOptions& opts) {
   PathMapper mapper(opts.map_paths);
+  FlatInputs flat;
   // No mappings is a plain validated copy: still a target image with provenance.
   const std::string in_dir = image::ResolveImageDir(in_image);
   const image::Manifest in = image::ReadManifest(in_dir);
@@ -875,7 +909,7 @@ TranslateResult TranslateImage(const std::string& in_image, const std::string& o
   std::vector<std::string> refusals;
   HostPlan hosts = PlanHosts(in, opts.hosts, &result, &refusals);
   for (const image::ManifestProcess& mp : in.processes) {
-    std::string path = in_dir + "/" + mp.image;
+    std::string path = flat.Get(in_dir + "/" + mp.image);
     ProcessTranslator(path, mp, mapper, opts.fabric, &result, &refusals).Run(nullptr);
   }
   if (!refusals.empty()) throw TranslateRefused(refusals);
@@ -914,7 +948,7 @@ TranslateResult TranslateImage(const std::string& in_image, const std::string& o
 
   image::AtomicDir dir(out_dir);
   for (const image::ManifestProcess& mp : in.processes) {
-    std::string path = in_dir + "/" + mp.image;
+    std::string path = flat.Get(in_dir + "/" + mp.image);
     std::string shown = dir.temp_path() + "/" + mp.image;
     Fd fd(dir.CreateFile(mp.image));
     image::ManifestProcess np = mp;

@@ -29,7 +29,9 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
+#include "ibdbg/image_chain.h"
 #include "ibdbg/image_file.h"
+#include "ibdbg/written_pages.h"
 #include "ibdbg/maps.h"
 #include "ibdbg/pty.h"
 #include "ibdbg/restorer_layout.h"
@@ -832,6 +834,9 @@ struct ImageInProgress {
     uint32_t kind;
     uint64_t end;  // where its stored pages end
     bool done = false;
+    // Incremental: only these pages (written since the parent) are stored.
+    bool incremental = false;
+    std::vector<PageRange> written;
   };
   std::vector<Region> regions;
 };
@@ -899,8 +904,61 @@ void WriteRegions(ImageInProgress& img, pid_t memory_pid, const std::function<bo
   MemoryWriter mw(memory_pid, *img.w);
   for (auto& r : img.regions) {
     if (r.done || !which(r)) continue;
-    img.st.memory_bytes += mw.Write(img.maps[r.map].start, r.end, r.kind) * kPage;
+    if (r.incremental) {
+      for (const PageRange& x : r.written) img.st.memory_bytes += mw.Write(x.start, x.end, r.kind) * kPage;
+    } else {
+      img.st.memory_bytes += mw.Write(img.maps[r.map].start, r.end, r.kind) * kPage;
+    }
     r.done = true;
+  }
+}
+
+// Private memory whose pages only this process writes: what write tracking
+// can follow.  Shared memory is written by others too, a deleted file's
+// mapping is stored whole anyway (NeedsTheProcess), the vdso is tiny.
+bool Trackable(uint32_t kind) {
+  return kind == IBDBG_IVMA_ANON || kind == IBDBG_IVMA_HEAP || kind == IBDBG_IVMA_STACK || kind == IBDBG_IVMA_FILE;
+}
+
+// In the pause: for each private region, the pages written since the last
+// capture (re-armed in the same walk), if the tracker followed it since;
+// else it is registered now and stored whole.  An incremental image gets an
+// Inherit record per followed region: its pages that exist and were not
+// written are the parent's (a page written, or dropped, and zero now is in
+// neither list, and reads as zero).
+void TrackRegions(ImageInProgress& img, const WriteOptions& opts) {
+  if (opts.track_uffd < 0) return;
+  bool incremental = !opts.parent_ref.empty();
+  Fd pm(open(("/proc/" + std::to_string(img.pid) + "/pagemap").c_str(), O_RDONLY | O_CLOEXEC));
+  if (pm.fd < 0) Fail(Errno("cannot read the page map of process " + std::to_string(img.pid)));
+  for (auto& r : img.regions) {
+    if (!Trackable(r.kind)) continue;
+    const MapEntry& m = img.maps[r.map];
+    std::vector<PageRange> written, present;
+    std::string err;
+    if (ScanWrittenPages(pm.fd, m.start, r.end, true, &written, &err)) {
+      img.st.tracked_regions++;
+      if (!incremental) continue;
+      if (!ScanPresentPages(pm.fd, m.start, r.end, &present, &err)) Fail(err);
+      image::Ranges p, w;
+      for (auto& x : present) p.push_back({x.start, x.end});
+      for (auto& x : written) w.push_back({x.start, x.end});
+      image::Ranges inherit = image::Subtract(image::Normalize(p), image::Normalize(w));
+      r.incremental = true;
+      r.written = std::move(written);
+      if (inherit.empty()) continue;
+      img.st.inherited_bytes += image::RangeBytes(inherit);
+      img.w->AddRecord(image::RecordType::Inherit, m.start, inherit.data(), inherit.size() * sizeof inherit[0]);
+      continue;
+    }
+    // Not followed since the last capture (new, moved, or another
+    // userfaultfd's: the application's own, a lazy replay's page server,
+    // which the kernel refuses to share): stored whole; followed from now on
+    // where the kernel lets us.
+    written.clear();
+    if (TrackWrites(opts.track_uffd, m.start, m.end - m.start, &err) &&
+        ScanWrittenPages(pm.fd, m.start, r.end, true, &written, &err))
+      img.st.tracked_regions++;
   }
 }
 
@@ -949,6 +1007,7 @@ ImageInProgressPtr BeginProcessImage(pid_t pid, const ProcessMeta& meta, int out
       {"generation", meta.proc.generation},
       {"threads", meta.threads.size()},
   };
+  if (!opts.parent_ref.empty()) h["parent"] = nlohmann::json::parse(opts.parent_ref);
   w.AddRecord(image::RecordType::Header, 0, h.dump());
   w.AddRecord(image::RecordType::Process, 0, &meta.proc, sizeof meta.proc);
   for (const auto& t : meta.threads) w.AddRecord(image::RecordType::Thread, (uint64_t)t.tid, &t, sizeof t);
@@ -1029,9 +1088,10 @@ ImageInProgressPtr BeginProcessImage(pid_t pid, const ProcessMeta& meta, int out
         if (file_end <= m->offset) continue;
         end = std::min(end, m->start + (file_end - m->offset));
       }
-      img->regions.push_back({(size_t)(m - maps.data()), kind, end});
+      img->regions.push_back({(size_t)(m - maps.data()), kind, end, false, false, {}});
     }
   }
+  TrackRegions(*img, opts);
   if (for_copy)
     WriteRegions(*img, pid, [&](const ImageInProgress::Region& r) { return NeedsTheProcess(r.kind, false); });
   return img;

@@ -37,6 +37,14 @@ struct WriteOptions {
   // Shared objects (SysV, /dev/shm files, memory objects) whose bytes an
   // image of the same capture holds already: later images name them only.
   std::set<std::string>* ipc_stored = nullptr;
+  // Incremental capture (capture/README.md): the process's write tracker, a
+  // userfaultfd it made (-1: none).  Its private regions are registered (the
+  // new ones) and their write notes read and re-armed, in the pause.
+  int track_uffd = -1;
+  // With a tracker armed at the parent's capture: the Header's "parent"
+  // (JSON {"image", "id"}), and only pages written since are stored.  Empty:
+  // a full image (the tracker is armed all the same).
+  std::string parent_ref;
 };
 
 struct WriteStats {
@@ -44,6 +52,8 @@ struct WriteStats {
   uint64_t memory_bytes = 0;  // bytes of pages stored (before compression)
   uint64_t vmas = 0;
   uint64_t fds = 0;
+  uint64_t tracked_regions = 0;  // regions armed for the next incremental capture
+  uint64_t inherited_bytes = 0;  // pages left to the parent image
 };
 
 // Bytes taken out of a pipe to store them; they go back when the process

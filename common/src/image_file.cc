@@ -43,6 +43,7 @@ bool IsKnownRecordType(uint32_t type) {
     case RecordType::Json:
     case RecordType::Ipc:
     case RecordType::Verbs:
+    case RecordType::Inherit:
     case RecordType::End:
       return true;
   }
@@ -61,6 +62,7 @@ const char* RecordTypeName(uint32_t type) {
     case RecordType::Json: return "json";
     case RecordType::Ipc: return "ipc";
     case RecordType::Verbs: return "verbs";
+    case RecordType::Inherit: return "inherit";
     case RecordType::End: return "end";
   }
   return "unknown";
@@ -354,7 +356,7 @@ void ImageWriter::Finish() {
                                 nullptr, 0, 0);
   m.WriteAll(&end, sizeof end, nullptr, 0);
   // Pipes and character devices can't be synced and don't need to be.
-  if (::fdatasync(m.fd) != 0 && errno != EINVAL && errno != EROFS)
+  if (m.opts.sync && ::fdatasync(m.fd) != 0 && errno != EINVAL && errno != EROFS)
     m.FailWith(ErrnoMessage("syncing image"));
   m.finished = true;
 }

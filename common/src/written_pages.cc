@@ -25,6 +25,7 @@ constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
 constexpr uint64_t kPmScanWpMatching = 1 << 0;
 constexpr uint64_t kPmScanCheckWpAsync = 1 << 1;
 constexpr uint64_t kPageIsWritten = 1 << 1;
+constexpr uint64_t kPageIsPresent = 1 << 3, kPageIsSwapped = 1 << 4;
 
 }  // namespace
 
@@ -57,6 +58,44 @@ bool TrackWrites(int uffd, uint64_t start, uint64_t len, std::string* err) {
     return false;
   }
   return true;
+}
+
+namespace {
+bool Scan(int pagemap_fd, uint64_t start, uint64_t end, uint64_t flags, uint64_t mask, uint64_t anyof,
+          std::vector<PageRange>* out, std::string* err) {
+  PmPageRegion vec[512];
+  while (start < end) {
+    PmScanArg arg{};
+    arg.size = sizeof arg;
+    arg.flags = flags;
+    arg.start = start;
+    arg.end = end;
+    arg.vec = (uint64_t)(uintptr_t)vec;
+    arg.vec_len = sizeof vec / sizeof vec[0];
+    arg.category_mask = mask;
+    arg.category_anyof_mask = anyof;
+    arg.return_mask = mask | anyof;
+    long n = ioctl(pagemap_fd, kPagemapScan, &arg);
+    if (n < 0) {
+      *err = ErrnoMessage(errno == EPERM ? "PAGEMAP_SCAN: range not tracked by an asynchronous write-protect userfaultfd"
+                                         : "PAGEMAP_SCAN");
+      return false;
+    }
+    for (long i = 0; i < n; i++) {
+      if (!out->empty() && out->back().end == vec[i].start)
+        out->back().end = vec[i].end;
+      else
+        out->push_back({vec[i].start, vec[i].end});
+    }
+    if (arg.walk_end <= start) break;
+    start = arg.walk_end;
+  }
+  return true;
+}
+}  // namespace
+
+bool ScanPresentPages(int pagemap_fd, uint64_t start, uint64_t end, std::vector<PageRange>* out, std::string* err) {
+  return Scan(pagemap_fd, start, end, 0, 0, kPageIsPresent | kPageIsSwapped, out, err);
 }
 
 bool ScanWrittenPages(int pagemap_fd, uint64_t start, uint64_t end, bool rearm,

@@ -277,6 +277,7 @@ capture_bw)
       fail "$prog failed after the captures: $(tail -5 $prog.out)"
     echo "$prog: 5 captures, both sides ended well"
   done
+  ;;
 replay_rc) replay_pair rc 20000 ibv_rc_pingpong -g 1 -c -n 20000 ;;
 replay_ud) replay_pair ud 20000 ibv_ud_pingpong -g 1 -c -n 20000 ;;
 replay_srq) replay_pair srq 20000 ibv_srq_pingpong -g 1 -c -n 20000 ;;

@@ -35,6 +35,10 @@ enum class RecordType : uint32_t {
   Json = 8,  // free-form JSON
   Ipc = 9,   // ibdbg_ipc_object + its bytes
   Verbs = 10,  // ibdbg_verbs_hdr + ibdbg_verbs_obj[] (capture/verbs)
+  // An incremental image (Header "parent"): arg = region start; payload =
+  // uint64 [start, end) pairs, the pages of the region that are as in the
+  // parent image (see image_chain.h).
+  Inherit = 11,
   End = 0x454E44,  // arg = number of records before it
 };
 
@@ -65,6 +69,9 @@ struct WriterOptions {
   int zstd_level = 3;    // <= 0: store everything raw
   int threads = 0;       // compression workers; 0 = number of cores
   size_t chunk = 1 << 20;  // bytes per Pages record (rounded down to pages)
+  // Finish() fdatasyncs; off for scratch files read back at once (a replay's
+  // flattened incremental image), which need not reach the disk.
+  bool sync = true;
 };
 
 // Writes an image to an fd it does not own. Not thread-safe: one thread feeds

@@ -46,6 +46,12 @@ enum ibdbg_msg_type {
   IBDBG_MSG_NS_PUT = 12,
   /* lib -> agent: "key"; agent -> lib: the value, once some process put it. */
   IBDBG_MSG_NS_GET = 13,
+  /* agent -> lib, while stopped: make a userfaultfd for write tracking
+   * (asynchronous write protection, incremental capture) and hand it over. */
+  IBDBG_MSG_TRACK = 14,
+  /* lib -> agent: no payload, the userfaultfd attached (SCM_RIGHTS; the
+   * library keeps no copy); or IBDBG_MSG_ERROR saying why there is none. */
+  IBDBG_MSG_TRACKER = 15,
 };
 
 struct ibdbg_msg_hdr {

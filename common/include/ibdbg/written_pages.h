@@ -47,4 +47,8 @@ bool TrackWrites(int uffd, uint64_t start, uint64_t len, std::string* err);
 bool ScanWrittenPages(int pagemap_fd, uint64_t start, uint64_t end, bool rearm,
                       std::vector<PageRange>* out, std::string* err);
 
+// Appends to *out the pages of [start, end) that exist (present or swapped
+// out), merged into ranges: the pages a process has, whatever it wrote.
+bool ScanPresentPages(int pagemap_fd, uint64_t start, uint64_t end, std::vector<PageRange>* out, std::string* err);
+
 }  // namespace ibdbg
