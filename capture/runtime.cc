@@ -499,6 +499,27 @@ long clone_on_stack(unsigned long flags, void* stack_top, void (*fn)(void*), voi
   return ret;
 }
 
+// One message to the agent carrying a descriptor (SCM_RIGHTS), by raw
+// system call (other threads may be stopped holding libc's locks).
+long send_with_fd(const void* msg, size_t len, int fd) {
+  struct iovec iov = {const_cast<void*>(msg), len};
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  memset(control, 0, sizeof control);
+  struct msghdr mh;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = control;
+  mh.msg_controllen = sizeof control;
+  struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  return sys(SYS_sendmsg, g_sock, (long)&mh, MSG_NOSIGNAL);
+}
+
+
 // Runs in the intermediate child (sharing our memory, we wait meanwhile):
 // forks the copy, hands the agent its pidfd.
 void make_frozen_copy(void*) {
@@ -513,21 +534,7 @@ void make_frozen_copy(void*) {
     ibdbg_msg_hdr h;
     int32_t pid;
   } __attribute__((packed)) m = {{IBDBG_MSG_FORKED, sizeof(int32_t)}, (int32_t)copy};
-  struct iovec iov = {&m, sizeof m};
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  memset(control, 0, sizeof control);
-  struct msghdr mh;
-  memset(&mh, 0, sizeof mh);
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  mh.msg_control = control;
-  mh.msg_controllen = sizeof control;
-  struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(c), &pidfd, sizeof pidfd);
-  if (sys(SYS_sendmsg, g_sock, (long)&mh, MSG_NOSIGNAL) != (long)sizeof m) sys(SYS_kill, copy, SIGKILL);
+  if (send_with_fd(&m, sizeof m, pidfd) != (long)sizeof m) sys(SYS_kill, copy, SIGKILL);
 }
 
 // Forks a frozen copy of this (stopped) process: its private memory is the
@@ -575,22 +582,7 @@ void send_tracker() {
     return;
   }
   ibdbg_msg_hdr h = {IBDBG_MSG_TRACKER, 0};
-  struct iovec iov = {&h, sizeof h};
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  memset(control, 0, sizeof control);
-  struct msghdr mh;
-  memset(&mh, 0, sizeof mh);
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  mh.msg_control = control;
-  mh.msg_controllen = sizeof control;
-  struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  int ifd = (int)fd;
-  memcpy(CMSG_DATA(c), &ifd, sizeof ifd);
-  sys(SYS_sendmsg, g_sock, (long)&mh, MSG_NOSIGNAL);
+  send_with_fd(&h, sizeof h, (int)fd);
   sys(SYS_close, fd);
 }
 
